@@ -1,0 +1,525 @@
+//! Everything the voipwall eBPF programs and the controller must agree on: map and program names,
+//! default capacities, flag bits, reason codes, counter indices and every `#[repr(C)]` type that
+//! crosses the kernel/user boundary.
+//!
+//! Rules for this crate (see `../shared/STYLE.md`):
+//! - every boundary type is `#[repr(C)]`, `Copy`, has no implicit padding (explicit `_pad`
+//!   fields) and uses integer flags instead of `bool`;
+//! - every key field documents its byte order;
+//! - the pure arithmetic used on the packet path (token buckets, IPv6 prefix masks, index
+//!   computations) lives here so that it is unit tested on the host and used unchanged by the
+//!   eBPF program.
+#![no_std]
+
+pub mod addr;
+pub mod icmp;
+pub mod rate;
+
+/// Names of the eBPF programs in the object file.
+pub mod programs {
+    /// XDP program on the public interface: the whole ingress decision chain.
+    pub const INGRESS: &str = "voipwall_xdp";
+    /// TC egress classifier: records flows the host opens, so their replies pass.
+    pub const EGRESS: &str = "voipwall_tc";
+    /// Every program name, in load order.
+    pub const ALL: [&str; 2] = [INGRESS, EGRESS];
+}
+
+/// Names of the maps in the object file. bpffs refuses dots in pin names; none of these has one.
+pub mod maps {
+    /// `Array<u32>`, one entry: the active policy generation (0 or 1).
+    pub const ACTIVE: &str = "ACTIVE";
+    /// `Array<PolicyConfig>`, indexed by generation.
+    pub const POLICY: &str = "POLICY";
+    /// `Array<PortRule>`, indexed by [`crate::port_index`].
+    pub const PORTS: &str = "PORTS";
+    /// `Array<RateClass>`, indexed by [`crate::class_index`].
+    pub const CLASSES: &str = "CLASSES";
+    /// `LpmTrie<[u8; 8], u64>`: generation (u32, big endian) then IPv4 address -> set bitmask.
+    pub const SETS_V4: &str = "SETS_V4";
+    /// `LpmTrie<[u8; 20], u64>`: generation (u32, big endian) then IPv6 address -> set bitmask.
+    pub const SETS_V6: &str = "SETS_V6";
+    /// `LpmTrie<[u8; 4], u32>`: allow list, IPv4.
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    /// `LpmTrie<[u8; 16], u32>`: allow list, IPv6.
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    /// `LpmTrie<[u8; 4], u32>`: static and manual block list, IPv4.
+    pub const BLOCK_V4: &str = "BLOCK_V4";
+    /// `LpmTrie<[u8; 16], u32>`: static and manual block list, IPv6.
+    pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// `LruHashMap<SourceKey, BanEntry>`: dynamic bans with an expiry.
+    pub const BANS: &str = "BANS";
+    /// `LruHashMap<RateKey, RateState>`: per-source token buckets.
+    pub const RATES: &str = "RATES";
+    /// `LruHashMap<FlowKey, u64>`: flows the host opened -> last egress packet time.
+    pub const FLOWS: &str = "FLOWS";
+    /// `LruHashMap<FragKey, FragState>`: verdicts of first fragments.
+    pub const FRAGS: &str = "FRAGS";
+    /// `RingBuf` of [`crate::BanEvent`].
+    pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<Counter>`, indexed by [`crate::counter_index`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `PerCpuArray<Counter>`, indexed by [`crate::rule_counter_index`].
+    pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+
+    /// Every map name.
+    pub const ALL: [&str; 17] = [
+        ACTIVE,
+        POLICY,
+        PORTS,
+        CLASSES,
+        SETS_V4,
+        SETS_V6,
+        ALLOW_V4,
+        ALLOW_V6,
+        BLOCK_V4,
+        BLOCK_V6,
+        BANS,
+        RATES,
+        FLOWS,
+        FRAGS,
+        EVENTS,
+        COUNTERS,
+        RULE_COUNTERS,
+    ];
+}
+
+/// Fixed sizes: these shape indices, so they are compile-time constants on both sides.
+pub const GENERATIONS: u32 = 2;
+/// Rate classes per generation (class 0 means "no limit").
+pub const MAX_CLASSES: u32 = 64;
+/// Source sets per generation; a set is one bit of a `u64` mask.
+pub const MAX_SETS: u32 = 64;
+/// Policy rules that get their own counters (rule 0 means "no rule").
+pub const MAX_RULES: u32 = 1024;
+/// Reason slots reserved in the counter array (see [`reason`]).
+pub const MAX_REASONS: u32 = 32;
+/// Protocol slots of the port table.
+pub const PORT_PROTOS: u32 = 2;
+/// Port table slot for TCP.
+pub const PROTO_SLOT_TCP: u32 = 0;
+/// Port table slot for UDP.
+pub const PROTO_SLOT_UDP: u32 = 1;
+/// Entries of the port table: generation x protocol x 65536 ports.
+pub const PORTS_ENTRIES: u32 = GENERATIONS * PORT_PROTOS * 65536;
+/// Entries of the class table.
+pub const CLASSES_ENTRIES: u32 = GENERATIONS * MAX_CLASSES;
+/// Entries of the counter array.
+pub const COUNTERS_ENTRIES: u32 = verdict::COUNT * MAX_REASONS;
+/// Entries of the per-rule counter array.
+pub const RULE_COUNTERS_ENTRIES: u32 = verdict::COUNT * MAX_RULES;
+/// Most VLAN tags parsed (802.1ad outer + 802.1Q inner).
+pub const MAX_VLAN_TAGS: usize = 2;
+/// Most IPv6 extension headers skipped before the program gives up with `malformed`.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Most non-first fragments accepted for one datagram: 65535 bytes in fragments of at least
+/// 1280 - 48 bytes (IPv6 minimum MTU) is 54, IPv4 paths are in practice no smaller.
+pub const MAX_FRAGMENTS_PER_DATAGRAM: u16 = 64;
+
+/// Default capacities; the controller sets the real ones at load time (`[capacity]` in the
+/// policy) with `EbpfLoader::map_max_entries`. They take effect when a map is created, not when
+/// a pinned map is adopted.
+pub mod capacity {
+    /// Allow list entries per family.
+    pub const ALLOW: u32 = 65_536;
+    /// Block list entries, IPv4 (sized for the 1M-CIDR feeds operators import).
+    pub const BLOCK_V4: u32 = 2_097_152;
+    /// Block list entries, IPv6.
+    pub const BLOCK_V6: u32 = 262_144;
+    /// Source set entries per family, both generations together.
+    pub const SETS: u32 = 65_536;
+    /// Dynamic bans.
+    pub const BANS: u32 = 131_072;
+    /// Tracked (source, class) rate buckets.
+    pub const RATES: u32 = 262_144;
+    /// Flows the host opened.
+    pub const FLOWS: u32 = 65_536;
+    /// Fragmented datagrams in flight.
+    pub const FRAGS: u32 = 8_192;
+    /// Ring buffer bytes for ban events (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+}
+
+/// Verdicts, the first dimension of the counter array.
+pub mod verdict {
+    pub const PASS: u32 = 0;
+    pub const DROP: u32 = 1;
+    /// A drop that dry-run mode turned into a pass.
+    pub const WOULD_DROP: u32 = 2;
+    pub const COUNT: u32 = 3;
+    /// Metric label values, indexed by verdict.
+    pub const NAMES: [&str; COUNT as usize] = ["pass", "drop", "would_drop"];
+}
+
+/// Reason codes: why a packet got its verdict. Each outcome of the decision chain has exactly one.
+pub mod reason {
+    /// Not IPv4/IPv6 (ARP, LLDP...): passes untouched.
+    pub const NON_IP: u32 = 0;
+    /// Source on the allow list: no further checks.
+    pub const ALLOW_LIST: u32 = 1;
+    /// Reply to a flow the host opened.
+    pub const RETURN_TRAFFIC: u32 = 2;
+    /// ICMP/ICMPv6 of a class that passes (errors, ND, echo reply, echo request within limit).
+    pub const ICMP: u32 = 3;
+    /// Destination port open to this source and within its rate class.
+    pub const PORT_OPEN: u32 = 4;
+    /// A header cut short or inconsistent.
+    pub const MALFORMED: u32 = 5;
+    /// Source on the static/manual block list.
+    pub const BLOCK_LIST: u32 = 6;
+    /// Source under an unexpired dynamic ban.
+    pub const BANNED: u32 = 7;
+    /// ICMP type not needed by a VoIP host.
+    pub const ICMP_DENIED: u32 = 8;
+    /// ICMP echo request above its per-source limit.
+    pub const ICMP_RATE_LIMITED: u32 = 9;
+    /// Destination port closed for this protocol.
+    pub const PORT_CLOSED: u32 = 10;
+    /// Port open only to source sets this source is not in.
+    pub const SOURCE_NOT_ALLOWED: u32 = 11;
+    /// Above a rate level (police-only levels, and the packet that triggers a ban).
+    pub const RATE_LIMITED: u32 = 12;
+    /// Non-first fragment without a known first fragment (or too many of them).
+    pub const FRAGMENT_ORPHAN: u32 = 13;
+    /// IP protocol other than TCP, UDP, ICMP, ICMPv6.
+    pub const PROTOCOL_CLOSED: u32 = 14;
+
+    /// Number of reasons in use (the rest of [`crate::MAX_REASONS`] is reserved).
+    pub const COUNT: u32 = 15;
+
+    /// Metric label values, indexed by reason.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "non_ip",
+        "allow_list",
+        "return_traffic",
+        "icmp",
+        "port_open",
+        "malformed",
+        "block_list",
+        "banned",
+        "icmp_denied",
+        "icmp_rate_limited",
+        "port_closed",
+        "source_not_allowed",
+        "rate_limited",
+        "fragment_orphan",
+        "protocol_closed",
+    ];
+
+    /// The verdict a reason stands for when enforcing (dry run turns drops into would-drops).
+    pub const fn is_drop(reason: u32) -> bool {
+        reason >= MALFORMED
+    }
+
+    /// Reason code from its label, for tests and tools.
+    pub fn from_name(name: &str) -> Option<u32> {
+        let mut i = 0;
+        while i < NAMES.len() {
+            if str_eq(NAMES[i], name) {
+                return Some(i as u32);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    fn str_eq(a: &str, b: &str) -> bool {
+        a.len() == b.len() && a.as_bytes() == b.as_bytes()
+    }
+}
+
+/// Index into `COUNTERS` for a verdict and a reason.
+#[inline(always)]
+pub const fn counter_index(verdict: u32, reason: u32) -> u32 {
+    verdict * MAX_REASONS + reason
+}
+
+/// Index into `RULE_COUNTERS` for a rule and a verdict.
+#[inline(always)]
+pub const fn rule_counter_index(rule: u32, verdict: u32) -> u32 {
+    rule * verdict::COUNT + verdict
+}
+
+/// Index into `PORTS`: generation, protocol slot, destination port (host byte order).
+#[inline(always)]
+pub const fn port_index(generation: u32, proto_slot: u32, port: u16) -> u32 {
+    ((generation & 1) << 17) | ((proto_slot & 1) << 16) | port as u32
+}
+
+/// Index into `CLASSES`.
+#[inline(always)]
+pub const fn class_index(generation: u32, class: u32) -> u32 {
+    (generation & 1) * MAX_CLASSES + (class % MAX_CLASSES)
+}
+
+/// `PolicyConfig::flags`: every drop becomes a pass counted as `would_drop`.
+pub const POLICY_DRY_RUN: u32 = 1;
+
+/// Per-generation settings of the data plane (value of `POLICY`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// `POLICY_*` bits.
+    pub flags: u32,
+    /// IPv6 sources are rate limited and banned per prefix of this length (1..=128).
+    pub ipv6_prefix: u32,
+    /// A flow the host opened accepts replies for this long after its last egress packet.
+    pub return_timeout_ns: u64,
+    /// A first fragment's verdict is remembered this long.
+    pub frag_timeout_ns: u64,
+    /// Rate class of ICMP/ICMPv6 echo requests (0 = no limit).
+    pub echo_class: u32,
+    pub _pad: u32,
+}
+
+/// `PortRule::flags`: the port is open (to the sets in `sets`, or to any source when `sets` is 0).
+pub const PORT_OPEN: u8 = 1;
+
+/// Value of `PORTS`: what one destination port of one protocol does in one generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// Policy rule that opened the port, for per-rule counters (0 = none).
+    pub rule: u16,
+    /// `PORT_*` bits; 0 means closed.
+    pub flags: u8,
+    /// Rate class (0 = no per-source limit).
+    pub class: u8,
+    pub _pad: u32,
+    /// Source sets allowed, one bit per set (bit n = set id n + 1); 0 = any source.
+    pub sets: u64,
+}
+
+/// One level of a rate class, in the generic cell rate algorithm's terms (RFC 2697's token
+/// bucket expressed as a theoretical arrival time): `emission_ns` = 1e9 / pps, `tolerance_ns` =
+/// (burst - 1) * `emission_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLevel {
+    /// Nanoseconds of credit one packet costs; 0 disables the level.
+    pub emission_ns: u64,
+    /// How far ahead of `now` the theoretical arrival time may run (the burst).
+    pub tolerance_ns: u64,
+    /// Ban time when the level is exceeded; 0 = police only (drop the excess).
+    pub ban_ns: u64,
+}
+
+/// Value of `CLASSES`: up to two levels; level index 0 is "level 1".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateClass {
+    pub levels: [RateLevel; 2],
+}
+
+/// Key of `RATES`: a source (IPv4-mapped, or IPv6 masked to the configured prefix) and a class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateKey {
+    /// Network byte order, see [`addr`].
+    pub addr: [u8; 16],
+    /// Rate class, host byte order.
+    pub class: u32,
+}
+
+/// Value of `RATES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// Theoretical arrival time per level (monotonic coarse clock, ns).
+    pub tat: [u64; 2],
+    /// Start of the current one-second observation window.
+    pub window_start_ns: u64,
+    /// Packets seen in the current window.
+    pub window_packets: u32,
+    /// Packets per second measured over the previous window.
+    pub last_window_pps: u32,
+    /// Dry run: no further would-be-ban event for this source until then.
+    pub quiet_until_ns: u64,
+}
+
+/// Key of `BANS`: the source as the rate limiter sees it. Network byte order, see [`addr`].
+pub type SourceKey = [u8; 16];
+
+/// Value of `BANS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanEntry {
+    /// Monotonic clock (`CLOCK_MONOTONIC`, ns) after which the ban is void.
+    pub expires_ns: u64,
+    /// Observed packet rate that triggered the ban.
+    pub rate_pps: u32,
+    /// Rate class that fired.
+    pub class: u8,
+    /// Level that fired (1 or 2); 0 for bans restored or added by the controller.
+    pub level: u8,
+    /// `BAN_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// `BanEntry::flags` / `BanEvent::flags`: the source is IPv6 (key masked to `prefix_len`).
+pub const BAN_IPV6: u8 = 1;
+/// `BanEvent::flags`: dry run, nothing was inserted.
+pub const BAN_DRY_RUN: u8 = 2;
+
+/// One record of the `EVENTS` ring buffer: a source crossed a level with a ban time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanEvent {
+    /// The ban key, network byte order (IPv4-mapped or masked IPv6).
+    pub addr: [u8; 16],
+    /// Monotonic clock when the ban was decided.
+    pub at_ns: u64,
+    /// Monotonic clock when it expires.
+    pub expires_ns: u64,
+    /// Observed packets per second.
+    pub rate_pps: u32,
+    pub class: u8,
+    /// 1 or 2.
+    pub level: u8,
+    /// `BAN_*` bits.
+    pub flags: u8,
+    /// Prefix length of `addr` (32 for IPv4 sources, the IPv6 aggregation prefix otherwise).
+    pub prefix_len: u8,
+}
+
+/// Key of `FLOWS`: a flow the host opened, seen from the host. Ports in host byte order,
+/// addresses in network byte order (IPv4-mapped for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub remote: [u8; 16],
+    pub local: [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+    /// IP protocol number (6 or 17).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of `FRAGS`: RFC 791 / RFC 8200 reassembly key. Addresses network byte order, `id` host
+/// byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `FRAGS`: what the first fragment got.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragState {
+    /// When the first fragment was seen (monotonic coarse clock, ns).
+    pub seen_ns: u64,
+    /// Reason of the first fragment (which implies its verdict, before dry run); non-first
+    /// fragments are counted under it.
+    pub reason: u8,
+    pub _pad: u8,
+    /// Non-first fragments seen so far.
+    pub fragments: u16,
+    /// Rule of the first fragment.
+    pub rule: u16,
+    pub _pad2: u16,
+}
+
+/// Value of `COUNTERS` and `RULE_COUNTERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: every type here is `#[repr(C)]`, `Copy`, made only of integers and integer arrays,
+    // and has no implicit padding (checked by `no_implicit_padding` below).
+    unsafe impl aya::Pod for PolicyConfig {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for RateLevel {}
+    unsafe impl aya::Pod for RateClass {}
+    unsafe impl aya::Pod for RateKey {}
+    unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for BanEntry {}
+    unsafe impl aya::Pod for BanEvent {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragState {}
+    unsafe impl aya::Pod for Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn no_implicit_padding() {
+        // Sum of field sizes == struct size means the compiler inserted no padding.
+        assert_eq!(size_of::<PolicyConfig>(), 4 + 4 + 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<PortRule>(), 2 + 1 + 1 + 4 + 8);
+        assert_eq!(size_of::<RateLevel>(), 24);
+        assert_eq!(size_of::<RateClass>(), 48);
+        assert_eq!(size_of::<RateKey>(), 16 + 4);
+        assert_eq!(size_of::<RateState>(), 16 + 8 + 4 + 4 + 8);
+        assert_eq!(size_of::<BanEntry>(), 8 + 4 + 4);
+        assert_eq!(size_of::<BanEvent>(), 16 + 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 3);
+        assert_eq!(size_of::<FragState>(), 8 + 1 + 1 + 2 + 2 + 2);
+        assert_eq!(size_of::<Counter>(), 16);
+    }
+
+    #[test]
+    fn reason_names_are_unique_and_round_trip() {
+        for (i, name) in reason::NAMES.iter().enumerate() {
+            assert_eq!(reason::from_name(name), Some(i as u32), "{name}");
+        }
+        assert_eq!(reason::from_name("nope"), None);
+        assert!(reason::COUNT <= MAX_REASONS);
+    }
+
+    #[test]
+    fn drop_reasons_are_exactly_the_drop_half() {
+        for r in 0..reason::COUNT {
+            let name = reason::NAMES[r as usize];
+            let pass = matches!(
+                name,
+                "non_ip" | "allow_list" | "return_traffic" | "icmp" | "port_open"
+            );
+            assert_eq!(reason::is_drop(r), !pass, "{name}");
+        }
+    }
+
+    #[test]
+    fn indices_stay_in_bounds() {
+        assert_eq!(port_index(1, PROTO_SLOT_UDP, u16::MAX), PORTS_ENTRIES - 1);
+        assert_eq!(port_index(0, PROTO_SLOT_TCP, 0), 0);
+        assert_eq!(port_index(1, PROTO_SLOT_TCP, 5060), 2 * 65536 + 5060);
+        assert_eq!(class_index(1, MAX_CLASSES - 1), CLASSES_ENTRIES - 1);
+        assert_eq!(
+            counter_index(verdict::WOULD_DROP, MAX_REASONS - 1),
+            COUNTERS_ENTRIES - 1
+        );
+        assert_eq!(
+            rule_counter_index(MAX_RULES - 1, verdict::WOULD_DROP),
+            RULE_COUNTERS_ENTRIES - 1
+        );
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_and_bpffs() {
+        for name in maps::ALL.iter().chain(programs::ALL.iter()) {
+            // BPF_OBJ_NAME_LEN is 16 including the terminating NUL.
+            assert!(name.len() < 16, "{name} is too long for the kernel");
+            assert!(!name.contains('.'), "{name}: bpffs refuses dots");
+        }
+    }
+}

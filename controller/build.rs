@@ -1,0 +1,22 @@
+//! Build the eBPF object (`xdp-ebpf`, bin target) with the nightly toolchain and bpf-linker, into
+//! `OUT_DIR/xdp-ebpf`, where `src/dataplane.rs` embeds it. `cargo xtask` bootstraps the
+//! toolchain pieces this needs on a fresh machine.
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow!("controller has no parent directory"))?
+        .join("xdp-ebpf");
+    let root_dir = root.to_str().context("non UTF-8 path to xdp-ebpf")?;
+    aya_build::build_ebpf(
+        [Package {
+            name: "xdp-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+    .context("building the eBPF object failed; `cargo xtask test` bootstraps rust-src and bpf-linker")
+}

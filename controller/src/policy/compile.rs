@@ -1,0 +1,358 @@
+//! Compile a validated [`Policy`] into the exact contents of the data plane's maps: the port
+//! table of one generation, the rate classes, the source-set tries, the allow and block lists and
+//! the per-generation config. Pure: no map is touched here, so every rule is unit tested.
+//!
+//! Precedence: a `[[rule]]` overrides the roles on every (protocol, port) it names; rules of the
+//! same layer naming one port are merged (their sources unioned), and must agree on the rate
+//! class.
+
+use std::{collections::HashMap, net::IpAddr, ops::Range};
+
+use common::{
+    MAX_CLASSES, MAX_RULES, MAX_SETS, PORT_OPEN, POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP,
+    PolicyConfig, PortRule, RateClass, rate::level,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Serialize;
+
+use super::{Action, Level, Policy, RuleOrigin, SourceRef};
+
+/// Map contents for one policy generation.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    /// `POLICY[generation]`.
+    pub config: PolicyConfig,
+    /// `PORTS` for one generation: index `slot << 16 | port`.
+    pub ports: Vec<PortRule>,
+    /// `CLASSES` for one generation, index = class id.
+    pub classes: Vec<RateClass>,
+    /// `SETS_V4`/`SETS_V6` entries with their folded set masks.
+    pub sets_v4: Vec<(Ipv4Net, u64)>,
+    pub sets_v6: Vec<(Ipv6Net, u64)>,
+    /// The policy's static allow and block lists.
+    pub allow: Vec<IpNet>,
+    pub block: Vec<IpNet>,
+    /// Rule names by rule id (index 0 = no rule).
+    pub rule_names: Vec<String>,
+    /// Class names by class id (index 0 = no class).
+    pub class_names: Vec<String>,
+    /// Set names by bit.
+    pub set_names: Vec<String>,
+    /// Who can reach the SSH port.
+    pub ssh: SshReach,
+    pub ssh_port: u16,
+    /// Not errors, but worth telling (`policy check` prints them).
+    pub warnings: Vec<String>,
+}
+
+/// Who can reach the SSH port under a policy (the lockout guard's question).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SshReach {
+    /// Open to any source.
+    Any,
+    /// Open to these non-empty sets.
+    Sets(Vec<String>),
+    /// Closed by the port policy, but the allow list bypasses it.
+    AllowListOnly,
+    /// Nobody.
+    Closed,
+}
+
+type CompileError = (Option<Range<usize>>, String, String);
+
+#[derive(Clone, Copy)]
+struct Acc {
+    rule: usize,
+    /// `None` = any source.
+    sets: Option<u64>,
+    class: u8,
+    close: bool,
+}
+
+const SLOT_BITS: u32 = 16;
+
+fn slot_name(slot: u32) -> &'static str {
+    if slot == PROTO_SLOT_TCP { "tcp" } else { "udp" }
+}
+
+pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
+    let mut errors: Vec<CompileError> = Vec::new();
+    let rules = &policy.rules;
+    if rules.len() >= MAX_RULES as usize {
+        errors.push((None, format!("{} rules (with the roles' rules); at most {} fit", rules.len(), MAX_RULES - 1), "merge rules or drop roles".into()));
+        return Err(errors);
+    }
+
+    // Rate classes: the echo class first, then every limit a rule uses, by name.
+    let mut class_names = vec![String::new(), "icmp-echo".to_string()];
+    let mut used: Vec<&str> = rules
+        .iter()
+        .filter(|r| r.action == Action::Open)
+        .filter_map(|r| r.limit.as_deref())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    class_names.extend(used.iter().map(|s| s.to_string()));
+    if class_names.len() > MAX_CLASSES as usize {
+        errors.push((None, format!("{} rate classes in use; at most {}", class_names.len() - 1, MAX_CLASSES - 1), "reuse limits across rules".into()));
+        return Err(errors);
+    }
+    let class_id: HashMap<&str, u8> =
+        class_names.iter().enumerate().skip(2).map(|(i, n)| (n.as_str(), i as u8)).collect();
+    let mut classes = vec![RateClass::default(); MAX_CLASSES as usize];
+    classes[1] = rate_class(&[policy.options.icmp_echo]);
+    for (name, &id) in &class_id {
+        classes[id as usize] = rate_class(&policy.limits[*name].levels);
+    }
+
+    // Source sets: one bit per named set used, plus one per rule with inline CIDRs.
+    let mut set_names: Vec<String> = Vec::new();
+    let mut set_entries: Vec<Vec<IpNet>> = Vec::new();
+    let mut rule_sets: Vec<Option<u64>> = Vec::with_capacity(rules.len());
+    for rule in rules {
+        let Some(from) = rule.from.as_ref().filter(|_| rule.action == Action::Open) else {
+            rule_sets.push(None);
+            continue;
+        };
+        let mut mask = 0u64;
+        let mut inline = Vec::new();
+        for s in from {
+            match s {
+                SourceRef::Set(name) => {
+                    let bit = match set_names.iter().position(|n| n == name) {
+                        Some(b) => b,
+                        None => {
+                            set_names.push(name.clone());
+                            set_entries.push(policy.sets.get(name).cloned().unwrap_or_default());
+                            set_names.len() - 1
+                        }
+                    };
+                    mask |= 1u64.checked_shl(bit as u32).unwrap_or(0);
+                }
+                SourceRef::Cidr(net) => inline.push(*net),
+            }
+        }
+        if !inline.is_empty() {
+            set_names.push(format!("{} (inline)", rule.name));
+            set_entries.push(inline);
+            mask |= 1u64.checked_shl((set_names.len() - 1) as u32).unwrap_or(0);
+        }
+        rule_sets.push(Some(mask));
+    }
+    if set_names.len() > MAX_SETS as usize {
+        errors.push((None, format!("{} source sets in use (named sets plus rules with inline CIDRs); at most {}", set_names.len(), MAX_SETS), "put inline CIDRs of several rules into one named set".into()));
+        return Err(errors);
+    }
+
+    // Port table, two layers.
+    let size = (2usize) << SLOT_BITS;
+    let mut user: Vec<Option<Acc>> = vec![None; size];
+    let mut role: Vec<Option<Acc>> = vec![None; size];
+    let mut reported: Vec<(usize, usize)> = Vec::new();
+    for (idx, rule) in rules.iter().enumerate() {
+        let layer = if rule.origin == RuleOrigin::User { &mut user } else { &mut role };
+        let class = rule.limit.as_deref().and_then(|l| class_id.get(l).copied()).unwrap_or(0);
+        let close = rule.action == Action::Close;
+        let mut slots = Vec::new();
+        if rule.proto.has_tcp() {
+            slots.push(PROTO_SLOT_TCP);
+        }
+        if rule.proto.has_udp() {
+            slots.push(PROTO_SLOT_UDP);
+        }
+        for &slot in &slots {
+            for &(lo, hi) in &rule.ports {
+                for port in lo..=hi {
+                    let i = ((slot as usize) << SLOT_BITS) | port as usize;
+                    match &mut layer[i] {
+                        entry @ None => {
+                            *entry = Some(Acc { rule: idx, sets: rule_sets[idx], class, close })
+                        }
+                        Some(acc) => {
+                            let other = &rules[acc.rule];
+                            if (acc.close != close || acc.class != class) && !reported.contains(&(acc.rule, idx)) {
+                                reported.push((acc.rule, idx));
+                                let what = if acc.close != close {
+                                    format!("rule `{}` opens {port}/{} and rule `{}` closes it", if acc.close { &rule.name } else { &other.name }, slot_name(slot), if acc.close { &other.name } else { &rule.name })
+                                } else {
+                                    format!(
+                                        "conflicting rate classes on {port}/{}: rule `{}` says {} and rule `{}` says {}",
+                                        slot_name(slot),
+                                        other.name,
+                                        other.limit.as_deref().map_or("no limit".to_string(), |l| format!("limit `{l}`")),
+                                        rule.name,
+                                        rule.limit.as_deref().map_or("no limit".to_string(), |l| format!("limit `{l}`")),
+                                    )
+                                };
+                                let hint = if rule.origin == RuleOrigin::User {
+                                    "give both rules the same `limit`, or split their ports".to_string()
+                                } else {
+                                    format!("write a [[rule]] for {port}/{} to decide (a [[rule]] overrides roles)", slot_name(slot))
+                                };
+                                let span = rule.span.clone().or_else(|| other.span.clone());
+                                // A role rule's span is the role's entry in `roles`.
+                                errors.push((span, what, hint));
+                            }
+                            acc.sets = match (acc.sets, rule_sets[idx]) {
+                                (Some(a), Some(b)) => Some(a | b),
+                                _ => None,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let ports: Vec<PortRule> = user
+        .iter()
+        .zip(&role)
+        .map(|(u, r)| match u.or(*r) {
+            Some(acc) if !acc.close => PortRule {
+                rule: (acc.rule + 1) as u16,
+                flags: PORT_OPEN,
+                class: acc.class,
+                _pad: 0,
+                sets: acc.sets.unwrap_or(0),
+            },
+            _ => PortRule::default(),
+        })
+        .collect();
+
+    let (sets_v4, sets_v6) = fold_sets(&set_entries);
+
+    let mut warnings = Vec::new();
+    for (bit, name) in set_names.iter().enumerate() {
+        if set_entries[bit].is_empty() {
+            let users: Vec<&str> = rules
+                .iter()
+                .zip(&rule_sets)
+                .filter(|(_, m)| m.is_some_and(|m| m & (1 << bit) != 0))
+                .map(|(r, _)| r.name.as_str())
+                .collect();
+            warnings.push(format!(
+                "set `{name}` is empty: the ports of {} are closed to every source until you fill [sets] {name} = [...]",
+                users.join(", ")
+            ));
+        }
+    }
+
+    let ssh_port = policy.options.ssh_port;
+    let ssh_entry = ports[((PROTO_SLOT_TCP as usize) << SLOT_BITS) | ssh_port as usize];
+    let ssh = if ssh_entry.flags & PORT_OPEN != 0 && ssh_entry.sets == 0 {
+        SshReach::Any
+    } else {
+        let reachable: Vec<String> = (0..set_names.len())
+            .filter(|&b| ssh_entry.flags & PORT_OPEN != 0 && ssh_entry.sets & (1 << b) != 0 && !set_entries[b].is_empty())
+            .map(|b| set_names[b].clone())
+            .collect();
+        if !reachable.is_empty() {
+            SshReach::Sets(reachable)
+        } else if !policy.allow.is_empty() {
+            SshReach::AllowListOnly
+        } else {
+            SshReach::Closed
+        }
+    };
+
+    let o = &policy.options;
+    let config = PolicyConfig {
+        flags: if o.dry_run { POLICY_DRY_RUN } else { 0 },
+        ipv6_prefix: o.ipv6_prefix as u32,
+        return_timeout_ns: o.return_timeout.as_nanos() as u64,
+        frag_timeout_ns: o.fragment_timeout.as_nanos() as u64,
+        echo_class: 1,
+        _pad: 0,
+    };
+
+    let mut rule_names = vec![String::new()];
+    rule_names.extend(rules.iter().map(|r| r.name.clone()));
+
+    Ok(CompiledPolicy {
+        config,
+        ports,
+        classes,
+        sets_v4,
+        sets_v6,
+        allow: policy.allow.clone(),
+        block: policy.block.clone(),
+        rule_names,
+        class_names,
+        set_names,
+        ssh,
+        ssh_port,
+        warnings,
+    })
+}
+
+fn rate_class(levels: &[Level]) -> RateClass {
+    let mut class = RateClass::default();
+    for (slot, l) in class.levels.iter_mut().zip(levels) {
+        *slot = level(l.pps, l.burst, l.ban.as_nanos() as u64);
+    }
+    class
+}
+
+/// Give every set prefix the mask of all sets that contain it (its own bit plus the bits of
+/// every covering prefix), so one longest-prefix lookup answers "which sets hold this source".
+fn fold_sets(entries: &[Vec<IpNet>]) -> (Vec<(Ipv4Net, u64)>, Vec<(Ipv6Net, u64)>) {
+    let mut direct: HashMap<IpNet, u64> = HashMap::new();
+    for (bit, nets) in entries.iter().enumerate() {
+        for net in nets {
+            *direct.entry(*net).or_default() |= 1 << bit;
+        }
+    }
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for (&net, &own) in &direct {
+        let mut mask = own;
+        for len in 0..net.prefix_len() {
+            if let Ok(sup) = IpNet::new(net.addr(), len)
+                && let Some(m) = direct.get(&sup.trunc())
+            {
+                mask |= m;
+            }
+        }
+        match net {
+            IpNet::V4(n) => v4.push((n, mask)),
+            IpNet::V6(n) => v6.push((n, mask)),
+        }
+    }
+    v4.sort();
+    v6.sort();
+    (v4, v6)
+}
+
+impl CompiledPolicy {
+    /// The port rule for a protocol slot and port.
+    pub fn port(&self, slot: u32, port: u16) -> PortRule {
+        self.ports[((slot as usize) << SLOT_BITS) | port as usize]
+    }
+
+    /// Would a TCP connection from `addr` to the SSH port pass, given the allow and block lists
+    /// in force (the policy's plus the manual ones)? Used to refuse changes that would cut the
+    /// operator's own session.
+    pub fn admits_ssh_from(&self, addr: IpAddr, allow: &[IpNet], block: &[IpNet]) -> bool {
+        if allow.iter().any(|n| n.contains(&addr)) {
+            return true;
+        }
+        if block.iter().any(|n| n.contains(&addr)) {
+            return false;
+        }
+        let entry = self.port(PROTO_SLOT_TCP, self.ssh_port);
+        if entry.flags & PORT_OPEN == 0 {
+            return false;
+        }
+        if entry.sets == 0 {
+            return true;
+        }
+        let mask = match addr {
+            IpAddr::V4(a) => self.sets_v4.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1),
+            IpAddr::V6(a) => self.sets_v6.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1),
+        };
+        mask.is_some_and(|m| m & entry.sets != 0)
+    }
+}

@@ -1,0 +1,832 @@
+//! The policy file: parse (TOML, serde, `deny_unknown_fields`), validate (every error names file,
+//! line, column and what to write instead), then compile to map contents ([`compile`]).
+//!
+//! The keys of the example in the controller issue are a user-facing contract; more keys may be
+//! added, none renamed. Defaults are documented where they are defined, on [`Options`] and
+//! [`Capacity`].
+
+pub mod compile;
+pub mod roles;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+    ops::Range,
+    path::Path,
+    str::FromStr,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+pub use self::compile::{CompiledPolicy, SshReach};
+
+/// The protocol(s) a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    /// `"tcp+udp"`.
+    #[serde(rename = "tcp+udp")]
+    Both,
+}
+
+impl Proto {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Both => "tcp+udp",
+        }
+    }
+
+    pub const fn has_tcp(self) -> bool {
+        matches!(self, Self::Tcp | Self::Both)
+    }
+
+    pub const fn has_udp(self) -> bool {
+        matches!(self, Self::Udp | Self::Both)
+    }
+}
+
+/// One level of a rate class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Level {
+    /// Sustained packets per second from one source.
+    pub pps: u64,
+    /// Packets accepted back to back. Default: `pps` (one second's worth).
+    pub burst: u64,
+    /// Ban time when exceeded; zero = police only (drop the excess). Default: zero.
+    #[serde(with = "humantime_serde_secs")]
+    pub ban: Duration,
+}
+
+/// A rate class: one or two levels (PortSIP's level 1 and level 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Limit {
+    pub levels: Vec<Level>,
+}
+
+/// Where a rule comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleOrigin {
+    /// A `[[rule]]` of the policy file: it overrides presets on the ports it names.
+    User,
+    /// A built-in role.
+    Role(String),
+}
+
+/// Who may reach a rule's ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceRef {
+    Set(String),
+    Cidr(IpNet),
+}
+
+/// What a rule does to its ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Open (the default).
+    Open,
+    /// Close ports a role opened (`action = "close"`).
+    Close,
+}
+
+/// A validated port rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// Counter label: the `name` of a `[[rule]]`, `ROLE/RULE` for presets.
+    pub name: String,
+    pub origin: RuleOrigin,
+    pub proto: Proto,
+    /// Inclusive ranges.
+    pub ports: Vec<(u16, u16)>,
+    /// `None` = any source.
+    pub from: Option<Vec<SourceRef>>,
+    pub limit: Option<String>,
+    pub action: Action,
+    /// Byte span in the policy file, for diagnostics.
+    #[serde(skip)]
+    pub span: Option<Range<usize>>,
+}
+
+/// `[options]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Options {
+    /// IPv6 sources are rate limited and banned per prefix of this length. Default 64: one
+    /// subscriber or attacker owns a whole /64.
+    pub ipv6_prefix: u8,
+    /// Count what would be dropped but drop nothing. Default false.
+    pub dry_run: bool,
+    /// The SSH port the lockout guard protects. Default 22.
+    pub ssh_port: u16,
+    /// How long a flow the host opened accepts replies after its last packet. Default 120 s.
+    #[serde(with = "humantime_serde_secs")]
+    pub return_timeout: Duration,
+    /// How long a first fragment's verdict is kept for the rest of its datagram. Default 10 s.
+    #[serde(with = "humantime_serde_secs")]
+    pub fragment_timeout: Duration,
+    /// Per-source limit of ICMP/ICMPv6 echo requests. Default 10/s, burst 20, police only.
+    pub icmp_echo: Level,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ipv6_prefix: 64,
+            dry_run: false,
+            ssh_port: 22,
+            return_timeout: Duration::from_secs(120),
+            fragment_timeout: Duration::from_secs(10),
+            icmp_echo: Level { pps: 10, burst: 20, ban: Duration::ZERO },
+        }
+    }
+}
+
+/// `[capacity]`: map sizes, applied when the maps are created (first start on an interface,
+/// not when a restarted daemon adopts pinned maps). Defaults in `common::capacity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Capacity {
+    pub allow: u32,
+    pub block_v4: u32,
+    pub block_v6: u32,
+    pub sets: u32,
+    pub bans: u32,
+    pub rates: u32,
+    pub flows: u32,
+    pub frags: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        use common::capacity as c;
+        Self {
+            allow: c::ALLOW,
+            block_v4: c::BLOCK_V4,
+            block_v6: c::BLOCK_V6,
+            sets: c::SETS,
+            bans: c::BANS,
+            rates: c::RATES,
+            flows: c::FLOWS,
+            frags: c::FRAGS,
+        }
+    }
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, Serialize)]
+pub struct Policy {
+    /// File path, or `<built-in>` for the embedded default.
+    pub path: String,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
+    pub roles: Vec<String>,
+    pub allow: Vec<IpNet>,
+    pub block: Vec<IpNet>,
+    /// `[[rule]]`s first, then the roles' rules in role order.
+    pub rules: Vec<Rule>,
+    /// Every set a rule may name: the built-in ones (possibly empty) and `[sets]`.
+    pub sets: BTreeMap<String, Vec<IpNet>>,
+    /// Built-in rate classes, replaced or extended by `[limit.NAME]`.
+    pub limits: BTreeMap<String, Limit>,
+    pub options: Options,
+    pub capacity: Capacity,
+    /// The file's text, for `policy show`.
+    #[serde(skip)]
+    pub text: String,
+}
+
+/// One problem in a policy file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    /// What to write instead.
+    pub hint: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: error: {}\n  help: {}",
+            self.file, self.line, self.column, self.message, self.hint
+        )
+    }
+}
+
+/// Why a policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    let mut s = diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    s.push_str(&format!(
+        "\n{} error{} in policy; nothing was applied",
+        diags.len(),
+        if diags.len() == 1 { "" } else { "s" }
+    ));
+    s
+}
+
+impl PolicyError {
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Self::Invalid(d) => d,
+            Self::Read { .. } => &[],
+        }
+    }
+}
+
+/// The embedded default: the `voip-edge` role and nothing else.
+pub const DEFAULT_POLICY: &str = "# voipwall embedded default policy\nroles = [\"voip-edge\"]\n";
+
+/// Read and validate a policy file.
+pub fn load(path: &Path) -> Result<(Policy, CompiledPolicy), PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&path.display().to_string(), &text)
+}
+
+/// The embedded default policy.
+pub fn default_policy() -> (Policy, CompiledPolicy) {
+    parse("<built-in>", DEFAULT_POLICY).expect("the embedded default policy is valid")
+}
+
+/// Validate and compile policy text; `file` names it in diagnostics.
+pub fn parse(file: &str, text: &str) -> Result<(Policy, CompiledPolicy), PolicyError> {
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_string();
+        let hint = toml_hint(&message);
+        PolicyError::Invalid(vec![diag_at(file, text, span.start, message, hint)])
+    })?;
+    let mut v = Validator { file, text, diags: Vec::new() };
+    let policy = v.policy(raw);
+    if !v.diags.is_empty() {
+        return Err(PolicyError::Invalid(v.diags));
+    }
+    let compiled = compile::compile(&policy).map_err(|errs| {
+        PolicyError::Invalid(
+            errs.into_iter()
+                .map(|(span, message, hint)| diag_at(file, text, span.map_or(0, |s| s.start), message, hint))
+                .collect(),
+        )
+    })?;
+    Ok((policy, compiled))
+}
+
+fn toml_hint(message: &str) -> String {
+    if message.starts_with("unknown field") {
+        "remove or rename the key; the valid keys are listed above".into()
+    } else if message.contains("missing field") {
+        "add the missing key".into()
+    } else if message.contains("invalid type") {
+        "use the type shown: strings in quotes, numbers bare, lists in [ ]".into()
+    } else {
+        "fix the TOML syntax at this position (see https://toml.io)".into()
+    }
+}
+
+fn diag_at(file: &str, text: &str, offset: usize, message: String, hint: String) -> Diagnostic {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Diagnostic { file: file.to_string(), line, column, message, hint }
+}
+
+// ---- raw serde model -----------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    roles: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    block: Vec<Spanned<String>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    sets: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    limit: BTreeMap<String, Spanned<RawLimit>>,
+    #[serde(default)]
+    options: Option<Spanned<RawOptions>>,
+    #[serde(default)]
+    capacity: Option<Spanned<RawCapacity>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    proto: Spanned<String>,
+    ports: Spanned<Vec<Spanned<RawPort>>>,
+    from: Option<Spanned<Vec<Spanned<String>>>>,
+    limit: Option<Spanned<String>>,
+    action: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    levels: Spanned<Vec<Spanned<RawLevel>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLevel {
+    pps: Spanned<i64>,
+    burst: Option<Spanned<i64>>,
+    ban: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOptions {
+    ipv6_prefix: Option<Spanned<i64>>,
+    dry_run: Option<bool>,
+    ssh_port: Option<Spanned<i64>>,
+    return_timeout: Option<Spanned<String>>,
+    fragment_timeout: Option<Spanned<String>>,
+    icmp_echo: Option<Spanned<RawLevel>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapacity {
+    allow: Option<Spanned<i64>>,
+    block_v4: Option<Spanned<i64>>,
+    block_v6: Option<Spanned<i64>>,
+    sets: Option<Spanned<i64>>,
+    bans: Option<Spanned<i64>>,
+    rates: Option<Spanned<i64>>,
+    flows: Option<Spanned<i64>>,
+    frags: Option<Spanned<i64>>,
+}
+
+// ---- validation ----------------------------------------------------------------------------
+
+struct Validator<'a> {
+    file: &'a str,
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) {
+        let d = diag_at(self.file, self.text, span.start, message.into(), hint.into());
+        self.diags.push(d);
+    }
+
+    fn policy(&mut self, raw: RawPolicy) -> Policy {
+        // Role names with the span that named them (none for the implicit default), so that a
+        // conflict between presets points at the `roles` line.
+        let roles: Vec<(String, Option<Range<usize>>)> = match raw.roles {
+            None => vec![("voip-edge".to_string(), None)],
+            Some(list) => {
+                let mut out: Vec<(String, Option<Range<usize>>)> = Vec::new();
+                for r in list {
+                    let span = r.span();
+                    let name = r.into_inner();
+                    if roles::find(&name).is_none() {
+                        let names = roles::ROLES.iter().map(|r| r.name).collect::<Vec<_>>().join(", ");
+                        self.error(span, format!("unknown role `{name}`"), format!("write one of: {names}"));
+                    } else if out.iter().any(|(n, _)| *n == name) {
+                        self.error(span, format!("role `{name}` is listed twice"), "list each role once");
+                    } else {
+                        out.push((name, Some(span)));
+                    }
+                }
+                out
+            }
+        };
+        let allow = self.cidrs(raw.allow, "allow");
+        let block = self.cidrs(raw.block, "block");
+
+        let mut sets: BTreeMap<String, Vec<IpNet>> =
+            roles::BUILTIN_SETS.iter().map(|(n, _)| (n.to_string(), Vec::new())).collect();
+        for (name, list) in raw.sets {
+            let span = list.span();
+            if !valid_name(&name) {
+                self.error(span.clone(), format!("set name `{name}` is not a plain name"), "use letters, digits, '-' and '_'");
+            }
+            let nets = self.cidrs(list.into_inner(), &format!("sets.{name}"));
+            sets.insert(name, nets);
+        }
+
+        let mut limits: BTreeMap<String, Limit> =
+            roles::builtin_limits().into_iter().map(|(n, l)| (n.to_string(), l)).collect();
+        for (name, raw_limit) in raw.limit {
+            let span = raw_limit.span();
+            if !valid_name(&name) {
+                self.error(span.clone(), format!("limit name `{name}` is not a plain name"), "use letters, digits, '-' and '_'");
+            }
+            if let Some(limit) = self.limit(&name, raw_limit.into_inner(), span) {
+                limits.insert(name, limit);
+            }
+        }
+
+        let mut rules = Vec::new();
+        let mut names = BTreeSet::new();
+        for raw_rule in raw.rule {
+            let span = raw_rule.span();
+            if let Some(rule) = self.rule(raw_rule.into_inner(), span, &sets, &limits) {
+                if !names.insert(rule.name.clone()) {
+                    self.error(
+                        rule.span.clone().unwrap_or(0..0),
+                        format!("rule name `{}` is used twice", rule.name),
+                        "give every [[rule]] its own name",
+                    );
+                }
+                rules.push(rule);
+            }
+        }
+        for (role_name, role_span) in &roles {
+            let role = roles::find(role_name).expect("validated above");
+            for r in role.rules {
+                rules.push(Rule {
+                    name: format!("{}/{}", role.name, r.name),
+                    origin: RuleOrigin::Role(role.name.to_string()),
+                    proto: r.proto,
+                    ports: r.ports.to_vec(),
+                    from: if r.from.is_empty() {
+                        None
+                    } else {
+                        Some(r.from.iter().map(|s| SourceRef::Set(s.to_string())).collect())
+                    },
+                    limit: r.limit.map(str::to_string),
+                    action: Action::Open,
+                    span: role_span.clone(),
+                });
+            }
+        }
+
+        let options = match raw.options {
+            Some(o) => self.options(o.into_inner()),
+            None => Options::default(),
+        };
+        let capacity = match raw.capacity {
+            Some(c) => self.capacity(c.into_inner()),
+            None => Capacity::default(),
+        };
+
+        Policy {
+            path: self.file.to_string(),
+            sha256: hex(&Sha256::digest(self.text.as_bytes())),
+            roles: roles.into_iter().map(|(n, _)| n).collect(),
+            allow,
+            block,
+            rules,
+            sets,
+            limits,
+            options,
+            capacity,
+            text: self.text.to_string(),
+        }
+    }
+
+    fn cidrs(&mut self, list: Vec<Spanned<String>>, what: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for item in list {
+            let span = item.span();
+            match parse_cidr(item.get_ref()) {
+                Ok(net) => out.push(net),
+                Err((message, hint)) => self.error(span, format!("{what}: {message}"), hint),
+            }
+        }
+        out
+    }
+
+    fn limit(&mut self, name: &str, raw: RawLimit, span: Range<usize>) -> Option<Limit> {
+        let levels_span = raw.levels.span();
+        let raw_levels = raw.levels.into_inner();
+        if raw_levels.is_empty() || raw_levels.len() > 2 {
+            self.error(
+                if raw_levels.is_empty() { span } else { levels_span },
+                format!("limit `{name}` has {} levels; it needs 1 or 2", raw_levels.len()),
+                "write levels = [{ pps = 500, burst = 1000, ban = \"1h\" }, { pps = 2000, ban = \"1h\" }]",
+            );
+            return None;
+        }
+        let mut levels = Vec::new();
+        for l in raw_levels {
+            let lspan = l.span();
+            if let Some(level) = self.level(l.into_inner(), lspan, &format!("limit `{name}`")) {
+                levels.push(level);
+            }
+        }
+        if levels.len() == 2 && levels[1].pps <= levels[0].pps {
+            self.error(
+                levels_span,
+                format!("limit `{name}`: level 2 ({} pps) must allow more than level 1 ({} pps)", levels[1].pps, levels[0].pps),
+                "put the lower rate first: level 1 is the early warning, level 2 the hard ceiling",
+            );
+        }
+        Some(Limit { levels })
+    }
+
+    fn level(&mut self, raw: RawLevel, span: Range<usize>, what: &str) -> Option<Level> {
+        let mut ok = true;
+        let pps = *raw.pps.get_ref();
+        if !(1..=100_000_000).contains(&pps) {
+            self.error(raw.pps.span(), format!("{what}: pps = {pps} is out of range"), "write a rate between 1 and 100000000 packets per second");
+            ok = false;
+        }
+        let burst = match raw.burst {
+            Some(b) if !(1..=100_000_000).contains(b.get_ref()) => {
+                self.error(b.span(), format!("{what}: burst = {} is out of range", b.get_ref()), "write a burst between 1 and 100000000 packets, or leave it out (defaults to pps)");
+                ok = false;
+                0
+            }
+            Some(b) => *b.get_ref() as u64,
+            None => pps.max(1) as u64,
+        };
+        let ban = match raw.ban {
+            Some(b) => match parse_duration(b.get_ref()) {
+                Ok(d) => d,
+                Err(hint) => {
+                    self.error(b.span(), format!("{what}: ban = \"{}\" is not a duration", b.get_ref()), hint);
+                    ok = false;
+                    Duration::ZERO
+                }
+            },
+            None => Duration::ZERO,
+        };
+        let _ = span;
+        ok.then_some(Level { pps: pps as u64, burst, ban })
+    }
+
+    fn rule(
+        &mut self,
+        raw: RawRule,
+        span: Range<usize>,
+        sets: &BTreeMap<String, Vec<IpNet>>,
+        limits: &BTreeMap<String, Limit>,
+    ) -> Option<Rule> {
+        let before = self.diags.len();
+        let name = raw.name.get_ref().trim().to_string();
+        if name.is_empty() || name.contains('/') {
+            self.error(raw.name.span(), format!("rule name `{name}` is empty or contains '/'"), "name the rule, e.g. name = \"sip-from-carriers\" ('/' is reserved for ROLE/RULE)");
+        }
+        let proto = match raw.proto.get_ref().as_str() {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            "tcp+udp" | "udp+tcp" => Proto::Both,
+            other => {
+                self.error(raw.proto.span(), format!("rule `{name}`: `{other}` is not a protocol"), "write proto = \"udp\", \"tcp\" or \"tcp+udp\"");
+                Proto::Both
+            }
+        };
+        let ports_span = raw.ports.span();
+        let raw_ports = raw.ports.into_inner();
+        if raw_ports.is_empty() {
+            self.error(ports_span, format!("rule `{name}` opens no ports"), "write ports = [\"5060\", \"10000-20000\"]");
+        }
+        let mut ports = Vec::new();
+        for p in raw_ports {
+            let pspan = p.span();
+            match parse_port_range(p.get_ref()) {
+                Ok(r) => ports.push(r),
+                Err((message, hint)) => self.error(pspan, format!("rule `{name}`: {message}"), hint),
+            }
+        }
+        let from = match raw.from {
+            None => None,
+            Some(list) => {
+                let lspan = list.span();
+                let list = list.into_inner();
+                if list.is_empty() {
+                    self.error(lspan, format!("rule `{name}`: from = [] would open the ports to nobody"), "leave `from` out to allow any source, or name sets or CIDRs");
+                }
+                let mut out = Vec::new();
+                for s in list {
+                    let sspan = s.span();
+                    let text = s.get_ref().trim();
+                    if text.contains('/') || text.parse::<IpAddr>().is_ok() {
+                        match parse_cidr(text) {
+                            Ok(net) => out.push(SourceRef::Cidr(net)),
+                            Err((message, hint)) => self.error(sspan, format!("rule `{name}`: {message}"), hint),
+                        }
+                    } else if sets.contains_key(text) {
+                        out.push(SourceRef::Set(text.to_string()));
+                    } else {
+                        let known = sets.keys().cloned().collect::<Vec<_>>().join(", ");
+                        self.error(sspan, format!("rule `{name}`: unknown set `{text}`"), format!("define it under [sets] or use one of: {known}"));
+                    }
+                }
+                Some(out)
+            }
+        };
+        let limit = match raw.limit {
+            None => None,
+            Some(l) => {
+                if limits.contains_key(l.get_ref()) {
+                    Some(l.get_ref().clone())
+                } else {
+                    let known = limits.keys().cloned().collect::<Vec<_>>().join(", ");
+                    self.error(l.span(), format!("rule `{name}`: unknown limit `{}`", l.get_ref()), format!("define [limit.{}] or use one of: {known}", l.get_ref()));
+                    None
+                }
+            }
+        };
+        let action = match raw.action {
+            None => Action::Open,
+            Some(a) => match a.get_ref().as_str() {
+                "open" => Action::Open,
+                "close" => Action::Close,
+                other => {
+                    self.error(a.span(), format!("rule `{name}`: `{other}` is not an action"), "write action = \"open\" (the default) or \"close\"");
+                    Action::Open
+                }
+            },
+        };
+        if action == Action::Close && (from.is_some() || limit.is_some()) {
+            self.error(span.clone(), format!("rule `{name}` closes its ports but names `from` or `limit`"), "remove `from` and `limit` from a closing rule");
+        }
+        (self.diags.len() == before).then_some(Rule {
+            name,
+            origin: RuleOrigin::User,
+            proto,
+            ports,
+            from,
+            limit,
+            action,
+            span: Some(span),
+        })
+    }
+
+    fn options(&mut self, raw: RawOptions) -> Options {
+        let mut o = Options::default();
+        if let Some(p) = raw.ipv6_prefix {
+            match u8::try_from(*p.get_ref()) {
+                Ok(v) if (1..=128).contains(&v) => o.ipv6_prefix = v,
+                _ => self.error(p.span(), format!("options.ipv6_prefix = {} is out of range", p.get_ref()), "write a prefix length from 1 to 128 (64 is the usual subscriber allocation)"),
+            }
+        }
+        if let Some(d) = raw.dry_run {
+            o.dry_run = d;
+        }
+        if let Some(p) = raw.ssh_port {
+            match u16::try_from(*p.get_ref()) {
+                Ok(v) if v >= 1 => o.ssh_port = v,
+                _ => self.error(p.span(), format!("options.ssh_port = {} is not a port", p.get_ref()), "write a port from 1 to 65535"),
+            }
+        }
+        for (raw_d, slot, key) in [
+            (raw.return_timeout, &mut o.return_timeout, "return_timeout"),
+            (raw.fragment_timeout, &mut o.fragment_timeout, "fragment_timeout"),
+        ] {
+            if let Some(d) = raw_d {
+                match parse_duration(d.get_ref()) {
+                    Ok(v) if !v.is_zero() => *slot = v,
+                    Ok(_) => self.error(d.span(), format!("options.{key} must be longer than zero"), "write a duration such as \"120s\""),
+                    Err(hint) => self.error(d.span(), format!("options.{key} = \"{}\" is not a duration", d.get_ref()), hint),
+                }
+            }
+        }
+        if let Some(e) = raw.icmp_echo {
+            let span = e.span();
+            if let Some(level) = self.level(e.into_inner(), span, "options.icmp_echo") {
+                o.icmp_echo = level;
+            }
+        }
+        o
+    }
+
+    fn capacity(&mut self, raw: RawCapacity) -> Capacity {
+        let mut c = Capacity::default();
+        for (v, slot, key) in [
+            (raw.allow, &mut c.allow, "allow"),
+            (raw.block_v4, &mut c.block_v4, "block_v4"),
+            (raw.block_v6, &mut c.block_v6, "block_v6"),
+            (raw.sets, &mut c.sets, "sets"),
+            (raw.bans, &mut c.bans, "bans"),
+            (raw.rates, &mut c.rates, "rates"),
+            (raw.flows, &mut c.flows, "flows"),
+            (raw.frags, &mut c.frags, "frags"),
+        ] {
+            if let Some(v) = v {
+                match u32::try_from(*v.get_ref()) {
+                    Ok(n) if (16..=1 << 26).contains(&n) => *slot = n,
+                    _ => self.error(v.span(), format!("capacity.{key} = {} is out of range", v.get_ref()), "write an entry count from 16 to 67108864"),
+                }
+            }
+        }
+        c
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A CIDR or a bare address (a /32 or /128). Host bits must be zero.
+pub fn parse_cidr(text: &str) -> Result<IpNet, (String, String)> {
+    let text = text.trim();
+    let net = if text.contains('/') {
+        IpNet::from_str(text).map_err(|_| {
+            (format!("`{text}` is not a CIDR"), "write an address and a prefix length, e.g. \"203.0.113.0/24\" or \"2001:db8::/32\"".to_string())
+        })?
+    } else {
+        let addr = IpAddr::from_str(text).map_err(|_| {
+            (format!("`{text}` is not an IP address or CIDR"), "write e.g. \"203.0.113.10\", \"203.0.113.0/24\" or \"2001:db8::/32\"".to_string())
+        })?;
+        IpNet::from(addr)
+    };
+    if net.trunc() != net {
+        return Err((
+            format!("`{text}` has host bits set"),
+            format!("write \"{}\" (the network), or the single address with /{}", net.trunc(), net.max_prefix_len()),
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_port(text: &str) -> Result<u16, (String, String)> {
+    let hint = "write ports from 1 to 65535, e.g. \"5060\" or \"10000-20000\"".to_string();
+    match text.trim().parse::<i64>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Ok(p) => Err((format!("port {p} is outside 1-65535"), hint)),
+        Err(_) => Err((format!("`{text}` is not a port number"), hint)),
+    }
+}
+
+fn parse_port_range(raw: &RawPort) -> Result<(u16, u16), (String, String)> {
+    match raw {
+        RawPort::Number(n) => parse_port(&n.to_string()).map(|p| (p, p)),
+        RawPort::Text(t) => match t.split_once('-') {
+            None => parse_port(t).map(|p| (p, p)),
+            Some((a, b)) => {
+                let (a, b) = (parse_port(a)?, parse_port(b)?);
+                if a > b {
+                    Err((format!("range \"{t}\" is inverted"), format!("write \"{b}-{a}\" (low-high)")))
+                } else {
+                    Ok((a, b))
+                }
+            }
+        },
+    }
+}
+
+/// "1h", "30s", "1h30m", "500ms"; "0" is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|_| "write a duration such as \"30s\", \"10m\", \"1h\" or \"1h30m\" (\"0\" for none)".to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serialize durations as humantime strings in JSON output.
+mod humantime_serde_secs {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        if d.is_zero() {
+            s.serialize_str("0")
+        } else {
+            s.serialize_str(&humantime::format_duration(*d).to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,284 @@
+use std::{net::IpAddr, path::PathBuf};
+
+use common::{PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP};
+
+use super::*;
+
+#[track_caller]
+fn ok(text: &str) -> (Policy, CompiledPolicy) {
+    match parse("test.toml", text) {
+        Ok(p) => p,
+        Err(e) => panic!("expected a valid policy, got:\n{e}"),
+    }
+}
+
+#[track_caller]
+fn err(text: &str) -> Vec<Diagnostic> {
+    match parse("test.toml", text) {
+        Ok(_) => panic!("expected an invalid policy:\n{text}"),
+        Err(e) => e.diagnostics().to_vec(),
+    }
+}
+
+fn corpus(dir: &str) -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/policies").join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn default_policy_is_voip_edge() {
+    let (p, c) = default_policy();
+    assert_eq!(p.roles, vec!["voip-edge"]);
+    assert_eq!(c.ssh, SshReach::Any);
+    let sip = c.port(PROTO_SLOT_UDP, 5060);
+    assert_eq!(sip.flags, PORT_OPEN);
+    assert_eq!(c.class_names[sip.class as usize], "signaling");
+    assert_eq!(c.port(PROTO_SLOT_UDP, 5061).flags, 0, "5061/udp closed");
+    assert_eq!(c.port(PROTO_SLOT_TCP, 80).flags, 0, "80/tcp closed");
+    assert_eq!(c.rule_names[sip.rule as usize], "voip-edge/sip");
+}
+
+#[test]
+fn roles_absent_means_default_and_empty_means_none() {
+    let (p, _) = ok("allow = []\n");
+    assert_eq!(p.roles, vec!["voip-edge"]);
+    let (p, c) = ok("roles = []\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
+    assert!(p.roles.is_empty());
+    assert_eq!(c.port(PROTO_SLOT_UDP, 5060).flags, 0);
+    assert_eq!(c.port(PROTO_SLOT_TCP, 22).flags, PORT_OPEN);
+}
+
+#[test]
+fn the_issue_example_compiles() {
+    let path = corpus("good").into_iter().find(|p| p.ends_with("issue-example.toml")).unwrap();
+    let (p, c) = load(&path).unwrap();
+    assert_eq!(p.roles, vec!["portaswitch-sip-processing", "portaswitch-web"]);
+    // The user rule restricts 5060/udp and 10000-20000/udp to carriers + 192.0.2.7.
+    let sip = c.port(PROTO_SLOT_UDP, 5060);
+    assert_eq!(sip.flags, PORT_OPEN);
+    assert_ne!(sip.sets, 0);
+    assert_eq!(c.rule_names[sip.rule as usize], "sip-from-carriers");
+    assert_eq!(c.port(PROTO_SLOT_UDP, 15000), sip);
+    // RTP of the processing role stays open to any.
+    let rtp = c.port(PROTO_SLOT_UDP, 40000);
+    assert_eq!((rtp.flags, rtp.sets), (PORT_OPEN, 0));
+    assert_eq!(c.class_names[rtp.class as usize], "media");
+    // Inline CIDR and the named set both admit.
+    let carrier: IpAddr = "198.51.100.9".parse().unwrap();
+    let inline: IpAddr = "192.0.2.7".parse().unwrap();
+    let mask = |a: IpAddr| match a {
+        IpAddr::V4(a) => c.sets_v4.iter().filter(|(n, _)| n.contains(&a)).map(|e| e.1).next().unwrap_or(0),
+        IpAddr::V6(_) => 0,
+    };
+    assert_ne!(mask(carrier) & sip.sets, 0);
+    assert_ne!(mask(inline) & sip.sets, 0);
+    assert!(c.sets_v6.iter().any(|(n, _)| n.to_string() == "2001:db8:100::/48"));
+    // SSH is from admins (empty) but the allow list bypasses.
+    assert_eq!(c.ssh, SshReach::AllowListOnly);
+    assert_eq!(c.allow.len(), 1);
+    assert_eq!(c.block.len(), 1);
+    assert!(c.warnings.iter().any(|w| w.contains("`admins` is empty")), "{:?}", c.warnings);
+}
+
+#[test]
+fn every_broken_policy_is_rejected_naming_its_line() {
+    let files = corpus("broken");
+    assert!(files.len() >= 20, "the corpus needs at least 20 files, has {}", files.len());
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let want_line: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect-line: "))
+            .unwrap_or_else(|| panic!("{}: no expect-line", path.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        let want_msg = text.lines().find_map(|l| l.strip_prefix("# expect: ")).unwrap().trim();
+        let name = path.display().to_string();
+        let diags = match parse(&name, &text) {
+            Ok(_) => panic!("{name} was accepted"),
+            Err(e) => e.diagnostics().to_vec(),
+        };
+        let d = diags
+            .iter()
+            .find(|d| d.message.contains(want_msg))
+            .unwrap_or_else(|| panic!("{name}: no diagnostic says `{want_msg}`; got {diags:#?}"));
+        assert_eq!(d.line, want_line, "{name}: wrong line in {d}");
+        assert_eq!(d.file, name);
+        assert!(d.column >= 1);
+        assert!(!d.hint.is_empty(), "{name}: no hint");
+        assert!(d.to_string().starts_with(&format!("{name}:{want_line}:")), "{d}");
+    }
+}
+
+#[test]
+fn user_rules_override_roles_on_their_ports_only() {
+    let (_, c) = ok(r#"
+roles = ["voip-edge"]
+[sets]
+admins = ["192.0.2.0/24"]
+[[rule]]
+name = "ssh-admins"
+proto = "tcp"
+ports = ["22"]
+from = ["admins"]
+"#);
+    let ssh = c.port(PROTO_SLOT_TCP, 22);
+    assert_ne!(ssh.sets, 0);
+    assert_eq!(c.rule_names[ssh.rule as usize], "ssh-admins");
+    assert_eq!(c.ssh, SshReach::Sets(vec!["admins".into()]));
+    // Other role ports untouched.
+    assert_eq!(c.rule_names[c.port(PROTO_SLOT_UDP, 5060).rule as usize], "voip-edge/sip");
+    assert!(c.admits_ssh_from("192.0.2.9".parse().unwrap(), &[], &[]));
+    assert!(!c.admits_ssh_from("198.51.100.1".parse().unwrap(), &[], &[]));
+    assert!(!c.admits_ssh_from("192.0.2.9".parse().unwrap(), &[], &["192.0.2.0/28".parse().unwrap()]));
+    assert!(c.admits_ssh_from("198.51.100.1".parse().unwrap(), &["198.51.100.0/24".parse().unwrap()], &[]));
+}
+
+#[test]
+fn close_action_closes_a_role_port() {
+    let (_, c) = ok(r#"
+[[rule]]
+name = "no-self-care"
+proto = "tcp"
+ports = ["8442-8449"]
+action = "close"
+"#);
+    assert_eq!(c.port(PROTO_SLOT_TCP, 8445).flags, 0);
+    assert_eq!(c.port(PROTO_SLOT_TCP, 443).flags, PORT_OPEN);
+}
+
+#[test]
+fn same_layer_rules_union_their_sources() {
+    let (_, c) = ok(r#"
+roles = []
+[sets]
+a = ["10.0.0.0/8"]
+b = ["192.168.0.0/16"]
+[[rule]]
+name = "ssh"
+proto = "tcp"
+ports = ["22"]
+[[rule]]
+name = "x-a"
+proto = "udp"
+ports = ["6000"]
+from = ["a"]
+[[rule]]
+name = "x-b"
+proto = "udp"
+ports = ["6000"]
+from = ["b"]
+[[rule]]
+name = "y-any"
+proto = "udp"
+ports = ["6000-6001"]
+"#);
+    let p = c.port(PROTO_SLOT_UDP, 6000);
+    assert_eq!((p.flags, p.sets), (PORT_OPEN, 0), "any absorbs the sets");
+    assert_eq!(c.rule_names[p.rule as usize], "x-a", "first rule owns the counters");
+}
+
+#[test]
+fn nested_set_prefixes_fold_their_masks() {
+    let (_, c) = ok(r#"
+roles = []
+[sets]
+wide = ["10.0.0.0/8"]
+narrow = ["10.1.0.0/16"]
+[[rule]]
+name = "ssh"
+proto = "tcp"
+ports = ["22"]
+[[rule]]
+name = "w"
+proto = "udp"
+ports = ["7000"]
+from = ["wide"]
+[[rule]]
+name = "n"
+proto = "udp"
+ports = ["7001"]
+from = ["narrow"]
+"#);
+    let w = c.port(PROTO_SLOT_UDP, 7000).sets;
+    let n = c.port(PROTO_SLOT_UDP, 7001).sets;
+    let narrow_entry = c.sets_v4.iter().find(|(net, _)| net.to_string() == "10.1.0.0/16").unwrap().1;
+    assert_eq!(narrow_entry & (w | n), w | n, "10.1/16 is in both sets");
+    let wide_entry = c.sets_v4.iter().find(|(net, _)| net.to_string() == "10.0.0.0/8").unwrap().1;
+    assert_eq!(wide_entry & n, 0, "10/8 is not in `narrow`");
+}
+
+#[test]
+fn lockout_guard_sees_a_closed_ssh_port() {
+    let (_, c) = ok("roles = [\"portsip-pbx\"]\n");
+    assert_eq!(c.ssh, SshReach::Closed, "admins is empty and nothing is allowed");
+    let (_, c) = ok("roles = [\"portsip-pbx\"]\n[options]\nssh_port = 10210\n");
+    assert_eq!(c.ssh, SshReach::Closed);
+    let (_, c) = ok("roles = [\"portsip-pbx\"]\n[sets]\nadmins = [\"192.0.2.1\"]\n");
+    assert_eq!(c.ssh, SshReach::Sets(vec!["admins".into()]));
+}
+
+#[test]
+fn limits_compile_to_gcra_levels() {
+    let (_, c) = ok(r#"
+[limit.signaling]
+levels = [{ pps = 250, burst = 10, ban = "30s" }, { pps = 1000 }]
+"#);
+    let sip = c.port(PROTO_SLOT_UDP, 5060);
+    let class = c.classes[sip.class as usize];
+    assert_eq!(class.levels[0].emission_ns, 4_000_000);
+    assert_eq!(class.levels[0].tolerance_ns, 9 * 4_000_000);
+    assert_eq!(class.levels[0].ban_ns, 30_000_000_000);
+    assert_eq!(class.levels[1].emission_ns, 1_000_000);
+    assert_eq!(class.levels[1].tolerance_ns, 999 * 1_000_000, "burst defaults to pps");
+    assert_eq!(class.levels[1].ban_ns, 0, "ban defaults to police-only");
+    let echo = c.classes[c.config.echo_class as usize];
+    assert_eq!(echo.levels[0].emission_ns, 100_000_000);
+}
+
+#[test]
+fn options_reach_the_config() {
+    let (_, c) = ok("[options]\nipv6_prefix = 56\ndry_run = true\nreturn_timeout = \"30s\"\nfragment_timeout = \"2s\"\n");
+    assert_eq!(c.config.ipv6_prefix, 56);
+    assert_eq!(c.config.flags, common::POLICY_DRY_RUN);
+    assert_eq!(c.config.return_timeout_ns, 30_000_000_000);
+    assert_eq!(c.config.frag_timeout_ns, 2_000_000_000);
+}
+
+#[test]
+fn bare_addresses_are_single_hosts() {
+    assert_eq!(parse_cidr("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
+    assert_eq!(parse_cidr("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
+    let (msg, hint) = parse_cidr("10.1.2.3/8").unwrap_err();
+    assert!(msg.contains("host bits"), "{msg}");
+    assert!(hint.contains("10.0.0.0/8"), "{hint}");
+}
+
+#[test]
+fn integer_ports_are_accepted_too() {
+    let (_, c) = ok("roles = []\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [22, \"2222-2223\"]\n");
+    assert_eq!(c.port(PROTO_SLOT_TCP, 22).flags, PORT_OPEN);
+    assert_eq!(c.port(PROTO_SLOT_TCP, 2223).flags, PORT_OPEN);
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("1h").unwrap().as_secs(), 3600);
+    assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+    assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+    assert!(parse_duration("soon").is_err());
+}
+
+#[test]
+fn errors_collect_rather_than_stop_at_the_first() {
+    let d = err("allow = [\"nope\"]\nblock = [\"alsonope\"]\n");
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert_eq!((d[0].line, d[1].line), (1, 2));
+}

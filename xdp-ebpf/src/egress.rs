@@ -1,0 +1,62 @@
+//! The TC egress program: records the flows the host opens so that step 4 of the ingress chain
+//! can let their replies in. It never drops or changes a packet.
+//!
+//! A flow is recorded when the host sends UDP from a local port the policy does not open, or a
+//! TCP SYN (without ACK) from such a port; any later egress segment of a recorded flow refreshes
+//! it. Only a SYN opens a TCP flow so that the RSTs a host sends from closed ports (in dry run,
+//! when scans reach it) do not open doors.
+
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
+use common::{FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, port_index};
+
+use crate::{
+    clock,
+    maps::{ACTIVE, FLOWS, PORTS},
+    parse::{FRAG_LATER, IPPROTO_TCP, IPPROTO_UDP, Parsed, TCP_ACK, TCP_SYN, parse},
+};
+
+/// Always `TC_ACT_UNSPEC` (`TCX_NEXT`): let the rest of the egress chain decide.
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    let _ = record(ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn record(ctx: &TcContext) -> Result<(), ()> {
+    let Parsed::Ip(pkt) = parse(ctx)? else {
+        return Ok(());
+    };
+    let proto_slot = match pkt.proto {
+        IPPROTO_TCP => PROTO_SLOT_TCP,
+        IPPROTO_UDP => PROTO_SLOT_UDP,
+        _ => return Ok(()),
+    };
+    if pkt.frag == FRAG_LATER {
+        return Ok(());
+    }
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if let Some(rule) = PORTS.get(port_index(generation, proto_slot, pkt.sport))
+        && rule.flags & PORT_OPEN != 0
+    {
+        // A server answering on a listening port: the port policy judges its peer's packets.
+        return Ok(());
+    }
+    let key = FlowKey {
+        remote: pkt.dst,
+        local: pkt.src,
+        remote_port: pkt.dport,
+        local_port: pkt.sport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    let now = clock::now();
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        if let Some(seen) = FLOWS.get_ptr_mut(&key) {
+            // SAFETY: value pointer from a successful lookup.
+            unsafe { *seen = now };
+        }
+        return Ok(());
+    }
+    FLOWS.insert(&key, &now, 0).map_err(|_| ())
+}

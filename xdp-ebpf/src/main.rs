@@ -1,0 +1,124 @@
+//! voipwall's data plane.
+//!
+//! `voipwall_xdp` runs on the public interface and walks the decision chain, first match
+//! deciding: parse -> allow list -> block list and bans -> (fragments) -> return traffic, ICMP,
+//! port policy -> rate limit -> pass. Each step is one small function in the file named after
+//! it; [`verdict::finish`] is the single exit that counts every outcome.
+//!
+//! `voipwall_tc` runs on the same interface's egress and records the flows the host opens.
+#![no_std]
+#![no_main]
+
+mod clock;
+mod egress;
+mod flows;
+mod fragments;
+mod icmp;
+mod lists;
+mod maps;
+mod parse;
+mod ports;
+mod rate;
+mod verdict;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use common::{
+    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SourceKey, addr::mask_prefix,
+    reason,
+};
+
+use crate::{
+    maps::{ACTIVE, POLICY},
+    parse::{FRAG_FIRST, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    verdict::Decision,
+};
+
+#[xdp]
+pub fn voipwall_xdp(ctx: XdpContext) -> u32 {
+    try_voipwall_xdp(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[classifier]
+pub fn voipwall_tc(ctx: TcContext) -> i32 {
+    egress::run(&ctx)
+}
+
+/// `Err` only if the policy arrays were unreadable, which cannot happen for in-range array
+/// indices; the verifier still wants the branch. Failing open there keeps the host reachable.
+#[inline(always)]
+fn try_voipwall_xdp(ctx: &XdpContext) -> Result<u32, ()> {
+    let generation = ACTIVE.get(0).copied().ok_or(())? & 1;
+    let cfg = POLICY.get(generation).ok_or(())?;
+    let decision = decide(ctx, generation, cfg);
+    Ok(verdict::finish(ctx, decision, cfg.flags & POLICY_DRY_RUN != 0))
+}
+
+/// The decision chain, first match decides.
+#[inline(always)]
+fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
+    let pkt = match parse::parse(ctx) {
+        Ok(parse::Parsed::Ip(pkt)) => pkt,
+        Ok(parse::Parsed::NonIp) => return Decision::of(reason::NON_IP),
+        Err(()) => return Decision::of(reason::MALFORMED),
+    };
+    if lists::allowed(&pkt) {
+        return Decision::of(reason::ALLOW_LIST);
+    }
+    if lists::blocked(&pkt) {
+        return Decision::of(reason::BLOCK_LIST);
+    }
+    let source = source_key(&pkt, cfg);
+    if lists::banned(&source) {
+        return Decision::of(reason::BANNED);
+    }
+    if pkt.frag == FRAG_LATER {
+        return fragments::inherit(&pkt, cfg);
+    }
+    let decision = transport(&pkt, &source, generation, cfg);
+    if pkt.frag == FRAG_FIRST {
+        fragments::remember(&pkt, decision);
+    }
+    decision
+}
+
+/// Steps 4 to 8 for a packet that has its transport header.
+#[inline(always)]
+fn transport(
+    pkt: &parse::Packet,
+    source: &SourceKey,
+    generation: u32,
+    cfg: &PolicyConfig,
+) -> Decision {
+    match pkt.proto {
+        IPPROTO_TCP => ports::decide(pkt, source, generation, cfg, PROTO_SLOT_TCP),
+        IPPROTO_UDP => ports::decide(pkt, source, generation, cfg, PROTO_SLOT_UDP),
+        IPPROTO_ICMP if !pkt.ipv6 => icmp::decide(pkt, source, generation, cfg),
+        IPPROTO_ICMPV6 if pkt.ipv6 => icmp::decide(pkt, source, generation, cfg),
+        _ => Decision::of(reason::PROTOCOL_CLOSED),
+    }
+}
+
+/// The source as rate limits and bans see it: the IPv4 address, or the IPv6 address cut to the
+/// configured prefix (one attacker owns a whole /64).
+#[inline(always)]
+fn source_key(pkt: &parse::Packet, cfg: &PolicyConfig) -> SourceKey {
+    if pkt.ipv6 {
+        mask_prefix(pkt.src, cfg.ipv6_prefix)
+    } else {
+        pkt.src
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

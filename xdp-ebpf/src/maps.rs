@@ -1,0 +1,77 @@
+//! Every map of the data plane. Names, capacities and value types come from `common`; the
+//! controller overrides capacities at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use common::{
+    BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState,
+    GENERATIONS, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
+    RateKey, RateState, SourceKey, capacity,
+};
+
+#[map]
+pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static POLICY: Array<PolicyConfig> = Array::with_max_entries(GENERATIONS, 0);
+
+#[map]
+pub static PORTS: Array<PortRule> = Array::with_max_entries(PORTS_ENTRIES, 0);
+
+#[map]
+pub static CLASSES: Array<RateClass> = Array::with_max_entries(CLASSES_ENTRIES, 0);
+
+// LPM tries must be created with BPF_F_NO_PREALLOC (kernel requirement), so their capacity costs
+// nothing until entries exist.
+#[map]
+pub static SETS_V4: LpmTrie<[u8; 8], u64> =
+    LpmTrie::with_max_entries(capacity::SETS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SETS_V6: LpmTrie<[u8; 20], u64> =
+    LpmTrie::with_max_entries(capacity::SETS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static ALLOW_V4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(capacity::ALLOW, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static ALLOW_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(capacity::ALLOW, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static BLOCK_V4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(capacity::BLOCK_V4, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static BLOCK_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(capacity::BLOCK_V6, BPF_F_NO_PREALLOC);
+
+// The kernel-written tables are LRU: when a spoofed-source flood fills them, the least recently
+// seen entries go first, which for bans means attackers that stopped.
+#[map]
+pub static BANS: LruHashMap<SourceKey, BanEntry> = LruHashMap::with_max_entries(capacity::BANS, 0);
+
+#[map]
+pub static RATES: LruHashMap<RateKey, RateState> =
+    LruHashMap::with_max_entries(capacity::RATES, 0);
+
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragState> =
+    LruHashMap::with_max_entries(capacity::FRAGS, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_ENTRIES, 0);
+
+#[map]
+pub static RULE_COUNTERS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(RULE_COUNTERS_ENTRIES, 0);

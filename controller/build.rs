@@ -10,6 +10,16 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("controller has no parent directory"))?
         .join("xdp-ebpf");
     let root_dir = root.to_str().context("non UTF-8 path to xdp-ebpf")?;
+    let skipped = std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if skipped {
+        // Host-only builds (fast unit tests): embed an empty object; loading it fails with a
+        // clear error instead of the build failing.
+        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+        let obj = out.join("xdp-ebpf");
+        if !obj.exists() {
+            std::fs::write(&obj, []).context("writing the placeholder object")?;
+        }
+    }
     aya_build::build_ebpf(
         [Package {
             name: "xdp-ebpf",

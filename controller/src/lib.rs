@@ -3,3 +3,6 @@
 //! sweeper) -> CLI. `main.rs` is a thin dispatcher over this library.
 
 pub mod policy;
+
+pub mod dataplane;
+pub mod paths;

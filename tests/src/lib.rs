@@ -1,1 +1,177 @@
+//! Shared helpers of voipwall's integration tests: the root/BPF gate, a packet builder, a
+//! BPF_PROG_TEST_RUN harness that asserts the exact reason counter, and a network-namespace
+//! guard.
 
+pub mod netns;
+pub mod packet;
+
+use aya::maps::MapData;
+use common::{BanEvent, reason, verdict};
+use voipwall::{
+    dataplane::{Counters, Dataplane, ListKind, LoadOptions},
+    policy::{self, Capacity, CompiledPolicy},
+};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// True when the test may use BPF. Without root it skips with a message, except under
+/// `CI=true`, where it fails: CI must never count a skipped test as a pass.
+pub fn bpf_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true: this test needs root and BPF, but runs as uid {uid}");
+    }
+    eprintln!("SKIPPED: needs root and BPF (set CI=true to make this a failure)");
+    false
+}
+
+/// Small maps: many harnesses run in parallel.
+pub fn test_capacity() -> Capacity {
+    Capacity {
+        allow: 1024,
+        block_v4: 4096,
+        block_v6: 1024,
+        sets: 1024,
+        bans: 1024,
+        rates: 4096,
+        flows: 1024,
+        frags: 256,
+    }
+}
+
+/// What one packet got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: u32,
+    pub verdict: u32,
+    pub reason: u32,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let action = match self.action {
+            XDP_PASS => "XDP_PASS",
+            XDP_DROP => "XDP_DROP",
+            XDP_ABORTED => "XDP_ABORTED",
+            _ => "XDP_?",
+        };
+        write!(
+            f,
+            "{action} counted as {}/{}",
+            verdict::NAMES[self.verdict as usize],
+            reason::NAMES.get(self.reason as usize).unwrap_or(&"?")
+        )
+    }
+}
+
+/// A loaded (not attached) data plane with a policy applied.
+pub struct Harness {
+    pub dp: Dataplane,
+    pub compiled: CompiledPolicy,
+    events: Option<aya::maps::RingBuf<MapData>>,
+}
+
+impl Harness {
+    /// Load the object through the verifier and apply `policy_text` (and its static lists).
+    pub fn new(policy_text: &str) -> Self {
+        let (_, compiled) = policy::parse("harness.toml", policy_text).unwrap_or_else(|e| panic!("{e}"));
+        let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity: test_capacity() })
+            .unwrap_or_else(|e| panic!("loading the data plane failed: {e}"));
+        dp.apply_policy(&compiled).unwrap_or_else(|e| panic!("apply_policy: {e}"));
+        for net in &compiled.allow {
+            dp.list_insert(ListKind::Allow, net).unwrap();
+        }
+        for net in &compiled.block {
+            dp.list_insert(ListKind::Block, net).unwrap();
+        }
+        let events = dp.take_events();
+        Self { dp, compiled, events }
+    }
+
+    /// Re-apply a new policy text (a reload).
+    pub fn reload(&mut self, policy_text: &str) {
+        let (_, compiled) = policy::parse("harness.toml", policy_text).unwrap_or_else(|e| panic!("{e}"));
+        self.dp.apply_policy(&compiled).unwrap_or_else(|e| panic!("apply_policy: {e}"));
+        self.compiled = compiled;
+    }
+
+    /// Run one frame and find the one counter it moved.
+    #[track_caller]
+    pub fn run(&self, frame: &[u8]) -> Outcome {
+        let before = self.dp.counters().expect("read counters");
+        let (action, _) = self.dp.test_run(frame, 1).unwrap_or_else(|e| panic!("test_run: {e}"));
+        let after = self.dp.counters().expect("read counters");
+        let moved = diff(&before, &after);
+        assert_eq!(
+            moved.len(),
+            1,
+            "one packet must move exactly one counter by one; moved {moved:?} (action {action})"
+        );
+        let (v, r, packets, bytes) = moved[0];
+        assert_eq!(packets, 1, "one packet counted");
+        assert_eq!(bytes, frame.len() as u64, "bytes counted = frame length");
+        Outcome { action, verdict: v, reason: r }
+    }
+
+    /// Assert one frame's action and exact reason counter.
+    #[track_caller]
+    pub fn expect(&self, what: &str, frame: &[u8], action: u32, reason_name: &str) -> Outcome {
+        let reason = reason::from_name(reason_name).unwrap_or_else(|| panic!("no reason `{reason_name}`"));
+        let out = self.run(frame);
+        let want_verdict = if !reason::is_drop(reason) {
+            verdict::PASS
+        } else if action == XDP_PASS {
+            verdict::WOULD_DROP
+        } else {
+            verdict::DROP
+        };
+        let want = Outcome { action, verdict: want_verdict, reason };
+        assert_eq!(out, want, "{what}: expected {want}, got {out}");
+        out
+    }
+
+    /// Per-rule counters of the rule called `name`: `[pass, drop, would_drop]` packets.
+    pub fn rule_packets(&self, name: &str) -> [u64; 3] {
+        let id = self
+            .compiled
+            .rule_names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no rule `{name}` in {:?}", self.compiled.rule_names));
+        let all = self.dp.rule_counters(id + 1).unwrap();
+        [all[id][0].packets, all[id][1].packets, all[id][2].packets]
+    }
+
+    /// Ban events emitted so far.
+    pub fn drain_events(&mut self) -> Vec<BanEvent> {
+        let mut out = Vec::new();
+        if let Some(rb) = self.events.as_mut() {
+            while let Some(item) = rb.next() {
+                assert_eq!(item.len(), std::mem::size_of::<BanEvent>(), "event size");
+                // SAFETY: the ring buffer item holds exactly one BanEvent written by the kernel.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const BanEvent) });
+            }
+        }
+        out
+    }
+}
+
+/// Counters that changed: (verdict, reason, packets delta, bytes delta).
+pub fn diff(before: &Counters, after: &Counters) -> Vec<(u32, u32, u64, u64)> {
+    let mut out = Vec::new();
+    for v in 0..verdict::COUNT {
+        for r in 0..reason::COUNT {
+            let (b, a) = (before.get(v, r), after.get(v, r));
+            if a.packets != b.packets || a.bytes != b.bytes {
+                out.push((v, r, a.packets - b.packets, a.bytes - b.bytes));
+            }
+        }
+    }
+    out
+}

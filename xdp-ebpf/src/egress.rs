@@ -12,7 +12,9 @@ use common::{FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, port_index};
 use crate::{
     clock,
     maps::{ACTIVE, FLOWS, PORTS},
-    parse::{FRAG_LATER, IPPROTO_TCP, IPPROTO_UDP, Parsed, TCP_ACK, TCP_SYN, parse},
+    parse::{
+        FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_SYN, parse,
+    },
 };
 
 /// Always `TC_ACT_UNSPEC` (`TCX_NEXT`): let the rest of the egress chain decide.
@@ -24,9 +26,11 @@ pub fn run(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn record(ctx: &TcContext) -> Result<(), ()> {
-    let Parsed::Ip(pkt) = parse(ctx)? else {
+    let mut pkt = Packet::empty();
+    let frame = Frame::of_tc(ctx);
+    if parse(frame.start, frame.end, &mut pkt)? == Parsed::NonIp {
         return Ok(());
-    };
+    }
     let proto_slot = match pkt.proto {
         IPPROTO_TCP => PROTO_SLOT_TCP,
         IPPROTO_UDP => PROTO_SLOT_UDP,

@@ -25,7 +25,8 @@ fn reversed(pkt: &Packet) -> FlowKey {
 }
 
 /// The packet answers a flow the host opened less than `return_timeout_ns` ago.
-#[inline(always)]
+// Own stack frame (BPF-to-BPF call): see `rate::over_limit`.
+#[inline(never)]
 pub fn is_reply(pkt: &Packet, cfg: &PolicyConfig) -> bool {
     match FLOWS.get_ptr(&reversed(pkt)) {
         // SAFETY: map value pointer from a successful lookup.

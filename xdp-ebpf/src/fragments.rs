@@ -19,7 +19,8 @@ fn key(pkt: &Packet) -> FragKey {
 }
 
 /// Remember what the first fragment got.
-#[inline(always)]
+// Own stack frame (BPF-to-BPF call): see `rate::over_limit`.
+#[inline(never)]
 pub fn remember(pkt: &Packet, decision: Decision) {
     let state = FragState {
         seen_ns: clock::now(),
@@ -35,7 +36,8 @@ pub fn remember(pkt: &Packet, decision: Decision) {
 }
 
 /// The decision for a non-first fragment.
-#[inline(always)]
+// Own stack frame (BPF-to-BPF call): see `rate::over_limit`.
+#[inline(never)]
 pub fn inherit(pkt: &Packet, cfg: &PolicyConfig) -> Decision {
     let Some(state) = FRAGS.get_ptr_mut(&key(pkt)) else {
         return Decision::of(reason::FRAGMENT_ORPHAN);

@@ -60,11 +60,13 @@ fn try_voipwall_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 /// The decision chain, first match decides.
 #[inline(always)]
 fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
-    let pkt = match parse::parse(ctx) {
-        Ok(parse::Parsed::Ip(pkt)) => pkt,
+    let mut pkt = parse::Packet::empty();
+    let frame = parse::Frame::of_xdp(ctx);
+    match parse::parse(frame.start, frame.end, &mut pkt) {
+        Ok(parse::Parsed::Ip) => {}
         Ok(parse::Parsed::NonIp) => return Decision::of(reason::NON_IP),
         Err(()) => return Decision::of(reason::MALFORMED),
-    };
+    }
     if lists::allowed(&pkt) {
         return Decision::of(reason::ALLOW_LIST);
     }

@@ -46,40 +46,34 @@ pub const FRAG_LATER: u8 = 2;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
-/// A frame the parser can read: the XDP buffer or the TC socket buffer.
-pub trait Frame {
-    fn start(&self) -> usize;
-    fn end(&self) -> usize;
+/// The bytes of a frame: `start..end` of the XDP buffer or of the TC socket buffer's linear
+/// part. Taken from the context in the entry point and passed down as two plain words: handing a
+/// context to a non-inlined function lets LLVM re-derive `data_end` there with a zero-extension,
+/// and the verifier forbids arithmetic on `pkt_end`.
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub start: usize,
+    pub end: usize,
 }
 
-impl Frame for XdpContext {
+impl Frame {
     #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
+    pub fn of_xdp(ctx: &XdpContext) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end() }
     }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
-}
 
-impl Frame for TcContext {
     #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
+    pub fn of_tc(ctx: &TcContext) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end() }
     }
 }
 
 /// The one way to touch packet memory: a pointer to a `T` at `offset`, or `Err` if it does not
 /// fit. The comparison against `end` is what lets the verifier accept the later dereference.
 #[inline(always)]
-pub fn ptr_at<T, F: Frame>(frame: &F, offset: usize) -> Result<*const T, ()> {
-    let start = frame.start();
-    let end = frame.end();
+pub fn ptr_at<T>(frame: &Frame, offset: usize) -> Result<*const T, ()> {
+    let start = frame.start;
+    let end = frame.end;
     if start + offset + size_of::<T>() > end {
         return Err(());
     }
@@ -111,16 +105,17 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// An empty packet for [`parse`] to fill.
     #[inline(always)]
-    const fn new(src: [u8; 16], dst: [u8; 16], ipv6: bool) -> Self {
+    pub const fn empty() -> Self {
         Self {
-            src,
-            dst,
+            src: [0; 16],
+            dst: [0; 16],
             frag_id: 0,
             sport: 0,
             dport: 0,
             payload_off: 0,
-            ipv6,
+            ipv6: false,
             proto: 0,
             icmp_type: 0,
             tcp_flags: 0,
@@ -135,15 +130,23 @@ impl Packet {
     }
 }
 
+/// What [`parse`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
     /// ARP, LLDP and every other non-IP frame.
     NonIp,
-    Ip(Packet),
+    /// IPv4 or IPv6: the packet was filled in.
+    Ip,
 }
 
-/// Ethernet, then up to [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags, then IPv4 or IPv6.
-#[inline(always)]
-pub fn parse<F: Frame>(frame: &F) -> Result<Parsed, ()> {
+/// Ethernet, then up to [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags, then IPv4 or IPv6, into `pkt`.
+///
+/// Not inlined, and filling a caller-owned `Packet` instead of returning one: the parser's
+/// temporaries then live in its own stack frame, not in the entry point's (the verifier allows
+/// 512 bytes for the whole call chain).
+#[inline(never)]
+pub fn parse(start: usize, end: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
+    let frame = &Frame { start, end };
     let eth: *const EthHdr = ptr_at(frame, 0)?;
     // SAFETY: `ptr_at` checked that a whole EthHdr is inside the frame.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -159,8 +162,8 @@ pub fn parse<F: Frame>(frame: &F) -> Result<Parsed, ()> {
         off += VLAN_TAG_LEN;
     }
     match ether_type {
-        ETH_P_IP => parse_ipv4(frame, off).map(Parsed::Ip),
-        ETH_P_IPV6 => parse_ipv6(frame, off).map(Parsed::Ip),
+        ETH_P_IP => parse_ipv4(frame, off, pkt).map(|()| Parsed::Ip),
+        ETH_P_IPV6 => parse_ipv6(frame, off, pkt).map(|()| Parsed::Ip),
         // A third tag hides an IP packet we cannot see: refuse it rather than pass it blind.
         ETH_P_8021Q | ETH_P_8021AD => Err(()),
         _ => Ok(Parsed::NonIp),
@@ -169,7 +172,7 @@ pub fn parse<F: Frame>(frame: &F) -> Result<Parsed, ()> {
 
 /// IPv4 with any IHL (options are skipped, RFC 791 section 3.1).
 #[inline(always)]
-fn parse_ipv4<F: Frame>(frame: &F, l3: usize) -> Result<Packet, ()> {
+fn parse_ipv4(frame: &Frame, l3: usize, pkt: &mut Packet) -> Result<(), ()> {
     let ip: *const Ipv4Hdr = ptr_at(frame, l3)?;
     // SAFETY: a whole Ipv4Hdr is inside the frame; only integer fields are read.
     let (vihl, tot_len, id, frags, src, dst) = unsafe {
@@ -188,10 +191,12 @@ fn parse_ipv4<F: Frame>(frame: &F, l3: usize) -> Result<Packet, ()> {
         return Err(());
     }
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    if ihl < Ipv4Hdr::LEN || tot_len < ihl || frame.start() + l3 + tot_len > frame.end() {
+    if ihl < Ipv4Hdr::LEN || tot_len < ihl || frame.start + l3 + tot_len > frame.end {
         return Err(());
     }
-    let mut pkt = Packet::new(v4_mapped(src), v4_mapped(dst), false);
+    pkt.src = v4_mapped(src);
+    pkt.dst = v4_mapped(dst);
+    pkt.ipv6 = false;
     pkt.proto = proto;
     pkt.frag_id = id as u32;
     let offset = frags & 0x1fff;
@@ -204,16 +209,15 @@ fn parse_ipv4<F: Frame>(frame: &F, l3: usize) -> Result<Packet, ()> {
         FRAG_NONE
     };
     if pkt.frag == FRAG_LATER {
-        return Ok(pkt);
+        return Ok(());
     }
-    parse_l4(frame, l3 + ihl, &mut pkt)?;
-    Ok(pkt)
+    parse_l4(frame, l3 + ihl, pkt)
 }
 
 /// IPv6, skipping hop-by-hop, routing, destination-options and fragment headers (RFC 8200
 /// section 4), at most [`MAX_IPV6_EXT_HEADERS`] of them.
 #[inline(always)]
-fn parse_ipv6<F: Frame>(frame: &F, l3: usize) -> Result<Packet, ()> {
+fn parse_ipv6(frame: &Frame, l3: usize, pkt: &mut Packet) -> Result<(), ()> {
     let ip: *const Ipv6Hdr = ptr_at(frame, l3)?;
     // SAFETY: a whole Ipv6Hdr is inside the frame; only integer fields are read.
     let (vcf0, payload_len, src, dst) = unsafe {
@@ -231,10 +235,12 @@ fn parse_ipv6<F: Frame>(frame: &F, l3: usize) -> Result<Packet, ()> {
     }
     // Payload length 0 is only legal with a jumbo payload option (RFC 2675), which cannot
     // occur on Ethernet; the transport checks below still bound every read.
-    if payload_len != 0 && frame.start() + l3 + Ipv6Hdr::LEN + payload_len > frame.end() {
+    if payload_len != 0 && frame.start + l3 + Ipv6Hdr::LEN + payload_len > frame.end {
         return Err(());
     }
-    let mut pkt = Packet::new(src, dst, true);
+    pkt.src = src;
+    pkt.dst = dst;
+    pkt.ipv6 = true;
     let mut off = l3 + Ipv6Hdr::LEN;
     let mut seen = 0;
     while seen < MAX_IPV6_EXT_HEADERS {
@@ -264,7 +270,7 @@ fn parse_ipv6<F: Frame>(frame: &F, l3: usize) -> Result<Packet, ()> {
                 if pkt.frag == FRAG_LATER {
                     // What follows is the middle of the datagram, not a header.
                     pkt.proto = next;
-                    return Ok(pkt);
+                    return Ok(());
                 }
             }
             _ => break,
@@ -276,8 +282,7 @@ fn parse_ipv6<F: Frame>(frame: &F, l3: usize) -> Result<Packet, ()> {
         return Err(());
     }
     pkt.proto = next;
-    parse_l4(frame, off, &mut pkt)?;
-    Ok(pkt)
+    parse_l4(frame, off, pkt)
 }
 
 #[inline(always)]
@@ -290,7 +295,7 @@ const fn is_ipv6_ext_header(next: u8) -> bool {
 
 /// TCP, UDP, ICMP and ICMPv6 headers; other protocols carry nothing we read.
 #[inline(always)]
-fn parse_l4<F: Frame>(frame: &F, off: usize, pkt: &mut Packet) -> Result<(), ()> {
+fn parse_l4(frame: &Frame, off: usize, pkt: &mut Packet) -> Result<(), ()> {
     match pkt.proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(frame, off)?;
@@ -304,7 +309,7 @@ fn parse_l4<F: Frame>(frame: &F, off: usize, pkt: &mut Packet) -> Result<(), ()>
                     *(tcp as *const u8).add(13),
                 )
             };
-            if doff < TcpHdr::LEN || frame.start() + off + doff > frame.end() {
+            if doff < TcpHdr::LEN || frame.start + off + doff > frame.end {
                 return Err(());
             }
             pkt.sport = sport;

@@ -46,7 +46,8 @@ pub fn decide(
 /// The source belongs to one of the source sets in `sets` (a bitmask) of this generation. One LPM
 /// lookup returns the bitmask of every set containing the source (the controller folds covering
 /// prefixes into each entry's mask).
-#[inline(always)]
+// Own stack frame (BPF-to-BPF call): see `rate::over_limit`.
+#[inline(never)]
 fn in_sets(pkt: &Packet, generation: u32, sets: u64) -> bool {
     let gen_be = generation.to_be_bytes();
     let mask = if pkt.ipv6 {

@@ -17,7 +17,10 @@ use crate::{
 };
 
 /// Charge one packet from `source` to rate class `class`; true when it must be dropped.
-#[inline(always)]
+///
+/// Not inlined: a BPF-to-BPF call gives the rate path its own stack frame, which keeps the
+/// program under the verifier's 512-byte combined stack limit.
+#[inline(never)]
 pub fn over_limit(
     source: &SourceKey,
     class: u8,
@@ -94,7 +97,15 @@ fn ban(
             return;
         }
     }
-    let event = BanEvent {
+    // Written straight into ring buffer memory: no 48-byte copy on the stack.
+    let Some(mut slot) = EVENTS.reserve::<BanEvent>(0) else {
+        // The controller is not draining events (stopped, or overwhelmed). The ban itself is in
+        // the map and still enforced; only its log line is lost.
+        // aya-log-ebpf 0.2 ignores its context argument, so none is threaded down to here.
+        warn!(&(), "ban event lost: ring buffer full");
+        return;
+    };
+    slot.write(BanEvent {
         addr: *source,
         at_ns: now,
         expires_ns,
@@ -103,11 +114,6 @@ fn ban(
         level,
         flags,
         prefix_len: if ipv6 { cfg.ipv6_prefix as u8 } else { 32 },
-    };
-    if EVENTS.output::<BanEvent>(&event, 0).is_err() {
-        // The controller is not draining events (stopped, or overwhelmed). The ban itself is in
-        // the map and still enforced; only its log line is lost.
-        // aya-log-ebpf 0.2 ignores its context argument, so none is threaded down to here.
-        warn!(&(), "ban event lost: ring buffer full");
-    }
+    });
+    slot.submit(0);
 }

@@ -5,7 +5,9 @@
 /// `::ffff:a.b.c.d` for an IPv4 address.
 #[inline(always)]
 pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
 }
 
 /// The IPv4 address inside an IPv4-mapped address, if it is one.
@@ -35,7 +37,14 @@ pub fn mask_prefix(addr: [u8; 16], prefix: u32) -> [u8; 16] {
     } else if prefix >= 64 {
         // prefix == 64 would shift by 64: handled by the explicit zero.
         let keep = prefix - 64;
-        (hi, if keep == 0 { 0 } else { lo & (u64::MAX << (64 - keep)) })
+        (
+            hi,
+            if keep == 0 {
+                0
+            } else {
+                lo & (u64::MAX << (64 - keep))
+            },
+        )
     } else if prefix == 0 {
         (0, 0)
     } else {

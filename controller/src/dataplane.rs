@@ -41,6 +41,9 @@ use crate::{
 /// The eBPF object built by `build.rs`, embedded: one file to deploy.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
 
+/// An XDP program that only returns XDP_PASS: the baseline benchmarks measure against.
+pub static EMPTY_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-empty"));
+
 /// A reload waits at least this long after the previous flip before writing into the
 /// generation that flip retired, so no packet still running against it sees a partial write.
 const GENERATION_GRACE: Duration = Duration::from_millis(50);

@@ -2,6 +2,7 @@
 //! BPF_PROG_TEST_RUN harness that asserts the exact reason counter, and a network-namespace
 //! guard.
 
+pub mod bench;
 pub mod netns;
 pub mod packet;
 
@@ -80,8 +81,13 @@ pub struct Harness {
 impl Harness {
     /// Load the object through the verifier and apply `policy_text` (and its static lists).
     pub fn new(policy_text: &str) -> Self {
+        Self::new_with_capacity(policy_text, test_capacity())
+    }
+
+    /// [`Harness::new`] with chosen map sizes.
+    pub fn new_with_capacity(policy_text: &str, capacity: Capacity) -> Self {
         let (_, compiled) = policy::parse("harness.toml", policy_text).unwrap_or_else(|e| panic!("{e}"));
-        let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity: test_capacity() })
+        let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity })
             .unwrap_or_else(|e| panic!("loading the data plane failed: {e}"));
         dp.apply_policy(&compiled).unwrap_or_else(|e| panic!("apply_policy: {e}"));
         for net in &compiled.allow {

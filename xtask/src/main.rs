@@ -1,1 +1,169 @@
-fn main() {}
+//! `cargo xtask`: build, run, test and bench voipwall. Every command first bootstraps what a
+//! fresh machine lacks (nightly rust-src, bpf-linker built against the nightly toolchain's own
+//! libLLVM, bpffs, the Debian tools the tests drive), idempotently, announcing each step.
+
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (also done by every other command).
+    Bootstrap,
+    /// Build everything (release).
+    Build,
+    /// Build and run the daemon with the embedded default policy.
+    Run {
+        #[arg(long)]
+        iface: String,
+        /// Extra arguments for `voipwall run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, BPF_PROG_TEST_RUN verdicts, network-namespace tests, the
+    /// benchmark smoke run.
+    Test {
+        /// Only tests whose binary or name contains this.
+        filter: Option<String>,
+    },
+    /// Run the benchmarks and regenerate BENCHMARKS.md, results JSON and charts.
+    Bench {
+        /// A short run (under two minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for the bench binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root).context("cd to the workspace")?;
+    match cli.command {
+        Cmd::Bootstrap => bootstrap::all(bootstrap::Need::Test),
+        Cmd::Build => {
+            bootstrap::all(bootstrap::Need::Build)?;
+            cargo(&["build", "--release", "-p", "controller"])
+        }
+        Cmd::Run { iface, args } => {
+            bootstrap::all(bootstrap::Need::Run)?;
+            cargo(&["build", "--release", "-p", "controller"])?;
+            let bin = root.join("target/release/voipwall");
+            step(&format!("running {} --iface {iface} run {}", bin.display(), args.join(" ")));
+            let status = Command::new(&bin).args(["--iface", &iface, "run"]).args(&args).status().context("starting voipwall")?;
+            if !status.success() {
+                bail!("voipwall exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { filter } => test(filter.as_deref()),
+        Cmd::Bench { quick, args } => {
+            bootstrap::all(bootstrap::Need::Bench)?;
+            let mut a = vec!["run", "--release", "-p", "tests", "--bin", "bench", "--"];
+            if quick {
+                a.push("--quick");
+            }
+            let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+            a.extend(extra);
+            cargo(&a)
+        }
+    }
+}
+
+/// Announce a step.
+pub fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    step(&format!("cargo {}", args.join(" ")));
+    let status = Command::new(env!("CARGO")).args(args).status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Test binaries that create network namespaces or start daemons run one test at a time.
+fn is_serial(name: &str) -> bool {
+    name.starts_with("netns_") || name.starts_with("e2e_") || name.starts_with("daemon_")
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    bootstrap::all(bootstrap::Need::Test)?;
+    let started = Instant::now();
+    let root = workspace_root();
+    let mut parallel = Vec::new();
+    let mut serial = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests/tests")).context("listing tests/tests")? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let name = path.file_stem().expect("file").to_string_lossy().into_owned();
+            if is_serial(&name) { serial.push(name) } else { parallel.push(name) }
+        }
+    }
+    parallel.sort();
+    serial.sort();
+    let matches = |name: &str| filter.is_none_or(|f| name.contains(f));
+
+    // 1. Host unit tests of every crate (no root needed) and the test-helper crate's own tests.
+    if filter.is_none() {
+        cargo(&["test", "--workspace", "--exclude", "xdp-ebpf", "--lib", "--bins", "--no-fail-fast"])?;
+    }
+    // 2. BPF_PROG_TEST_RUN suites and other root tests that isolate themselves.
+    let mut args: Vec<String> = vec!["test".into(), "-p".into(), "tests".into(), "--no-fail-fast".into()];
+    let selected: Vec<&String> = parallel.iter().filter(|n| matches(n)).collect();
+    if !selected.is_empty() {
+        for n in &selected {
+            args.push("--test".into());
+            args.push((*n).clone());
+        }
+        cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
+    // 3. Network namespace and daemon tests, one at a time (timing-sensitive traffic).
+    let selected: Vec<&String> = serial.iter().filter(|n| matches(n)).collect();
+    if !selected.is_empty() {
+        let mut args: Vec<String> = vec!["test".into(), "-p".into(), "tests".into(), "--no-fail-fast".into()];
+        for n in &selected {
+            args.push("--test".into());
+            args.push((*n).clone());
+        }
+        args.extend(["--".into(), "--test-threads=1".into()]);
+        cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
+    // 4. The benchmark harness in smoke mode, so it cannot rot.
+    if filter.is_none_or(|f| "bench".contains(f)) && root.join("tests/src/bin/bench.rs").exists() {
+        cargo(&["run", "--release", "-p", "tests", "--bin", "bench", "--", "--smoke"])?;
+    }
+    step(&format!("all tests passed in {:.0?}", started.elapsed()));
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! The `voipwall` command line. Verbs, flags and exit codes are a contract (the controller
+//! issue): 0 ok, 1 runtime failure (daemon unreachable, kernel refused), 2 invalid input.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    control::{self, Request},
+    core::ListChange,
+    daemon::{self, RunArgs},
+    dataplane::XdpModeChoice,
+    paths,
+    policy::{self, SshReach, roles},
+    system,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "voipwall", version, about = "Line-rate XDP firewall for VoIP servers")]
+pub struct Cli {
+    /// Interface whose daemon to talk to (default: the only one running).
+    #[arg(long, global = true)]
+    pub iface: Option<String>,
+    /// Control socket path (default: /run/voipwall/IFACE.sock).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// Log format of the daemon.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load, attach and enforce; foreground daemon (one per interface).
+    Run(RunCmd),
+    /// Add CIDRs to the block list.
+    Block(AddCmd),
+    /// Remove CIDRs from the block list (and lift bans inside them).
+    Unblock(RemoveCmd),
+    /// Add CIDRs to the allow list (bypasses every check).
+    Allow(AddCmd),
+    /// Remove CIDRs from the allow list.
+    Disallow(RemoveCmd),
+    /// Show blocked, allowed and banned sources.
+    List {
+        #[arg(value_parser = ["blocked", "allowed", "banned"])]
+        which: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Packet and byte counters by verdict and reason, and per rule.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sources by current packet rate.
+    Top {
+        #[arg(long)]
+        json: bool,
+        /// How many sources.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Interface, XDP mode, policy, map fill.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check or show policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+    /// Re-read the policy and apply it atomically.
+    Reload {
+        /// Switch to another policy file.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Roll back unless `voipwall confirm` arrives within this time.
+        #[arg(long, value_name = "DURATION")]
+        confirm_within: Option<String>,
+        /// Apply even if the policy closes SSH to everyone or cuts this session.
+        #[arg(long)]
+        allow_lockout: bool,
+    },
+    /// Keep the policy of a `reload --confirm-within`.
+    Confirm,
+    /// List the built-in roles, or describe one.
+    Roles { name: Option<String> },
+}
+
+#[derive(Args, Debug)]
+pub struct RunCmd {
+    /// Policy file (default: the embedded voip-edge policy).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[arg(long, default_value = paths::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Root of the pinned maps and links (one folder per interface below it).
+    #[arg(long, default_value = paths::DEFAULT_PIN_ROOT)]
+    pub pin_dir: PathBuf,
+    /// Count what would be dropped, drop nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+    /// On SIGTERM leave the program attached (it keeps filtering with the last state).
+    #[arg(long)]
+    pub keep_attached: bool,
+    /// Start even if the policy closes SSH to every source.
+    #[arg(long)]
+    pub allow_lockout: bool,
+    /// Prometheus listener, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9947")]
+    pub metrics: String,
+    /// Log a counter line this often (`0` = only the table at exit).
+    #[arg(long, default_value = "60s")]
+    pub stats_interval: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AddCmd {
+    #[arg(required = true)]
+    pub cidrs: Vec<String>,
+    /// Remove the entry after this long (e.g. 30m, 1h, 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Block even a range holding this host's or your SSH client's address.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RemoveCmd {
+    #[arg(required = true)]
+    pub cidrs: Vec<String>,
+    /// Remove even if it cuts your SSH session.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Validate a policy file (exit 2 if invalid); warns about a closed SSH port.
+    Check { file: PathBuf },
+    /// The policy the daemon enforces.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run the parsed command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Run(_)) {
+        // A CLI piped into `head` should end quietly, not panic on EPIPE. The daemon keeps
+        // Rust's default (SIGPIPE ignored) so a vanished client never kills it.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let code = match cli.command {
+        Command::Run(run) => match cli.iface {
+            Some(iface) => run_daemon(iface, cli.socket, run),
+            None => {
+                eprintln!("error: voipwall run needs --iface IFACE");
+                2
+            }
+        },
+        Command::Roles { name } => roles_cmd(name.as_deref()),
+        Command::Policy { command: PolicyCmd::Check { file } } => policy_check(&file),
+        command => client(cli.iface.as_deref(), cli.socket, command),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn run_daemon(iface: String, socket: Option<PathBuf>, run: RunCmd) -> i32 {
+    let metrics = match run.metrics.as_str() {
+        "off" | "none" => None,
+        s => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                eprintln!("error: --metrics {s:?} is not ADDR:PORT or `off`");
+                return 2;
+            }
+        },
+    };
+    let stats_interval = match policy::parse_duration(&run.stats_interval) {
+        Ok(d) => d,
+        Err(hint) => {
+            eprintln!("error: --stats-interval {:?}: {hint}", run.stats_interval);
+            return 2;
+        }
+    };
+    let args = RunArgs {
+        iface,
+        policy: run.policy,
+        state_dir: run.state_dir,
+        pin_root: run.pin_dir,
+        socket,
+        dry_run: run.dry_run,
+        xdp_mode: match run.xdp_mode {
+            XdpModeArg::Auto => XdpModeChoice::Auto,
+            XdpModeArg::Native => XdpModeChoice::Native,
+            XdpModeArg::Generic => XdpModeChoice::Generic,
+        },
+        keep_attached: run.keep_attached,
+        allow_lockout: run.allow_lockout,
+        metrics,
+        stats_interval,
+    };
+    match daemon::run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+fn roles_cmd(name: Option<&str>) -> i32 {
+    match name {
+        None => {
+            for r in roles::ROLES {
+                println!("{:<30} {}", r.name, r.summary);
+            }
+            0
+        }
+        Some(n) => match roles::find(n) {
+            Some(r) => {
+                print!("{}", roles::describe(r));
+                0
+            }
+            None => {
+                eprintln!("error: unknown role `{n}`; `voipwall roles` lists them");
+                2
+            }
+        },
+    }
+}
+
+fn policy_check(file: &std::path::Path) -> i32 {
+    match policy::load(file) {
+        Ok((p, c)) => {
+            println!("{}: ok (sha256 {})", file.display(), p.sha256);
+            println!("roles: {}", if p.roles.is_empty() { "-".to_string() } else { p.roles.join(", ") });
+            println!("rules: {}", c.rule_names.len() - 1);
+            for w in &c.warnings {
+                println!("warning: {w}");
+            }
+            match &c.ssh {
+                SshReach::Closed => println!("warning: SSH port {}/tcp is closed to every source: `voipwall run` and `reload` refuse this policy unless --allow-lockout", c.ssh_port),
+                SshReach::AllowListOnly => println!("note: SSH port {}/tcp is reachable only from the allow list", c.ssh_port),
+                SshReach::Sets(s) => println!("note: SSH port {}/tcp is open to the sets {}", c.ssh_port, s.join(", ")),
+                SshReach::Any => println!("note: SSH port {}/tcp is open to any source", c.ssh_port),
+            }
+            0
+        }
+        Err(e @ policy::PolicyError::Read { .. }) => {
+            eprintln!("error: {e}");
+            2
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}
+
+/// Find the daemon's socket: `--socket`, `--iface`, or the only socket there is.
+fn socket_for(iface: Option<&str>, socket: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    if let Some(i) = iface {
+        return Ok(paths::socket_path(i));
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir(paths::SOCKET_DIR)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "sock")).collect())
+        .unwrap_or_default();
+    match found.len() {
+        1 => Ok(found.into_iter().next().expect("one")),
+        0 => Err(format!("no voipwall daemon found in {} (is `voipwall run --iface IFACE` running?)", paths::SOCKET_DIR)),
+        _ => Err(format!("{} daemons are running; name one with --iface", found.len())),
+    }
+}
+
+fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32 {
+    let ssh_client = system::ssh_client_from_env();
+    let (req, json) = match command {
+        Command::Block(a) => (Request::Block(change(a.cidrs, a.ttl, a.reason, a.force, ssh_client)), false),
+        Command::Allow(a) => (Request::Allow(change(a.cidrs, a.ttl, a.reason, a.force, ssh_client)), false),
+        Command::Unblock(r) => (Request::Unblock(change(r.cidrs, None, None, r.force, ssh_client)), false),
+        Command::Disallow(r) => (Request::Disallow(change(r.cidrs, None, None, r.force, ssh_client)), false),
+        Command::List { which, json } => (Request::List { which }, json),
+        Command::Stats { json } => (Request::Stats, json),
+        Command::Top { json, limit } => (Request::Top { limit }, json),
+        Command::Status { json } => (Request::Status, json),
+        Command::Policy { command: PolicyCmd::Show { json } } => (Request::PolicyShow, json),
+        Command::Reload { policy, confirm_within, allow_lockout } => {
+            // The daemon reads the file itself: send an absolute path.
+            let policy = policy.map(|p| std::path::absolute(&p).unwrap_or(p));
+            (Request::Reload { policy, confirm_within, allow_lockout, ssh_client }, false)
+        }
+        Command::Confirm => (Request::Confirm, false),
+        Command::Run(_) | Command::Roles { .. } | Command::Policy { command: PolicyCmd::Check { .. } } => unreachable!("handled locally"),
+    };
+    let socket = match socket_for(iface, socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match control::call(&socket, &req, Duration::from_secs(60)) {
+        Ok(resp) => {
+            if resp.ok {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&resp.data).expect("serializable"));
+                } else {
+                    print!("{}", resp.text);
+                    if !resp.text.ends_with('\n') {
+                        println!();
+                    }
+                }
+            } else {
+                eprintln!("error: {}", resp.error.as_deref().unwrap_or("unknown"));
+            }
+            resp.exit_code()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn change(cidrs: Vec<String>, ttl: Option<String>, reason: Option<String>, force: bool, ssh_client: Option<std::net::IpAddr>) -> ListChange {
+    ListChange { cidrs, ttl, reason, force, ssh_client }
+}

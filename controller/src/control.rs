@@ -1,0 +1,215 @@
+//! The control socket: one JSON request line, one JSON response line, over a root-only Unix
+//! socket (`/run/voipwall/IFACE.sock`, mode 0600, peers checked with SO_PEERCRED).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
+    os::unix::net::UnixStream as StdUnixStream,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+use tracing::{debug, warn};
+
+use crate::{
+    core::{Core, ListChange, OpError, Reply},
+    dataplane::ListKind,
+};
+
+/// A request from the CLI.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Block(ListChange),
+    Unblock(ListChange),
+    Allow(ListChange),
+    Disallow(ListChange),
+    List { which: Option<String> },
+    Stats,
+    Top { limit: usize },
+    Status,
+    PolicyShow,
+    Reload {
+        policy: Option<PathBuf>,
+        confirm_within: Option<String>,
+        #[serde(default)]
+        allow_lockout: bool,
+        ssh_client: Option<IpAddr>,
+    },
+    Confirm,
+}
+
+/// Whether a failure was the caller's input or the system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Invalid,
+    Runtime,
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    pub error_kind: Option<ErrorKind>,
+    pub error: Option<String>,
+    pub text: String,
+    pub data: Value,
+}
+
+impl Response {
+    fn from_result(r: Result<Reply, OpError>) -> Self {
+        match r {
+            Ok(reply) => Self { ok: true, error_kind: None, error: None, text: reply.text, data: reply.data },
+            Err(e) => Self {
+                ok: false,
+                error_kind: Some(match e {
+                    OpError::Invalid(_) => ErrorKind::Invalid,
+                    OpError::Runtime(_) => ErrorKind::Runtime,
+                }),
+                error: Some(e.to_string()),
+                text: String::new(),
+                data: Value::Null,
+            },
+        }
+    }
+
+    /// CLI exit code: 0 ok, 1 runtime failure, 2 invalid input.
+    pub fn exit_code(&self) -> i32 {
+        match (self.ok, self.error_kind) {
+            (true, _) => 0,
+            (false, Some(ErrorKind::Invalid)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Execute one request against the core.
+pub fn handle(core: &mut Core, req: Request, who: &str) -> Response {
+    let r = match req {
+        Request::Block(c) => core.add(ListKind::Block, &c, who),
+        Request::Allow(c) => core.add(ListKind::Allow, &c, who),
+        Request::Unblock(c) => core.remove(ListKind::Block, &c, who),
+        Request::Disallow(c) => core.remove(ListKind::Allow, &c, who),
+        Request::List { which } => core.list(which.as_deref()),
+        Request::Stats => core.stats(),
+        Request::Top { limit } => core.top(limit.max(1)),
+        Request::Status => core.status(),
+        Request::PolicyShow => Ok(core.policy_show()),
+        Request::Reload { policy, confirm_within, allow_lockout, ssh_client } => {
+            match confirm_within.as_deref().map(crate::policy::parse_duration).transpose() {
+                Ok(Some(d)) if d.is_zero() => Err(OpError::Invalid("--confirm-within must be longer than zero".into())),
+                Ok(d) => core.reload(policy, d, allow_lockout, ssh_client),
+                Err(hint) => Err(OpError::Invalid(format!("--confirm-within is not a duration; {hint}"))),
+            }
+        }
+        Request::Confirm => core.confirm(),
+    };
+    Response::from_result(r)
+}
+
+/// Bind the socket: a private directory, stale sockets replaced, mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if path.exists() {
+        // A live daemon holds the interface lock, so a socket here is a dead one's leftover.
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serve requests until `shutdown` flips.
+pub async fn serve(listener: UnixListener, core: Arc<Mutex<Core>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let core = core.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, core).await {
+                            debug!(error = %e, "control connection");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "control socket accept failed"),
+            },
+        }
+    }
+}
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 1 << 20;
+
+/// Read one newline-terminated request into a `BytesMut`, refusing oversized ones.
+async fn read_request(read: &mut tokio::net::unix::OwnedReadHalf) -> std::io::Result<BytesMut> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            return Ok(buf.split_to(pos));
+        }
+        if buf.len() >= MAX_REQUEST {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request too long"));
+        }
+        if read.read_buf(&mut buf).await? == 0 {
+            return Ok(buf);
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (mut read, mut write) = stream.into_split();
+    let line = read_request(&mut read).await?;
+    let response = if cred.uid() != 0 {
+        Response::from_result(Err(OpError::Runtime("the control socket is for root only".into())))
+    } else {
+        match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => {
+                let who = format!("uid {} pid {}", cred.uid(), cred.pid().unwrap_or(0));
+                // Reloads write up to a few hundred thousand map entries: keep them off the
+                // async workers.
+                tokio::task::spawn_blocking(move || {
+                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                    handle(&mut core, req, &who)
+                })
+                .await
+                .unwrap_or_else(|e| Response::from_result(Err(OpError::Runtime(format!("request handler failed: {e}")))))
+            }
+            Err(e) => Response::from_result(Err(OpError::Invalid(format!("malformed request: {e}")))),
+        }
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// The CLI side: send one request, wait for the answer.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, String> {
+    let mut stream = StdUnixStream::connect(socket).map_err(|e| {
+        format!("cannot reach the voipwall daemon at {}: {e} (is `voipwall run` running for this interface?)", socket.display())
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(|e| format!("reading from {}: {e}", socket.display()))?;
+    serde_json::from_str(&answer).map_err(|e| format!("malformed answer from the daemon: {e}"))
+}

@@ -1,0 +1,275 @@
+//! `voipwall run`: startup checks, the core, and the services around it (control socket, ban
+//! events, aya-log, sweeper, counters, metrics, signals), all stopped through one shutdown
+//! channel (bpfman's `serve.rs` shape).
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use common::{BanEvent, reason, verdict};
+use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}, sync::watch};
+use tracing::{error, info, warn};
+
+use crate::{
+    control,
+    core::{Core, OpError, StartOptions},
+    dataplane::XdpModeChoice,
+    metrics, paths, system,
+};
+
+/// Flags of `voipwall run`.
+#[derive(Clone, Debug)]
+pub struct RunArgs {
+    pub iface: String,
+    pub policy: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub pin_root: PathBuf,
+    pub socket: Option<PathBuf>,
+    pub dry_run: bool,
+    pub xdp_mode: XdpModeChoice,
+    pub keep_attached: bool,
+    pub allow_lockout: bool,
+    pub metrics: Option<SocketAddr>,
+    /// Print a counter summary this often (0 = only at exit).
+    pub stats_interval: Duration,
+}
+
+/// Why the daemon stopped with an error, and its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RunError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl RunError {
+    fn runtime(message: impl Into<String>) -> Self {
+        Self { code: 1, message: message.into() }
+    }
+}
+
+impl From<OpError> for RunError {
+    fn from(e: OpError) -> Self {
+        Self { code: e.exit_code(), message: e.to_string() }
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    system::require_root().map_err(|e| RunError::runtime(e.to_string()))?;
+    system::require_interface(&args.iface).map_err(|e| RunError { code: 2, message: e.to_string() })?;
+    if system::ensure_bpffs(&args.pin_root).map_err(|e| RunError::runtime(e.to_string()))? {
+        info!(path = paths::BPFFS, "mounted bpffs");
+    }
+    let socket = args.socket.clone().unwrap_or_else(|| paths::socket_path(&args.iface));
+    let lock_path = socket.with_extension("lock");
+    let _lock = system::lock_interface(&lock_path, &args.iface).map_err(|e| RunError::runtime(e.to_string()))?;
+
+    let opts = StartOptions {
+        iface: args.iface.clone(),
+        policy_path: args.policy.clone(),
+        state_dir: paths::state_dir(&args.state_dir, &args.iface),
+        pin_dir: paths::pin_dir(&args.pin_root, &args.iface),
+        force_dry_run: args.dry_run,
+        xdp_mode: args.xdp_mode,
+        allow_lockout: args.allow_lockout,
+    };
+    let mut core = Core::start(&opts)?;
+    let events = core.dataplane_mut().take_events();
+    let program_id = core.attachment().map(|a| a.program_id);
+    let core = Arc::new(Mutex::new(core));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::runtime(format!("tokio runtime: {e}")))?;
+    let result = rt.block_on(serve(args.clone(), socket.clone(), core.clone(), events, program_id));
+    let keep = args.keep_attached;
+    {
+        let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+        print_counters(&core);
+        core.shutdown(keep);
+    }
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+async fn serve(
+    args: RunArgs,
+    socket: PathBuf,
+    core: Arc<Mutex<Core>>,
+    events: Option<RingBuf<MapData>>,
+    program_id: Option<u32>,
+) -> Result<(), RunError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = control::bind(&socket).map_err(|e| RunError::runtime(format!("control socket {}: {e}", socket.display())))?;
+    info!(socket = %socket.display(), "control socket ready");
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(control::serve(listener, core.clone(), stop_rx.clone())));
+    if let Some(rb) = events {
+        tasks.push(tokio::spawn(ban_events(rb, core.clone(), stop_rx.clone())));
+    }
+    if let Some(id) = program_id {
+        tasks.push(tokio::spawn(ebpf_logs(id, stop_rx.clone())));
+    }
+    tasks.push(tokio::spawn(sweeper(core.clone(), stop_rx.clone())));
+    if !args.stats_interval.is_zero() {
+        tasks.push(tokio::spawn(counter_lines(core.clone(), args.stats_interval, stop_rx.clone())));
+    }
+    if let Some(addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| RunError::runtime(format!("metrics listener {addr}: {e}")))?;
+        info!(%addr, "serving /metrics and /healthz");
+        tasks.push(tokio::spawn(metrics::serve(listener, core.clone(), stop_rx.clone())));
+    }
+
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| RunError::runtime(e.to_string()))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| RunError::runtime(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| RunError::runtime(e.to_string()))?;
+    info!(iface = %args.iface, "voipwall running");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let core = core.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = core.reload(None, None, false, None) {
+                        error!(error = %e, "SIGHUP reload failed; the previous policy keeps running");
+                    }
+                }).await;
+            }
+            _ = term.recv() => { info!("SIGTERM"); break; }
+            _ = int.recv() => { info!("SIGINT"); break; }
+        }
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+    }
+    Ok(())
+}
+
+/// Drain the ban event ring buffer into the core (log line, mirror, metrics).
+async fn ban_events(rb: RingBuf<MapData>, core: Arc<Mutex<Core>>, mut stop: watch::Receiver<bool>) {
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd lives and always
+    // returns that same fd.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!(error = %std::io::Error::from(e), "ban events unavailable");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            guard = fd.readable_mut() => {
+                let Ok(mut guard) = guard else { break };
+                let mut batch = Vec::new();
+                {
+                    let rb = guard.get_inner_mut();
+                    while let Some(item) = rb.next() {
+                        if item.len() == std::mem::size_of::<BanEvent>() {
+                            // SAFETY: the kernel wrote exactly one BanEvent into this record.
+                            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const BanEvent) });
+                        }
+                    }
+                }
+                guard.clear_ready();
+                if !batch.is_empty() {
+                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                    for ev in &batch {
+                        core.on_ban_event(ev);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// aya-log records from the program, bridged into `tracing` through the `log` facade.
+async fn ebpf_logs(program_id: u32, mut stop: watch::Receiver<bool>) {
+    let logger = match aya_log::EbpfLogger::init_from_id(program_id) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "eBPF log records unavailable");
+            return;
+        }
+    };
+    let raw = logger.as_raw_fd();
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives and always
+    // returns that same fd.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %std::io::Error::from(e), fd = raw, "eBPF log records unavailable");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            guard = fd.readable_mut() => {
+                let Ok(mut guard) = guard else { break };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }
+    }
+}
+
+/// Every second: expire bans and list entries, roll back unconfirmed reloads.
+async fn sweeper(core: Arc<Mutex<Core>>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {
+                let core = core.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                    core.rollback_if_due(Instant::now());
+                    core.sweep();
+                }).await;
+            }
+        }
+    }
+}
+
+async fn counter_lines(core: Arc<Mutex<Core>>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {
+                let core = core.lock().unwrap_or_else(|p| p.into_inner());
+                if let Ok(c) = core.counters() {
+                    let mut parts = Vec::new();
+                    for v in 0..verdict::COUNT {
+                        for r in 0..reason::COUNT {
+                            let p = c.get(v, r).packets;
+                            if p > 0 {
+                                parts.push(format!("{}/{}={p}", verdict::NAMES[v as usize], reason::NAMES[r as usize]));
+                            }
+                        }
+                    }
+                    info!(target: "voipwall::counters", counters = %parts.join(" "), "counters");
+                }
+            }
+        }
+    }
+}
+
+fn print_counters(core: &Core) {
+    match core.stats() {
+        Ok(reply) => println!("{}", reply.text),
+        Err(e) => error!(error = %e, "reading counters failed"),
+    }
+}

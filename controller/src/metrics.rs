@@ -1,0 +1,222 @@
+//! Prometheus metrics in the classic text format (the `prometheus` crate's `TextEncoder`, which
+//! `promtool check metrics` accepts; OpenMetrics-only encoders are refused by it), and
+//! `/healthz`.
+//!
+//! A scrape reads the per-CPU counter arrays (a fixed number of lookups) and counts the
+//! controller keeps as it goes; it never walks a list, ban or rate table, so it costs the same
+//! with 10 entries or a million.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{Router, extract::State, http::{StatusCode, header}, response::IntoResponse, routing::get};
+use common::{reason, verdict};
+use prometheus::{
+    Encoder as _, TextEncoder,
+    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tracing::error;
+
+use crate::{core::Core, dataplane::ListKind};
+
+/// Names of every metric family `/metrics` exports (the dashboard test checks against it).
+pub const FAMILIES: &[&str] = &[
+    "voipwall_packets_total",
+    "voipwall_bytes_total",
+    "voipwall_rule_packets_total",
+    "voipwall_rule_bytes_total",
+    "voipwall_bans_total",
+    "voipwall_active_bans",
+    "voipwall_list_entries",
+    "voipwall_map_entries",
+    "voipwall_map_capacity",
+    "voipwall_policy_reloads_total",
+    "voipwall_policy_info",
+    "voipwall_policy_generation",
+    "voipwall_xdp_attached",
+    "voipwall_build_info",
+];
+
+fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect()
+}
+
+fn push(f: &mut MetricFamily, pairs: &[(&str, &str)], value: f64) {
+    let mut m = Metric::default();
+    m.set_label(labels(pairs));
+    match f.get_field_type() {
+        MetricType::COUNTER => {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        }
+        _ => {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+    }
+    f.mut_metric().push(m);
+}
+
+/// Every metric family, read from the core.
+pub fn gather(core: &Core) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    let mut packets = family("voipwall_packets_total", "Packets seen by the XDP program, by verdict and reason.", MetricType::COUNTER);
+    let mut bytes = family("voipwall_bytes_total", "Bytes seen by the XDP program, by verdict and reason.", MetricType::COUNTER);
+    let counters = core.counters();
+    for r in 0..reason::COUNT {
+        let verdicts: &[u32] = if reason::is_drop(r) { &[verdict::DROP, verdict::WOULD_DROP] } else { &[verdict::PASS] };
+        for &v in verdicts {
+            let c = counters.as_ref().map(|c| c.get(v, r)).unwrap_or_default();
+            let l = [("verdict", verdict::NAMES[v as usize]), ("reason", reason::NAMES[r as usize])];
+            push(&mut packets, &l, c.packets as f64);
+            push(&mut bytes, &l, c.bytes as f64);
+        }
+    }
+    out.push(packets);
+    out.push(bytes);
+
+    let (policy, compiled) = core.policy();
+    let mut rule_packets = family("voipwall_rule_packets_total", "Packets decided by a policy rule, by verdict (would_drop in dry run).", MetricType::COUNTER);
+    let mut rule_bytes = family("voipwall_rule_bytes_total", "Bytes decided by a policy rule, by verdict.", MetricType::COUNTER);
+    if let Ok(rules) = core.dataplane().rule_counters(compiled.rule_names.len()) {
+        for (id, counts) in rules.iter().enumerate().skip(1) {
+            for v in 0..verdict::COUNT {
+                let l = [("rule", compiled.rule_names[id].as_str()), ("verdict", verdict::NAMES[v as usize])];
+                push(&mut rule_packets, &l, counts[v as usize].packets as f64);
+                push(&mut rule_bytes, &l, counts[v as usize].bytes as f64);
+            }
+        }
+    }
+    out.push(rule_packets);
+    out.push(rule_bytes);
+
+    let mut bans_total = family("voipwall_bans_total", "Sources banned by the rate limiter, by rate class and level.", MetricType::COUNTER);
+    for name in compiled.class_names.iter().skip(1) {
+        for level in [1u8, 2] {
+            let n = core.bans_total.get(&(name.clone(), level)).copied().unwrap_or(0);
+            push(&mut bans_total, &[("class", name), ("level", &level.to_string())], n as f64);
+        }
+    }
+    out.push(bans_total);
+
+    let mut active = family("voipwall_active_bans", "Bans in force.", MetricType::GAUGE);
+    push(&mut active, &[], core.bans().len() as f64);
+    out.push(active);
+
+    let mut lists = family("voipwall_list_entries", "Entries of the block list, allow list and ban table.", MetricType::GAUGE);
+    push(&mut lists, &[("list", "block")], core.lists().len(ListKind::Block) as f64);
+    push(&mut lists, &[("list", "allow")], core.lists().len(ListKind::Allow) as f64);
+    push(&mut lists, &[("list", "ban")], core.bans().len() as f64);
+    out.push(lists);
+
+    let mut entries = family("voipwall_map_entries", "Entries in a BPF map (maps whose count the controller tracks).", MetricType::GAUGE);
+    let mut capacity = family("voipwall_map_capacity", "Capacity of a BPF map.", MetricType::GAUGE);
+    for (map, e, c) in core.map_fill() {
+        if let Some(e) = e {
+            push(&mut entries, &[("map", map)], e as f64);
+        }
+        push(&mut capacity, &[("map", map)], c as f64);
+    }
+    out.push(entries);
+    out.push(capacity);
+
+    let mut reloads = family("voipwall_policy_reloads_total", "Policy reloads by result.", MetricType::COUNTER);
+    push(&mut reloads, &[("result", "ok")], core.reloads.ok as f64);
+    push(&mut reloads, &[("result", "error")], core.reloads.error as f64);
+    push(&mut reloads, &[("result", "rolled_back")], core.reloads.rolled_back as f64);
+    out.push(reloads);
+
+    let mut info = family("voipwall_policy_info", "The policy in force (value 1).", MetricType::GAUGE);
+    push(&mut info, &[("sha256", &policy.sha256), ("roles", &policy.roles.join(",")), ("path", &policy.path)], 1.0);
+    out.push(info);
+
+    let mut generation = family("voipwall_policy_generation", "Active policy generation (flips on every reload).", MetricType::GAUGE);
+    push(&mut generation, &[], core.dataplane().generation() as f64);
+    out.push(generation);
+
+    let mut attached = family("voipwall_xdp_attached", "1 while the XDP program is attached.", MetricType::GAUGE);
+    match core.attachment() {
+        Some(a) => push(&mut attached, &[("iface", &core.iface), ("mode", a.mode.as_str())], 1.0),
+        None => push(&mut attached, &[("iface", &core.iface), ("mode", "none")], 0.0),
+    }
+    out.push(attached);
+
+    let mut build = family("voipwall_build_info", "voipwall build (value 1).", MetricType::GAUGE);
+    push(&mut build, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    out.push(build);
+    out
+}
+
+/// The classic text exposition of [`gather`].
+pub fn render(core: &Core) -> Result<String, prometheus::Error> {
+    let mut buf = Vec::new();
+    TextEncoder::new().encode(&gather(core), &mut buf)?;
+    Ok(String::from_utf8(buf).expect("the text encoder writes UTF-8"))
+}
+
+/// True while the program is attached and its maps answer.
+pub fn healthy(core: &Core) -> bool {
+    core.attachment().is_some() && core.counters().is_ok()
+}
+
+type Shared = Arc<Mutex<Core>>;
+
+async fn metrics_handler(State(core): State<Shared>) -> impl IntoResponse {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let core = core.lock().unwrap_or_else(|p| p.into_inner());
+        render(&core)
+    })
+    .await;
+    match rendered {
+        Ok(Ok(text)) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Ok(Err(e)) => {
+            error!(error = %e, "encoding metrics failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn healthz(State(core): State<Shared>) -> impl IntoResponse {
+    let ok = tokio::task::spawn_blocking(move || {
+        let core = core.lock().unwrap_or_else(|p| p.into_inner());
+        healthy(&core)
+    })
+    .await
+    .unwrap_or(false);
+    if ok { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not attached\n") }
+}
+
+/// Serve `/metrics` and `/healthz` until `stop` flips.
+pub async fn serve(listener: TcpListener, core: Shared, mut stop: watch::Receiver<bool>) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .with_state(core);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .await
+    {
+        error!(error = %e, "metrics server failed");
+    }
+}

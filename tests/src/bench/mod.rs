@@ -1,0 +1,100 @@
+//! The benchmark suite behind `cargo xtask bench` (the `bench` binary). Every figure is a
+//! median over rounds with its spread, and every cost is also given as a ratio to a baseline
+//! measured in the same run, because the machines are shared and noisy.
+
+pub mod paths;
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use serde::Serialize;
+use voipwall::{dataplane::EMPTY_OBJECT, policy::Capacity};
+
+/// How hard to measure.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Settings {
+    /// `test_run` repetitions per measurement.
+    pub repeat: u32,
+    /// Rounds (each measures baseline and subject once).
+    pub rounds: usize,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Seconds: proves the harness works (part of `cargo xtask test`).
+    Smoke,
+    /// Under two minutes.
+    Quick,
+    /// The full suite (under fifteen minutes).
+    Full,
+}
+
+impl Settings {
+    pub fn new(mode: Mode) -> Self {
+        match mode {
+            Mode::Smoke => Self { repeat: 2_000, rounds: 2, mode },
+            Mode::Quick => Self { repeat: 200_000, rounds: 5, mode },
+            Mode::Full => Self { repeat: 1_000_000, rounds: 10, mode },
+        }
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        Capacity { rates: 1 << 20, block_v4: 1 << 21, ..Capacity::default() }
+    }
+}
+
+/// Median and spread of a sample.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// (max - min) / median.
+    pub spread: f64,
+}
+
+pub fn median_spread(xs: &[f64]) -> Stat {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    let (min, max) = (v[0], v[n - 1]);
+    Stat { median, min, max, spread: if median > 0.0 { (max - min) / median } else { 0.0 } }
+}
+
+/// The empty XDP_PASS program, loaded in this process.
+pub struct Baseline {
+    ebpf: Ebpf,
+}
+
+impl Baseline {
+    pub fn load() -> Self {
+        let mut ebpf = Ebpf::load(EMPTY_OBJECT).expect("loading the empty baseline program");
+        let prog: &mut Xdp = ebpf.program_mut("bench_empty").expect("bench_empty").try_into().expect("XDP");
+        prog.load().expect("verifier accepts the empty program");
+        Self { ebpf }
+    }
+
+    /// Kernel-reported ns per run of the empty program on `frame`.
+    pub fn ns(&self, frame: &[u8], repeat: u32) -> f64 {
+        let prog: &Xdp = self.ebpf.program("bench_empty").expect("bench_empty").try_into().expect("XDP");
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })
+            .expect("test_run of the empty program");
+        r.duration.as_nanos() as f64
+    }
+}
+
+/// Run this thread on one CPU (test_run executes on the calling CPU).
+pub fn pin_to_cpu(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t filled with CPU_SET, passed with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}

@@ -135,6 +135,11 @@ fn test(filter: Option<&str>) -> Result<()> {
     serial.sort();
     let matches = |name: &str| filter.is_none_or(|f| name.contains(f));
 
+    // The daemon tests drive the real `voipwall` binary.
+    cargo(&["build", "-p", "controller", "--bin", "voipwall"])?;
+    // SAFETY (edition 2024 requires the block): no other thread runs yet.
+    unsafe { std::env::set_var("VOIPWALL_BIN", root.join("target/debug/voipwall")) };
+
     // 1. Host unit tests of every crate (no root needed) and the test-helper crate's own tests.
     if filter.is_none() {
         cargo(&["test", "--workspace", "--exclude", "xdp-ebpf", "--lib", "--bins", "--no-fail-fast"])?;

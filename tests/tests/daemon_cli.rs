@@ -1,0 +1,265 @@
+//! Every operator verb through the real control socket, each checked by what the data plane
+//! then does to real packets, not only by the daemon's reply.
+
+use std::{net::UdpSocket, path::Path, process::Command, time::Duration};
+
+use tests::{
+    bpf_available,
+    daemon::{Daemon, Env, binary},
+    netns::{NetNs, Pair},
+};
+
+fn bind(ns: &NetNs, addr: String) -> UdpSocket {
+    let s = ns.enter(|| UdpSocket::bind(&addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s
+}
+
+/// Send one datagram from `src` (in the client namespace) to `port` on the server and report
+/// whether the server socket got it.
+fn reaches(pair: &Pair, src_host: u8, port: u16) -> bool {
+    let rx = bind(&pair.server, format!("{}:{port}", pair.server_v4()));
+    let tx = bind(&pair.client, format!("{}:0", pair.client_v4(src_host)));
+    tx.send_to(b"probe", format!("{}:{port}", pair.server_v4())).unwrap();
+    let mut buf = [0u8; 16];
+    rx.recv(&mut buf).is_ok()
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn block_unblock_allow_disallow_change_real_traffic() {
+    if !bpf_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let env = Env::new();
+    let d = Daemon::start(&pair, &env, &["--metrics", "off"]);
+    assert!(reaches(&pair, 2, 5060), "baseline: SIP reachable");
+    assert!(!reaches(&pair, 2, 9999), "baseline: 9999 closed");
+
+    let client = pair.client_v4(2);
+    let out = d.ok(&["block", &format!("{client}/32"), "--reason", "scanner seen in logs"]);
+    assert!(out.contains("blocked"), "{out}");
+    assert!(!reaches(&pair, 2, 5060), "blocked source dropped right after `block` returned");
+    assert!(reaches(&pair, 3, 5060), "another source unaffected");
+    let list = d.json(&["list", "blocked"]);
+    let row = &list["blocked"][0];
+    assert_eq!(row["cidr"], format!("{client}/32"));
+    assert_eq!(row["origin"], "manual");
+    assert_eq!(row["reason"], "scanner seen in logs");
+    assert!(row["who"].as_str().unwrap().contains("uid 0"), "{row}");
+    assert!(row["expires"].is_null());
+
+    d.ok(&["unblock", &format!("{client}/32")]);
+    assert!(reaches(&pair, 2, 5060), "unblocked source passes again");
+    assert_eq!(d.json(&["list", "blocked"])["blocked"].as_array().unwrap().len(), 0);
+
+    d.ok(&["allow", &pair.client_v4(4), "--reason", "office"]);
+    assert!(reaches(&pair, 4, 9999), "allowed source bypasses the closed port");
+    assert!(!reaches(&pair, 5, 9999), "others still dropped");
+    assert_eq!(d.json(&["list", "allowed"])["allowed"][0]["cidr"], format!("{}/32", pair.client_v4(4)));
+    d.ok(&["disallow", &pair.client_v4(4)]);
+    assert!(!reaches(&pair, 4, 9999), "disallowed source dropped again");
+
+    // IPv6 through the same verbs.
+    let rx6 = bind(&pair.server, format!("[{}]:5060", pair.server_v6()));
+    let tx6 = bind(&pair.client, format!("[{}]:0", pair.client_v6(2)));
+    tx6.send_to(b"v6", format!("[{}]:5060", pair.server_v6())).unwrap();
+    assert!(rx6.recv(&mut [0u8; 8]).is_ok(), "IPv6 baseline (also resolves the neighbour)");
+    d.ok(&["block", &format!("{}/128", pair.client_v6(2))]);
+    tx6.send_to(b"v6", format!("[{}]:5060", pair.server_v6())).unwrap();
+    assert!(rx6.recv(&mut [0u8; 8]).is_err(), "blocked IPv6 source dropped");
+    d.ok(&["unblock", &format!("{}/128", pair.client_v6(2))]);
+    // While blocked, even its neighbour solicitations were dropped (everything from a blocked
+    // source is); the client may need a moment to re-resolve the server.
+    let passed = (0..10).any(|_| {
+        tx6.send_to(b"v6", format!("[{}]:5060", pair.server_v6())).unwrap();
+        rx6.recv(&mut [0u8; 8]).is_ok()
+    });
+    assert!(passed, "unblocked IPv6 source passes");
+}
+
+#[test]
+fn ttl_entries_expire_by_themselves() {
+    if !bpf_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let env = Env::new();
+    let d = Daemon::start(&pair, &env, &["--metrics", "off"]);
+    d.ok(&["block", &pair.client_v4(2), "--ttl", "2s"]);
+    d.ok(&["allow", &pair.client_v4(3), "--ttl", "2s"]);
+    assert!(!reaches(&pair, 2, 5060));
+    assert!(reaches(&pair, 3, 9999));
+    let exp = d.json(&["list"])["blocked"][0]["expires"].as_u64().unwrap();
+    assert!(exp > 0);
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(reaches(&pair, 2, 5060), "block expired after its TTL");
+    assert!(!reaches(&pair, 3, 9999), "allow expired after its TTL");
+    let list = d.json(&["list"]);
+    assert_eq!(list["blocked"].as_array().unwrap().len(), 0, "{list}");
+    assert_eq!(list["allowed"].as_array().unwrap().len(), 0, "{list}");
+    assert!(d.log_text().contains("list entry expired"), "expiry is logged");
+}
+
+#[test]
+fn bad_input_exits_2_and_changes_nothing() {
+    if !bpf_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let env = Env::new();
+    let d = Daemon::start(&pair, &env, &["--metrics", "off"]);
+    d.ok(&["block", "192.0.2.0/24"]);
+    for args in [
+        vec!["block", "not-a-cidr"],
+        vec!["block", "192.0.2.0/33"],
+        vec!["block", "10.0.0.1/8"],
+        vec!["block", "198.51.100.0/24", "--ttl", "soon"],
+        vec!["block", "198.51.100.0/24", "bogus"],
+        vec!["unblock", "203.0.113.0/24"],
+        vec!["disallow", "203.0.113.7"],
+        vec!["list", "everything"],
+        vec!["reload", "--confirm-within", "whenever"],
+        vec!["confirm"],
+        vec!["frobnicate"],
+    ] {
+        let out = d.cli(&args);
+        assert_eq!(code(&out), 2, "voipwall {} must exit 2; stderr: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stderr.is_empty(), "voipwall {}: says what is wrong", args.join(" "));
+    }
+    // Nothing changed: one blocked entry, still enforced.
+    let list = d.json(&["list", "blocked"]);
+    assert_eq!(list["blocked"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["blocked"][0]["cidr"], "192.0.2.0/24");
+    assert!(reaches(&pair, 2, 5060));
+
+    // Guards: the host's own address, and the caller's SSH client.
+    let own = format!("10.77.{}.0/24", pair.net);
+    let out = d.cli(&["block", &own]);
+    assert_eq!(code(&out), 2, "blocking the host's own range is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("own address"));
+    assert!(reaches(&pair, 2, 5060), "refused block changed nothing");
+    let out = Command::new(binary())
+        .args(["--iface", &d.iface, "--socket"])
+        .arg(&d.socket)
+        .args(["block", "198.51.100.0/24"])
+        .env("SSH_CONNECTION", "198.51.100.77 50000 10.0.0.1 22")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "blocking the caller's SSH client is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SSH client"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(binary())
+        .args(["--iface", &d.iface, "--socket"])
+        .arg(&d.socket)
+        .args(["block", "198.51.100.0/24", "--force"])
+        .env("SSH_CONNECTION", "198.51.100.77 50000 10.0.0.1 22")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "--force overrides");
+
+    // An unreachable daemon is a runtime failure: exit 1.
+    let out = Command::new(binary()).args(["--socket", "/nonexistent/vw.sock", "status"]).output().unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn stats_top_status_policy_show_and_roles() {
+    if !bpf_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let env = Env::new();
+    let policy = env.write(
+        "p.toml",
+        "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 50, burst = 50, ban = \"1h\" }]\n",
+    );
+    let d = Daemon::start(&pair, &env, &["--metrics", "off", "--policy", policy.to_str().unwrap()]);
+    // Some traffic: 3 packets to a closed port, then a flood that gets banned.
+    for _ in 0..3 {
+        reaches(&pair, 2, 9999);
+    }
+    let tx = bind(&pair.client, format!("{}:0", pair.client_v4(5)));
+    let _rx = bind(&pair.server, format!("{}:5060", pair.server_v4()));
+    for i in 0..200u32 {
+        tx.send_to(&i.to_be_bytes(), format!("{}:5060", pair.server_v4())).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let stats = d.json(&["stats"]);
+    let closed = stats["counters"].as_array().unwrap().iter().find(|c| c["reason"] == "port_closed").expect("port_closed row");
+    assert_eq!(closed["verdict"], "drop");
+    assert!(closed["packets"].as_u64().unwrap() >= 3, "{closed}");
+    let sip = stats["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "voip-edge/sip").expect("rule row");
+    assert!(sip["pass"].as_u64().unwrap() >= 50 && sip["drop"].as_u64().unwrap() >= 1, "{sip}");
+    assert!(d.ok(&["stats"]).contains("port_closed"));
+
+    let top = d.json(&["top"]);
+    let first = &top["sources"][0];
+    assert_eq!(first["source"], format!("{}/32", pair.client_v4(5)), "the flooder tops the list: {top}");
+    assert_eq!(first["class"], "signaling");
+
+    let banned = d.json(&["list", "banned"]);
+    assert_eq!(banned["banned"][0]["cidr"], format!("{}/32", pair.client_v4(5)), "{banned}");
+    assert_eq!(banned["banned"][0]["origin"], "auto");
+    assert_eq!(banned["banned"][0]["level"], 1);
+    assert!(d.log_text().contains("banned"), "each ban is a log line");
+
+    let status = d.json(&["status"]);
+    assert_eq!(status["iface"], pair.server_if);
+    assert_eq!(status["attached"], true);
+    assert!(["native", "generic"].contains(&status["xdp_mode"].as_str().unwrap()));
+    assert_eq!(status["policy"]["path"], policy.display().to_string());
+    assert_eq!(status["policy"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(status["policy"]["roles"][0], "voip-edge");
+    assert_eq!(status["dry_run"], false);
+    let maps = status["maps"].as_array().unwrap();
+    let bans = maps.iter().find(|m| m["map"] == "BANS").unwrap();
+    assert_eq!(bans["entries"], 1);
+    assert!(bans["capacity"].as_u64().unwrap() > 0);
+
+    let show = d.json(&["policy", "show"]);
+    assert_eq!(show["sha256"], status["policy"]["sha256"]);
+    assert!(show["rules"].as_array().unwrap().iter().any(|r| r == "voip-edge/sip"));
+    assert!(d.ok(&["policy", "show"]).contains("roles = [\"voip-edge\"]"));
+
+    // Local verbs.
+    let roles = d.ok(&["roles"]);
+    for r in ["voip-edge", "portsip-pbx", "asterisk-dialer", "pbxtra", "portaswitch-sip-processing"] {
+        assert!(roles.contains(r), "{r} in `voipwall roles`");
+    }
+    let pbx = d.ok(&["roles", "portsip-pbx"]);
+    assert!(pbx.contains("admins") && pbx.contains("fill") && pbx.contains("004_192687073215376a.txt"), "{pbx}");
+    assert_eq!(code(&d.cli(&["roles", "nope"])), 2);
+}
+
+#[test]
+fn policy_check_rejects_every_broken_file_naming_its_line() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/broken");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line: usize = text.lines().find_map(|l| l.strip_prefix("# expect-line: ")).unwrap().trim().parse().unwrap();
+        let out = Command::new(binary()).args(["policy", "check"]).arg(&path).output().unwrap();
+        assert_eq!(code(&out), 2, "{} must be rejected with exit 2", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{}:{line}:", path.display())), "{}: the message names line {line}:\n{err}", path.display());
+        assert!(err.contains("help:"), "{}: says what to write instead:\n{err}", path.display());
+        n += 1;
+    }
+    assert!(n >= 20);
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/good/issue-example.toml");
+    let out = Command::new(binary()).args(["policy", "check"]).arg(&good).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let lockout = std::env::temp_dir().join(format!("vw-lockout-{}.toml", std::process::id()));
+    std::fs::write(&lockout, "roles = [\"portsip-pbx\"]\n").unwrap();
+    let out = Command::new(binary()).args(["policy", "check"]).arg(&lockout).output().unwrap();
+    assert_eq!(code(&out), 0, "a lockout policy is valid; check only warns");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("closed to every source"));
+    let _ = std::fs::remove_file(lockout);
+}

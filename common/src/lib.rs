@@ -61,9 +61,11 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PerCpuArray<Counter>`, indexed by [`crate::rule_counter_index`].
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+    /// `PerCpuArray<u64>`, indexed by [`crate::stat`]: entries the program created, events lost.
+    pub const STATS: &str = "STATS";
 
     /// Every map name.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         ACTIVE,
         POLICY,
         PORTS,
@@ -81,7 +83,24 @@ pub mod maps {
         EVENTS,
         COUNTERS,
         RULE_COUNTERS,
+        STATS,
     ];
+}
+
+/// Indices of `STATS`: what the program itself adds to its tables, so the controller can report
+/// their occupancy without walking them (the LRU tables only fill up: their entries are
+/// min(created, capacity)).
+pub mod stat {
+    /// New (source, class) rate buckets.
+    pub const RATES_CREATED: u32 = 0;
+    /// New flows recorded by the egress program.
+    pub const FLOWS_CREATED: u32 = 1;
+    /// First fragments remembered.
+    pub const FRAGS_CREATED: u32 = 2;
+    /// Ban events that found the ring buffer full.
+    pub const EVENTS_LOST: u32 = 3;
+    /// Slots of the array.
+    pub const COUNT: u32 = 8;
 }
 
 /// Fixed sizes: these shape indices, so they are compile-time constants on both sides.

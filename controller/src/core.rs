@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BAN_DRY_RUN, BanEntry, BanEvent, POLICY_DRY_RUN, maps, rate::observed_pps, reason, verdict};
+use common::{BAN_DRY_RUN, BanEntry, BanEvent, POLICY_DRY_RUN, maps, rate::observed_pps, reason, stat, verdict};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -717,9 +717,12 @@ impl Core {
         Ok(Reply::new(text, json!({ "sources": data })))
     }
 
-    /// Entries vs capacity per map, without walking any large map.
+    /// Entries vs capacity per map, without walking any large map. The kernel-written LRU tables
+    /// only fill up, so their entries are what the program created, capped at capacity.
     pub fn map_fill(&self) -> Vec<(&'static str, Option<u64>, u32)> {
         let cap = |n| self.dp.capacity_of(n).unwrap_or(0);
+        let stats = self.dp.stats().ok();
+        let created = |slot: u32, map| stats.map(|s| s[slot as usize].min(cap(map) as u64));
         let v4 = |k| self.lists.kernel(k).iter().filter(|n: &&IpNet| n.addr().is_ipv4()).count() as u64;
         let v6 = |k| self.lists.kernel(k).iter().filter(|n: &&IpNet| n.addr().is_ipv6()).count() as u64;
         vec![
@@ -730,9 +733,9 @@ impl Core {
             (maps::SETS_V4, Some(self.compiled.sets_v4.len() as u64), cap(maps::SETS_V4)),
             (maps::SETS_V6, Some(self.compiled.sets_v6.len() as u64), cap(maps::SETS_V6)),
             (maps::BANS, Some(self.bans.len() as u64), cap(maps::BANS)),
-            (maps::RATES, None, cap(maps::RATES)),
-            (maps::FLOWS, None, cap(maps::FLOWS)),
-            (maps::FRAGS, None, cap(maps::FRAGS)),
+            (maps::RATES, created(stat::RATES_CREATED, maps::RATES), cap(maps::RATES)),
+            (maps::FLOWS, created(stat::FLOWS_CREATED, maps::FLOWS), cap(maps::FLOWS)),
+            (maps::FRAGS, created(stat::FRAGS_CREATED, maps::FRAGS), cap(maps::FRAGS)),
         ]
     }
 

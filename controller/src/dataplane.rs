@@ -29,7 +29,7 @@ use common::{
     BanEntry, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GENERATIONS, MAX_CLASSES,
     PORT_PROTOS, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState,
     SourceKey, class_index, counter_index, maps, port_index, programs, reason,
-    rule_counter_index, verdict,
+    rule_counter_index, stat, verdict,
 };
 use ipnet::IpNet;
 
@@ -185,6 +185,7 @@ pub struct Dataplane {
     frags: HashMap<MapData, FragKey, FragState>,
     counters: PerCpuArray<MapData, Counter>,
     rule_counters: PerCpuArray<MapData, Counter>,
+    stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     /// What each generation of `PORTS` holds, so a reload writes only what changed.
     shadow_ports: [Vec<PortRule>; GENERATIONS as usize],
@@ -221,6 +222,7 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
         (maps::EVENTS, u(0, 0)),
         (maps::COUNTERS, u(4, s::<Counter>())),
         (maps::RULE_COUNTERS, u(4, s::<Counter>())),
+        (maps::STATS, u(4, 8)),
     ])
 }
 
@@ -311,6 +313,7 @@ impl Dataplane {
             frags: take(&mut ebpf, maps::FRAGS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
             rule_counters: take(&mut ebpf, maps::RULE_COUNTERS)?,
+            stats: take(&mut ebpf, maps::STATS)?,
             events: Some(take(&mut ebpf, maps::EVENTS)?),
             ebpf,
             shadow_ports: [
@@ -578,6 +581,16 @@ impl Dataplane {
                     slot[v as usize].bytes += c.bytes;
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Sums of the per-CPU `STATS` slots (indices in `common::stat`).
+    pub fn stats(&self) -> Result<[u64; stat::COUNT as usize]> {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self.stats.get(&(i as u32), 0).map_err(map_err(maps::STATS, "read"))?;
+            *slot = values.iter().sum();
         }
         Ok(out)
     }

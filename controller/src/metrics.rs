@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::{Router, extract::State, http::{StatusCode, header}, response::IntoResponse, routing::get};
-use common::{reason, verdict};
+use common::{reason, stat, verdict};
 use prometheus::{
     Encoder as _, TextEncoder,
     proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
@@ -35,6 +35,7 @@ pub const FAMILIES: &[&str] = &[
     "voipwall_policy_generation",
     "voipwall_xdp_attached",
     "voipwall_build_info",
+    "voipwall_events_lost_total",
 ];
 
 fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
@@ -158,6 +159,10 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
         None => push(&mut attached, &[("iface", &core.iface), ("mode", "none")], 0.0),
     }
     out.push(attached);
+
+    let mut lost = family("voipwall_events_lost_total", "Ban events the program could not queue (ring buffer full); the bans themselves still apply.", MetricType::COUNTER);
+    push(&mut lost, &[], core.dataplane().stats().map_or(0, |s| s[stat::EVENTS_LOST as usize]) as f64);
+    out.push(lost);
 
     let mut build = family("voipwall_build_info", "voipwall build (value 1).", MetricType::GAUGE);
     push(&mut build, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);

@@ -153,3 +153,69 @@ fn short_if(prefix: &str, ns_name: &str) -> String {
     name.truncate(15);
     name
 }
+
+/// The MAC address of an interface in a namespace.
+pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
+    let out = ns.sh(&format!("ip -o link show dev {iface}"));
+    let at = out.find("link/ether ").unwrap_or_else(|| panic!("no MAC in: {out}"));
+    let text = &out[at + "link/ether ".len()..at + "link/ether ".len() + 17];
+    let mut mac = [0u8; 6];
+    for (i, part) in text.split(':').enumerate() {
+        mac[i] = u8::from_str_radix(part, 16).expect("hex MAC");
+    }
+    mac
+}
+
+/// Sends arbitrary Ethernet frames out of an interface (AF_PACKET), so crafted packets
+/// (truncated, fragments, any protocol) cross the real veth into the filtered end.
+pub struct Injector {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+    src: [u8; 6],
+    dst: [u8; 6],
+}
+
+impl Injector {
+    /// Frames go out of `iface` in `ns`, addressed to `dst` (the peer's MAC).
+    pub fn open(ns: &NetNs, iface: &str, dst: [u8; 6]) -> Self {
+        let src = mac_of(ns, iface);
+        let name = iface.to_string();
+        ns.enter(move || {
+            use std::os::fd::FromRawFd as _;
+            let c = std::ffi::CString::new(name.clone()).unwrap();
+            // SAFETY: plain socket calls with valid arguments; the fd is owned below.
+            unsafe {
+                let ifindex = libc::if_nametoindex(c.as_ptr()) as i32;
+                assert!(ifindex > 0, "no interface {name}");
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32);
+                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                Self { fd: std::os::fd::OwnedFd::from_raw_fd(fd), ifindex, src, dst }
+            }
+        })
+    }
+
+    /// Send `frame` with its MAC addresses replaced by this link's.
+    pub fn send(&self, frame: &[u8]) {
+        use std::os::fd::AsRawFd as _;
+        let mut f = frame.to_vec();
+        f[0..6].copy_from_slice(&self.dst);
+        f[6..12].copy_from_slice(&self.src);
+        // SAFETY: a zeroed sockaddr_ll filled with the interface index, and a valid buffer.
+        unsafe {
+            let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+            sa.sll_family = libc::AF_PACKET as u16;
+            sa.sll_ifindex = self.ifindex;
+            sa.sll_halen = 6;
+            sa.sll_addr[..6].copy_from_slice(&self.dst);
+            let n = libc::sendto(
+                self.fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(n, f.len() as isize, "AF_PACKET send: {}", std::io::Error::last_os_error());
+        }
+    }
+}

@@ -7,11 +7,11 @@
 //! when scans reach it) do not open doors.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use common::{FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, port_index};
+use common::{FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, port_index, stat};
 
 use crate::{
     clock,
-    maps::{ACTIVE, FLOWS, PORTS},
+    maps::{ACTIVE, FLOWS, PORTS, bump},
     parse::{
         FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_SYN, parse,
     },
@@ -55,12 +55,16 @@ fn record(ctx: &TcContext) -> Result<(), ()> {
         _pad: [0; 3],
     };
     let now = clock::now();
-    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        if let Some(seen) = FLOWS.get_ptr_mut(&key) {
-            // SAFETY: value pointer from a successful lookup.
-            unsafe { *seen = now };
-        }
+    if let Some(seen) = FLOWS.get_ptr_mut(&key) {
+        // A known flow: refresh it in place (cheaper than an update).
+        // SAFETY: value pointer from a successful lookup.
+        unsafe { *seen = now };
         return Ok(());
     }
-    FLOWS.insert(&key, &now, 0).map_err(|_| ())
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Ok(());
+    }
+    FLOWS.insert(&key, &now, 0).map_err(|_| ())?;
+    bump(stat::FLOWS_CREATED);
+    Ok(())
 }

@@ -3,9 +3,14 @@
 //! destination, protocol, identification; RFC 8200 section 4.5 likewise). A non-first fragment
 //! without a remembered first fragment, or past the per-datagram bound, is an orphan and drops.
 
-use common::{FragKey, FragState, MAX_FRAGMENTS_PER_DATAGRAM, PolicyConfig, reason};
+use common::{FragKey, FragState, MAX_FRAGMENTS_PER_DATAGRAM, PolicyConfig, reason, stat};
 
-use crate::{clock, maps::FRAGS, parse::Packet, verdict::Decision};
+use crate::{
+    clock,
+    maps::{FRAGS, bump},
+    parse::Packet,
+    verdict::Decision,
+};
 
 #[inline(always)]
 fn key(pkt: &Packet) -> FragKey {
@@ -32,7 +37,9 @@ pub fn remember(pkt: &Packet, decision: Decision) {
     };
     // LRU: a flood of first fragments evicts the oldest datagrams, whose later fragments then
     // drop as orphans, which is the safe side.
-    let _ = FRAGS.insert(&key(pkt), &state, 0);
+    if FRAGS.insert(&key(pkt), &state, 0).is_ok() {
+        bump(stat::FRAGS_CREATED);
+    }
 }
 
 /// The decision for a non-first fragment.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use common::{
     BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState,
     GENERATIONS, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
-    RateKey, RateState, SourceKey, capacity,
+    RateKey, RateState, SourceKey, capacity, stat,
 };
 
 #[map]
@@ -75,3 +75,15 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTE
 #[map]
 pub static RULE_COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(RULE_COUNTERS_ENTRIES, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Add one to a `STATS` slot (per CPU, so no atomics).
+#[inline(always)]
+pub fn bump(slot: u32) {
+    if let Some(v) = STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, written only by this CPU while the program runs.
+        unsafe { *v += 1 };
+    }
+}

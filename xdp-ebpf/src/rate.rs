@@ -7,13 +7,13 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_log_ebpf::warn;
 use common::{
     BAN_DRY_RUN, BAN_IPV6, BanEntry, BanEvent, POLICY_DRY_RUN, PolicyConfig, RateKey, RateState,
-    SourceKey, class_index,
+    SourceKey, class_index, stat,
     rate::{RateDecision, charge, observe, observed_pps},
 };
 
 use crate::{
     clock,
-    maps::{BANS, CLASSES, EVENTS, RATES},
+    maps::{BANS, CLASSES, EVENTS, RATES, bump},
 };
 
 /// Charge one packet from `source` to rate class `class`; true when it must be dropped.
@@ -39,7 +39,9 @@ pub fn over_limit(
         Some(state) => state,
         None => {
             // A new source. LRU insertion evicts the least recently seen source when full.
-            let _ = RATES.insert(&key, &RateState::default(), BPF_NOEXIST as u64);
+            if RATES.insert(&key, &RateState::default(), BPF_NOEXIST as u64).is_ok() {
+                bump(stat::RATES_CREATED);
+            }
             match RATES.get_ptr_mut(&key) {
                 Some(state) => state,
                 // Insert failed (out of memory): fail open rather than drop a legitimate source.
@@ -103,6 +105,7 @@ fn ban(
         // the map and still enforced; only its log line is lost.
         // aya-log-ebpf 0.2 ignores its context argument, so none is threaded down to here.
         warn!(&(), "ban event lost: ring buffer full");
+        bump(stat::EVENTS_LOST);
         return;
     };
     slot.write(BanEvent {

@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         // Host-only builds (fast unit tests): embed an empty object; loading it fails with a
         // clear error instead of the build failing.
         let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-        for name in ["xdp-ebpf", "xdp-empty"] {
+        for name in ["xdp-ebpf", "xdp-bench"] {
             let obj = out.join(name);
             if !obj.exists() {
                 std::fs::write(&obj, []).context("writing the placeholder object")?;

@@ -39,14 +39,14 @@ pub mod maps {
     pub const SETS_V4: &str = "SETS_V4";
     /// `LpmTrie<[u8; 20], u64>`: generation (u32, big endian) then IPv6 address -> set bitmask.
     pub const SETS_V6: &str = "SETS_V6";
-    /// `LpmTrie<[u8; 4], u32>`: allow list, IPv4.
-    pub const ALLOW_V4: &str = "ALLOW_V4";
-    /// `LpmTrie<[u8; 16], u32>`: allow list, IPv6.
-    pub const ALLOW_V6: &str = "ALLOW_V6";
-    /// `LpmTrie<[u8; 4], u32>`: static and manual block list, IPv4.
-    pub const BLOCK_V4: &str = "BLOCK_V4";
-    /// `LpmTrie<[u8; 16], u32>`: static and manual block list, IPv6.
-    pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// `LpmTrie<[u8; 4], u32>`: the allow and block lists in one trie, IPv4; values
+    /// [`crate::SOURCE_ALLOW`] or [`crate::SOURCE_BLOCK`].
+    pub const SOURCES_V4: &str = "SOURCES_V4";
+    /// `LpmTrie<[u8; 16], u32>`: the same for IPv6.
+    pub const SOURCES_V6: &str = "SOURCES_V6";
+    /// `Array<u64>`, [`crate::FLOW_PORT_WORDS`] words: one bit per (protocol slot, local port)
+    /// the host has opened a flow from, so a closed port skips the flow table otherwise.
+    pub const FLOW_PORTS: &str = "FLOW_PORTS";
     /// `LruHashMap<SourceKey, BanEntry>`: dynamic bans with an expiry.
     pub const BANS: &str = "BANS";
     /// `LruHashMap<RateKey, RateState>`: per-source token buckets.
@@ -65,17 +65,16 @@ pub mod maps {
     pub const STATS: &str = "STATS";
 
     /// Every map name.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 17] = [
         ACTIVE,
         POLICY,
         PORTS,
         CLASSES,
         SETS_V4,
         SETS_V6,
-        ALLOW_V4,
-        ALLOW_V6,
-        BLOCK_V4,
-        BLOCK_V6,
+        SOURCES_V4,
+        SOURCES_V6,
+        FLOW_PORTS,
         BANS,
         RATES,
         FLOWS,
@@ -134,6 +133,22 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// Most non-first fragments accepted for one datagram: 65535 bytes in fragments of at least
 /// 1280 - 48 bytes (IPv6 minimum MTU) is 54, IPv4 paths are in practice no smaller.
 pub const MAX_FRAGMENTS_PER_DATAGRAM: u16 = 64;
+
+/// Value of a `SOURCES_*` entry: the source is allowed. The controller writes this also for a
+/// block entry that a wider allow entry covers, because the allow list is checked first.
+pub const SOURCE_ALLOW: u32 = 1;
+/// Value of a `SOURCES_*` entry: the source is blocked.
+pub const SOURCE_BLOCK: u32 = 2;
+
+/// Words of `FLOW_PORTS`: 2 protocol slots x 65536 ports / 64 bits.
+pub const FLOW_PORT_WORDS: u32 = PORT_PROTOS * 65536 / 64;
+
+/// Word and bit of a (protocol slot, local port) in `FLOW_PORTS`.
+#[inline(always)]
+pub const fn flow_port_bit(proto_slot: u32, port: u16) -> (u32, u64) {
+    let i = ((proto_slot & 1) << 16) | port as u32;
+    (i / 64, 1u64 << (i % 64))
+}
 
 /// Default capacities; the controller sets the real ones at load time (`[capacity]` in the
 /// policy) with `EbpfLoader::map_max_entries`. They take effect when a map is created, not when

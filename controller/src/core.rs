@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::{
     bans::{BanRecord, Bans, key_of, mono_to_unix, source_of, unix_to_mono},
     dataplane::{AttachedMode, Attachment, Counters, Dataplane, DataplaneError, ListKind, LoadOptions, XdpModeChoice, monotonic_ns},
-    lists::{Lists, ManualEntry, PersistedLists, RemoveError},
+    lists::{KernelChange, KernelDiff, Lists, ManualEntry, PersistedLists, RemoveError},
     policy::{self, CompiledPolicy, Policy, SshReach},
     state::{self, rfc3339, unix_now},
     system,
@@ -195,20 +195,24 @@ impl Core {
             attached_since: now,
             policy_loaded_at: now,
         };
-        let mut extras = Vec::new();
-        for kind in [ListKind::Allow, ListKind::Block] {
-            let want = core.lists.kernel(kind);
-            let have = core.dp.list_entries(kind)?;
-            for n in &want {
-                if !have.contains(n) {
-                    core.dp.list_insert(kind, n)?;
-                }
+        // Reconcile the source tries with what an adopted table holds: additions and entries
+        // turning allow before the flip, the rest after it (the reload order, see `lists`).
+        let want = core.lists.kernel();
+        let have: BTreeMap<IpNet, ListKind> = core.dp.source_entries()?.into_iter().collect();
+        let mut diff = KernelDiff::default();
+        for (net, kind) in &want {
+            if have.get(net) != Some(kind) {
+                let c = KernelChange { net: *net, value: Some(*kind) };
+                if *kind == ListKind::Allow || !have.contains_key(net) { diff.early.push(c) } else { diff.late.push(c) }
             }
-            extras.extend(have.into_iter().filter(|n| !want.contains(n)).map(|n| (kind, n)));
+        }
+        diff.late.extend(have.keys().filter(|n| !want.contains_key(n)).map(|n| KernelChange { net: *n, value: None }));
+        for c in &diff.early {
+            core.dp.source_write(c)?;
         }
         core.dp.apply_policy(&compiled)?;
-        for (kind, n) in extras {
-            core.dp.list_remove(kind, &n)?;
+        for c in &diff.late {
+            core.dp.source_write(c)?;
         }
 
         // Bans: the kernel keeps bans raised while no daemon ran; the state file keeps bans
@@ -312,27 +316,20 @@ impl Core {
     fn install(&mut self, policy: Policy, compiled: CompiledPolicy) -> Result<(), OpError> {
         let saved = self.lists.clone();
         let mut diff = self.lists.set_policy(ListKind::Allow, &compiled.allow);
-        let block = self.lists.set_policy(ListKind::Block, &compiled.block);
-        diff.insert.extend(block.insert);
-        diff.remove.extend(block.remove);
-        let mut inserted = Vec::new();
-        let result = (|| {
-            for (kind, net) in &diff.insert {
-                self.dp.list_insert(*kind, net)?;
-                inserted.push((*kind, *net));
-            }
-            self.dp.apply_policy(&compiled)
-        })();
+        diff.extend(self.lists.set_policy(ListKind::Block, &compiled.block));
+        let result = self.write_early(&saved, &diff).and_then(|()| {
+            self.dp.apply_policy(&compiled).map_err(|e| {
+                self.undo(&saved, &diff.early);
+                OpError::from(e)
+            })
+        });
         if let Err(e) = result {
-            for (kind, net) in inserted {
-                let _ = self.dp.list_remove(kind, &net);
-            }
             self.lists = saved;
-            return Err(e.into());
+            return Err(e);
         }
-        for (kind, net) in &diff.remove {
-            if let Err(e) = self.dp.list_remove(*kind, net) {
-                error!(cidr = %net, error = %e, "removing a retired list entry failed");
+        for c in &diff.late {
+            if let Err(e) = self.dp.source_write(c) {
+                error!(cidr = %c.net, error = %e, "retiring a list entry failed");
             }
         }
         self.policy = policy;
@@ -343,7 +340,43 @@ impl Core {
 
     /// Every allow/block CIDR in force (policy and manual), for the SSH guard.
     fn all_lists(&self) -> (Vec<IpNet>, Vec<IpNet>) {
-        (self.lists.kernel(ListKind::Allow), self.lists.kernel(ListKind::Block))
+        (self.lists.cidrs(ListKind::Allow), self.lists.cidrs(ListKind::Block))
+    }
+
+    /// Write the early half of a diff; on failure restore what was written from `saved` and
+    /// report it (the lists themselves are restored by the caller).
+    fn write_early(&mut self, saved: &Lists, diff: &KernelDiff) -> Result<(), OpError> {
+        for (i, c) in diff.early.iter().enumerate() {
+            if let Err(e) = self.dp.source_write(c) {
+                self.undo(saved, &diff.early[..i]);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Put back the kernel entries `changes` overwrote, as `saved` had them.
+    fn undo(&mut self, saved: &Lists, changes: &[KernelChange]) {
+        let before = saved.kernel();
+        for c in changes {
+            let back = KernelChange { net: c.net, value: before.get(&c.net).copied() };
+            if let Err(e) = self.dp.source_write(&back) {
+                error!(cidr = %c.net, error = %e, "restoring a list entry failed");
+            }
+        }
+    }
+
+    /// Apply a whole list diff (no policy flip involved), restoring everything on failure.
+    fn write_diff(&mut self, saved: &Lists, diff: &KernelDiff) -> Result<(), OpError> {
+        self.write_early(saved, diff)?;
+        for (i, c) in diff.late.iter().enumerate() {
+            if let Err(e) = self.dp.source_write(c) {
+                self.undo(saved, &diff.early);
+                self.undo(saved, &diff.late[..i]);
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// `voipwall reload`: atomic; on any error the old policy keeps running.
@@ -480,23 +513,18 @@ impl Core {
         }
         let entry = ManualEntry { reason: req.reason.clone(), who: who.to_string(), created: unix_now(), expires };
         let saved = self.lists.clone();
-        let mut inserted = Vec::new();
+        let mut diff = KernelDiff::default();
         for net in &nets {
-            if self.lists.add_manual(kind, *net, entry.clone()) {
-                if let Err(e) = self.dp.list_insert(kind, net) {
-                    for n in &inserted {
-                        let _ = self.dp.list_remove(kind, n);
-                    }
-                    self.lists = saved;
-                    return Err(e.into());
-                }
-                inserted.push(*net);
-            }
+            diff.extend(self.lists.add_manual(kind, *net, entry.clone()));
+        }
+        if let Err(e) = self.write_diff(&saved, &diff) {
+            self.lists = saved;
+            return Err(e);
         }
         if let Err(e) = self.persist_lists() {
-            for n in &inserted {
-                let _ = self.dp.list_remove(kind, n);
-            }
+            // Not durable, so not done: take the change back.
+            self.undo(&saved, &diff.early);
+            self.undo(&saved, &diff.late);
             self.lists = saved;
             return Err(e);
         }
@@ -511,13 +539,12 @@ impl Core {
     pub fn remove(&mut self, kind: ListKind, req: &ListChange, who: &str) -> Result<Reply, OpError> {
         let nets = Self::parse_cidrs(&req.cidrs)?;
         let saved = self.lists.clone();
-        let mut kernel_removals = Vec::new();
+        let mut diff = KernelDiff::default();
         let mut unbans = Vec::new();
         for net in &nets {
             let unban: Vec<IpNet> = if kind == ListKind::Block { self.bans.within(net) } else { Vec::new() };
             match self.lists.remove_manual(kind, net) {
-                Ok(true) => kernel_removals.push(*net),
-                Ok(false) => {}
+                Ok(d) => diff.extend(d),
                 Err(RemoveError::Absent) if !unban.is_empty() => {}
                 Err(RemoveError::Absent) => {
                     self.lists = saved;
@@ -543,8 +570,9 @@ impl Core {
                 )));
             }
         }
-        for net in &kernel_removals {
-            self.dp.list_remove(kind, net)?;
+        if let Err(e) = self.write_diff(&saved, &diff) {
+            self.lists = saved;
+            return Err(e);
         }
         for source in &unbans {
             self.dp.ban_remove(&key_of(source))?;
@@ -553,9 +581,8 @@ impl Core {
             info!(source = %source, who = %who, "unbanned by operator");
         }
         if let Err(e) = self.persist_lists() {
-            for net in &kernel_removals {
-                let _ = self.dp.list_insert(kind, net);
-            }
+            self.undo(&saved, &diff.early);
+            self.undo(&saved, &diff.late);
             self.lists = saved;
             return Err(e);
         }
@@ -603,10 +630,12 @@ impl Core {
         let expired = self.lists.expired(now);
         if !expired.is_empty() {
             for (kind, net) in &expired {
-                if let Ok(true) = self.lists.remove_manual(*kind, net)
-                    && let Err(e) = self.dp.list_remove(*kind, net)
-                {
-                    error!(cidr = %net, error = %e, "removing an expired entry failed");
+                if let Ok(diff) = self.lists.remove_manual(*kind, net) {
+                    for c in diff.all() {
+                        if let Err(e) = self.dp.source_write(c) {
+                            error!(cidr = %c.net, error = %e, "removing an expired entry failed");
+                        }
+                    }
                 }
                 info!(cidr = %net, list = ?kind, "list entry expired");
             }
@@ -723,13 +752,10 @@ impl Core {
         let cap = |n| self.dp.capacity_of(n).unwrap_or(0);
         let stats = self.dp.stats().ok();
         let created = |slot: u32, map| stats.map(|s| s[slot as usize].min(cap(map) as u64));
-        let v4 = |k| self.lists.kernel(k).iter().filter(|n: &&IpNet| n.addr().is_ipv4()).count() as u64;
-        let v6 = |k| self.lists.kernel(k).iter().filter(|n: &&IpNet| n.addr().is_ipv6()).count() as u64;
+        let (v4, v6) = self.lists.kernel_len();
         vec![
-            (maps::ALLOW_V4, Some(v4(ListKind::Allow)), cap(maps::ALLOW_V4)),
-            (maps::ALLOW_V6, Some(v6(ListKind::Allow)), cap(maps::ALLOW_V6)),
-            (maps::BLOCK_V4, Some(v4(ListKind::Block)), cap(maps::BLOCK_V4)),
-            (maps::BLOCK_V6, Some(v6(ListKind::Block)), cap(maps::BLOCK_V6)),
+            (maps::SOURCES_V4, Some(v4 as u64), cap(maps::SOURCES_V4)),
+            (maps::SOURCES_V6, Some(v6 as u64), cap(maps::SOURCES_V6)),
             (maps::SETS_V4, Some(self.compiled.sets_v4.len() as u64), cap(maps::SETS_V4)),
             (maps::SETS_V6, Some(self.compiled.sets_v6.len() as u64), cap(maps::SETS_V6)),
             (maps::BANS, Some(self.bans.len() as u64), cap(maps::BANS)),

@@ -28,12 +28,13 @@ use aya::{
 use common::{
     BanEntry, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GENERATIONS, MAX_CLASSES,
     PORT_PROTOS, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState,
-    SourceKey, class_index, counter_index, maps, port_index, programs, reason,
+    PROTO_SLOT_TCP, PROTO_SLOT_UDP, SOURCE_ALLOW, SOURCE_BLOCK, SourceKey, flow_port_bit, class_index, counter_index, maps, port_index, programs, reason,
     rule_counter_index, stat, verdict,
 };
 use ipnet::IpNet;
 
 use crate::{
+    lists::KernelChange,
     paths,
     policy::{Capacity, CompiledPolicy},
 };
@@ -41,8 +42,9 @@ use crate::{
 /// The eBPF object built by `build.rs`, embedded: one file to deploy.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
 
-/// An XDP program that only returns XDP_PASS: the baseline benchmarks measure against.
-pub static EMPTY_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-empty"));
+/// The benchmark programs (`xdp-ebpf/src/bench.rs`): the empty XDP_PASS baseline,
+/// single-operation programs and the end-to-end generator.
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-bench"));
 
 /// A reload waits at least this long after the previous flip before writing into the
 /// generation that flip retired, so no packet still running against it sees a partial write.
@@ -175,13 +177,12 @@ pub struct Dataplane {
     classes: Array<MapData, RateClass>,
     sets_v4: LpmTrie<MapData, [u8; 8], u64>,
     sets_v6: LpmTrie<MapData, [u8; 20], u64>,
-    allow_v4: LpmTrie<MapData, [u8; 4], u32>,
-    allow_v6: LpmTrie<MapData, [u8; 16], u32>,
-    block_v4: LpmTrie<MapData, [u8; 4], u32>,
-    block_v6: LpmTrie<MapData, [u8; 16], u32>,
+    sources_v4: LpmTrie<MapData, [u8; 4], u32>,
+    sources_v6: LpmTrie<MapData, [u8; 16], u32>,
     bans: HashMap<MapData, SourceKey, BanEntry>,
     rates: HashMap<MapData, RateKey, RateState>,
     flows: HashMap<MapData, FlowKey, u64>,
+    flow_ports: Array<MapData, u64>,
     frags: HashMap<MapData, FragKey, FragState>,
     counters: PerCpuArray<MapData, Counter>,
     rule_counters: PerCpuArray<MapData, Counter>,
@@ -211,10 +212,9 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
         (maps::CLASSES, u(4, s::<RateClass>())),
         (maps::SETS_V4, u(4 + 8, 8)),
         (maps::SETS_V6, u(4 + 20, 8)),
-        (maps::ALLOW_V4, u(4 + 4, 4)),
-        (maps::ALLOW_V6, u(4 + 16, 4)),
-        (maps::BLOCK_V4, u(4 + 4, 4)),
-        (maps::BLOCK_V6, u(4 + 16, 4)),
+        (maps::SOURCES_V4, u(4 + 4, 4)),
+        (maps::SOURCES_V6, u(4 + 16, 4)),
+        (maps::FLOW_PORTS, u(4, 8)),
         (maps::BANS, u(16, s::<BanEntry>())),
         (maps::RATES, u(s::<RateKey>(), s::<RateState>())),
         (maps::FLOWS, u(s::<FlowKey>(), 8)),
@@ -270,10 +270,8 @@ impl Dataplane {
         };
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(maps::ALLOW_V4, caps.allow)
-            .map_max_entries(maps::ALLOW_V6, caps.allow)
-            .map_max_entries(maps::BLOCK_V4, caps.block_v4)
-            .map_max_entries(maps::BLOCK_V6, caps.block_v6)
+            .map_max_entries(maps::SOURCES_V4, caps.allow.saturating_add(caps.block_v4))
+            .map_max_entries(maps::SOURCES_V6, caps.allow.saturating_add(caps.block_v6))
             .map_max_entries(maps::SETS_V4, caps.sets)
             .map_max_entries(maps::SETS_V6, caps.sets)
             .map_max_entries(maps::BANS, caps.bans)
@@ -303,13 +301,12 @@ impl Dataplane {
             classes: take(&mut ebpf, maps::CLASSES)?,
             sets_v4: take(&mut ebpf, maps::SETS_V4)?,
             sets_v6: take(&mut ebpf, maps::SETS_V6)?,
-            allow_v4: take(&mut ebpf, maps::ALLOW_V4)?,
-            allow_v6: take(&mut ebpf, maps::ALLOW_V6)?,
-            block_v4: take(&mut ebpf, maps::BLOCK_V4)?,
-            block_v6: take(&mut ebpf, maps::BLOCK_V6)?,
+            sources_v4: take(&mut ebpf, maps::SOURCES_V4)?,
+            sources_v6: take(&mut ebpf, maps::SOURCES_V6)?,
             bans: take(&mut ebpf, maps::BANS)?,
             rates: take(&mut ebpf, maps::RATES)?,
             flows: take(&mut ebpf, maps::FLOWS)?,
+            flow_ports: take(&mut ebpf, maps::FLOW_PORTS)?,
             frags: take(&mut ebpf, maps::FRAGS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
             rule_counters: take(&mut ebpf, maps::RULE_COUNTERS)?,
@@ -432,59 +429,39 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Add a CIDR to a static list.
-    pub fn list_insert(&mut self, kind: ListKind, net: &IpNet) -> Result<()> {
-        let (v4, v6, name) = self.list_maps(kind);
-        match net {
-            IpNet::V4(n) => v4.insert(&ipv4_key(n), 1, 0).map_err(map_err(name.0, "insert")),
-            IpNet::V6(n) => v6.insert(&ipv6_key(n), 1, 0).map_err(map_err(name.1, "insert")),
-        }
-    }
-
-    /// Remove a CIDR from a static list (absent is fine).
-    pub fn list_remove(&mut self, kind: ListKind, net: &IpNet) -> Result<()> {
-        let (v4, v6, name) = self.list_maps(kind);
-        let r = match net {
-            IpNet::V4(n) => v4.remove(&ipv4_key(n)).map_err(map_err(name.0, "remove")),
-            IpNet::V6(n) => v6.remove(&ipv6_key(n)).map_err(map_err(name.1, "remove")),
+    /// Write one entry of the source tries (the allow and block lists): set or remove.
+    pub fn source_write(&mut self, change: &KernelChange) -> Result<()> {
+        let value = match change.value {
+            Some(ListKind::Allow) => Some(SOURCE_ALLOW),
+            Some(ListKind::Block) => Some(SOURCE_BLOCK),
+            None => None,
+        };
+        let r = match (change.net, value) {
+            (IpNet::V4(n), Some(v)) => self.sources_v4.insert(&ipv4_key(&n), v, 0).map_err(map_err(maps::SOURCES_V4, "insert")),
+            (IpNet::V6(n), Some(v)) => self.sources_v6.insert(&ipv6_key(&n), v, 0).map_err(map_err(maps::SOURCES_V6, "insert")),
+            (IpNet::V4(n), None) => self.sources_v4.remove(&ipv4_key(&n)).map_err(map_err(maps::SOURCES_V4, "remove")),
+            (IpNet::V6(n), None) => self.sources_v6.remove(&ipv6_key(&n)).map_err(map_err(maps::SOURCES_V6, "remove")),
         };
         match r {
+            // Removing what is not there is fine.
             Err(DataplaneError::Map { source: MapError::KeyNotFound, .. }) => Ok(()),
             other => other,
         }
     }
 
-    /// Every CIDR currently in a static list (walks the tries: for startup and tests only).
-    pub fn list_entries(&self, kind: ListKind) -> Result<Vec<IpNet>> {
-        let (v4, v6, names) = match kind {
-            ListKind::Allow => (&self.allow_v4, &self.allow_v6, (maps::ALLOW_V4, maps::ALLOW_V6)),
-            ListKind::Block => (&self.block_v4, &self.block_v6, (maps::BLOCK_V4, maps::BLOCK_V6)),
-        };
+    /// Every entry of the source tries (walks them: startup and tests only).
+    pub fn source_entries(&self) -> Result<Vec<(IpNet, ListKind)>> {
+        let kind = |v: u32| if v == SOURCE_ALLOW { ListKind::Allow } else { ListKind::Block };
         let mut out = Vec::new();
-        for k in v4.keys() {
-            let k = k.map_err(map_err(names.0, "iterate"))?;
-            out.push(IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8).expect("valid prefix"));
+        for r in self.sources_v4.iter() {
+            let (k, v) = r.map_err(map_err(maps::SOURCES_V4, "iterate"))?;
+            out.push((IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8).expect("valid prefix"), kind(v)));
         }
-        for k in v6.keys() {
-            let k = k.map_err(map_err(names.1, "iterate"))?;
-            out.push(IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8).expect("valid prefix"));
+        for r in self.sources_v6.iter() {
+            let (k, v) = r.map_err(map_err(maps::SOURCES_V6, "iterate"))?;
+            out.push((IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8).expect("valid prefix"), kind(v)));
         }
         Ok(out)
-    }
-
-    #[expect(clippy::type_complexity, reason = "a private helper returning the two tries of a list")]
-    fn list_maps(
-        &mut self,
-        kind: ListKind,
-    ) -> (
-        &mut LpmTrie<MapData, [u8; 4], u32>,
-        &mut LpmTrie<MapData, [u8; 16], u32>,
-        (&'static str, &'static str),
-    ) {
-        match kind {
-            ListKind::Allow => (&mut self.allow_v4, &mut self.allow_v6, (maps::ALLOW_V4, maps::ALLOW_V6)),
-            ListKind::Block => (&mut self.block_v4, &mut self.block_v6, (maps::BLOCK_V4, maps::BLOCK_V6)),
-        }
     }
 
     /// Insert or replace a ban.
@@ -533,9 +510,13 @@ impl Dataplane {
             .collect()
     }
 
-    /// Record a flow as if the egress program had (tests and benchmarks).
+    /// Record a flow as if the egress program had, port bit included (tests and benchmarks).
     pub fn flow_insert(&mut self, key: &FlowKey, seen_ns: u64) -> Result<()> {
-        self.flows.insert(key, seen_ns, 0).map_err(map_err(maps::FLOWS, "insert"))
+        self.flows.insert(key, seen_ns, 0).map_err(map_err(maps::FLOWS, "insert"))?;
+        let slot = if key.proto == 6 { PROTO_SLOT_TCP } else { PROTO_SLOT_UDP };
+        let (word, bit) = flow_port_bit(slot, key.local_port);
+        let w = self.flow_ports.get(&word, 0).map_err(map_err(maps::FLOW_PORTS, "read"))?;
+        self.flow_ports.set(word, w | bit, 0).map_err(map_err(maps::FLOW_PORTS, "write"))
     }
 
     /// Every remembered first fragment (tests).
@@ -603,10 +584,8 @@ impl Dataplane {
     /// Capacity of a map as created in the kernel.
     pub fn capacity_of(&self, name: &str) -> Option<u32> {
         let info = match name {
-            n if n == maps::ALLOW_V4 => self.allow_v4.map().info(),
-            n if n == maps::ALLOW_V6 => self.allow_v6.map().info(),
-            n if n == maps::BLOCK_V4 => self.block_v4.map().info(),
-            n if n == maps::BLOCK_V6 => self.block_v6.map().info(),
+            n if n == maps::SOURCES_V4 => self.sources_v4.map().info(),
+            n if n == maps::SOURCES_V6 => self.sources_v6.map().info(),
             n if n == maps::SETS_V4 => self.sets_v4.map().info(),
             n if n == maps::SETS_V6 => self.sets_v6.map().info(),
             n if n == maps::BANS => self.bans.map().info(),

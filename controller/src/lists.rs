@@ -1,13 +1,24 @@
 //! The allow and block lists as the operator sees them: each CIDR may come from the policy file,
-//! from the CLI (with reason, who, created, expiry), or both. The kernel holds one entry per
-//! CIDR; this store decides when it must be inserted or removed, and what is persisted.
+//! from the CLI (with reason, who, created, expiry), or both.
 //!
-//! Reload order keeps every packet's verdict that of the old or the new policy: new entries are
-//! added before the generation flip, retired ones removed after it (see `daemon::Core::reload`).
+//! The kernel holds both lists in one longest-prefix trie per family. Because the allow list is
+//! checked first, a block entry covered by a wider allow entry is written as `ALLOW`; this store
+//! computes those values and, for every change, the kernel writes it needs: a change to an allow
+//! entry re-evaluates the block entries inside it, found by a range scan, so a single CLI change
+//! on a million-entry list touches only what it affects.
+//!
+//! Writes come in two groups so a policy reload keeps every packet's verdict that of the old or
+//! the new policy: `early` (new entries, entries turning `ALLOW`) is written before the
+//! generation flip, `late` (removals, entries turning `BLOCK`) after it. Between the two the
+//! trie holds the union of both policies' lists with allow winning, which answers every source
+//! as one of the two policies would.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::ListKind;
@@ -46,17 +57,56 @@ pub struct PersistedLists {
     pub block: BTreeMap<IpNet, ManualEntry>,
 }
 
+/// One kernel write: set `net` to `value`, or remove it (`None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelChange {
+    pub net: IpNet,
+    pub value: Option<ListKind>,
+}
+
+/// Kernel writes of one operation, in the order they must happen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelDiff {
+    /// Before a policy flip: new entries and entries turning `ALLOW`.
+    pub early: Vec<KernelChange>,
+    /// After it: removals and entries turning `BLOCK`.
+    pub late: Vec<KernelChange>,
+}
+
+impl KernelDiff {
+    pub fn extend(&mut self, other: KernelDiff) {
+        self.early.extend(other.early);
+        self.late.extend(other.late);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.early.is_empty() && self.late.is_empty()
+    }
+
+    /// Every change, early first.
+    pub fn all(&self) -> impl Iterator<Item = &KernelChange> {
+        self.early.iter().chain(self.late.iter())
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Lists {
     allow: BTreeMap<IpNet, Sources>,
     block: BTreeMap<IpNet, Sources>,
 }
 
-/// Kernel changes a list operation needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ListDiff {
-    pub insert: Vec<(ListKind, IpNet)>,
-    pub remove: Vec<(ListKind, IpNet)>,
+/// All nets whose network address lies inside `net` sort between these two keys.
+fn range_of(net: &IpNet) -> (IpNet, IpNet) {
+    match net {
+        IpNet::V4(n) => (
+            IpNet::V4(Ipv4Net::new(n.network(), 0).expect("/0")),
+            IpNet::V4(Ipv4Net::new(n.broadcast(), 32).expect("/32")),
+        ),
+        IpNet::V6(n) => (
+            IpNet::V6(Ipv6Net::new(n.network(), 0).expect("/0")),
+            IpNet::V6(Ipv6Net::new(n.broadcast(), 128).expect("/128")),
+        ),
+    }
 }
 
 impl Lists {
@@ -94,51 +144,107 @@ impl Lists {
         PersistedLists { allow: pick(&self.allow), block: pick(&self.block) }
     }
 
-    /// Replace the policy's entries of a list. Returns CIDRs that must enter the kernel (new)
-    /// and those that must leave it (no origin left).
-    pub fn set_policy(&mut self, kind: ListKind, nets: &[IpNet]) -> ListDiff {
-        let mut diff = ListDiff::default();
-        let map = self.map_mut(kind);
-        for (net, s) in map.iter_mut() {
-            if s.policy && !nets.contains(net) {
-                s.policy = false;
-                if s.manual.is_none() {
-                    diff.remove.push((kind, *net));
-                }
+    /// An allow entry equal to or wider than `net`.
+    fn allow_covers(&self, net: &IpNet) -> bool {
+        (0..=net.prefix_len()).any(|len| {
+            IpNet::new(net.addr(), len).is_ok_and(|sup| self.allow.contains_key(&sup.trunc()))
+        })
+    }
+
+    /// What the kernel trie must hold for `net`.
+    fn value(&self, net: &IpNet) -> Option<ListKind> {
+        if self.allow_covers(net) && (self.allow.contains_key(net) || self.block.contains_key(net)) {
+            Some(ListKind::Allow)
+        } else if self.block.contains_key(net) {
+            Some(ListKind::Block)
+        } else {
+            None
+        }
+    }
+
+    /// Block entries inside `net` (including `net` itself).
+    fn blocks_within(&self, net: &IpNet) -> impl Iterator<Item = IpNet> + '_ {
+        let (lo, hi) = range_of(net);
+        let outer = *net;
+        self.block.range(lo..=hi).map(|(n, _)| *n).filter(move |n| outer.contains(n))
+    }
+
+    /// Apply `change` to the lists and return the kernel writes it needs, looking only at the
+    /// nets it can affect: `nets` themselves, and for allow changes the block entries inside.
+    fn mutate(&mut self, kind: ListKind, nets: &[IpNet], change: impl FnOnce(&mut Self)) -> KernelDiff {
+        let mut affected: BTreeSet<IpNet> = nets.iter().copied().collect();
+        if kind == ListKind::Allow {
+            for n in nets {
+                affected.extend(self.blocks_within(n));
             }
         }
-        map.retain(|_, s| s.policy || s.manual.is_some());
-        for net in nets {
-            let s = map.entry(*net).or_default();
-            if !s.policy && s.manual.is_none() {
-                diff.insert.push((kind, *net));
+        // An allow change leaves the block entries as they are, so the set found before the
+        // change is the whole set.
+        let before: Vec<Option<ListKind>> = affected.iter().map(|n| self.value(n)).collect();
+        change(self);
+        let mut diff = KernelDiff::default();
+        for (net, before) in affected.iter().zip(before) {
+            let after = self.value(net);
+            if before == after {
+                continue;
             }
-            s.policy = true;
+            let change = KernelChange { net: *net, value: after };
+            match (before, after) {
+                (None, Some(_)) | (_, Some(ListKind::Allow)) => diff.early.push(change),
+                _ => diff.late.push(change),
+            }
         }
         diff
     }
 
-    /// Add (or refresh) a manual entry; true if the kernel needs the CIDR inserted.
-    pub fn add_manual(&mut self, kind: ListKind, net: IpNet, entry: ManualEntry) -> bool {
-        let s = self.map_mut(kind).entry(net).or_default();
-        let new = !s.policy && s.manual.is_none();
-        s.manual = Some(entry);
-        new
+    /// Replace the policy's entries of a list.
+    pub fn set_policy(&mut self, kind: ListKind, nets: &[IpNet]) -> KernelDiff {
+        let old: Vec<IpNet> = self.map(kind).iter().filter(|(_, s)| s.policy).map(|(n, _)| *n).collect();
+        let mut touched: Vec<IpNet> = old.iter().filter(|n| !nets.contains(n)).copied().collect();
+        touched.extend(nets.iter().filter(|n| !old.contains(n)));
+        if touched.is_empty() {
+            return KernelDiff::default();
+        }
+        let nets = nets.to_vec();
+        self.mutate(kind, &touched.clone(), move |l| {
+            let map = l.map_mut(kind);
+            for n in &touched {
+                if nets.contains(n) {
+                    map.entry(*n).or_default().policy = true;
+                } else if let Some(s) = map.get_mut(n) {
+                    s.policy = false;
+                    if s.manual.is_none() {
+                        map.remove(n);
+                    }
+                }
+            }
+        })
     }
 
-    /// Remove a manual entry. `Err` if there is none (the CIDR may still be a policy entry);
-    /// `Ok(true)` if the kernel entry must go too.
-    pub fn remove_manual(&mut self, kind: ListKind, net: &IpNet) -> Result<bool, RemoveError> {
-        let map = self.map_mut(kind);
-        let Some(s) = map.get_mut(net) else { return Err(RemoveError::Absent) };
-        if s.manual.take().is_none() {
-            return Err(RemoveError::PolicyOnly);
+    /// Add (or refresh) a manual entry.
+    pub fn add_manual(&mut self, kind: ListKind, net: IpNet, entry: ManualEntry) -> KernelDiff {
+        self.mutate(kind, &[net], |l| {
+            l.map_mut(kind).entry(net).or_default().manual = Some(entry);
+        })
+    }
+
+    /// Remove a manual entry. `Err` if there is none (the CIDR may be a policy entry).
+    pub fn remove_manual(&mut self, kind: ListKind, net: &IpNet) -> Result<KernelDiff, RemoveError> {
+        match self.map(kind).get(net) {
+            None => return Err(RemoveError::Absent),
+            Some(s) if s.manual.is_none() => return Err(RemoveError::PolicyOnly),
+            Some(_) => {}
         }
-        if !s.policy {
-            map.remove(net);
-            return Ok(true);
-        }
-        Ok(false)
+        let net = *net;
+        Ok(self.mutate(kind, &[net], |l| {
+            let map = l.map_mut(kind);
+            if let Some(s) = map.get_mut(&net) {
+                s.manual = None;
+                if !s.policy {
+                    map.remove(&net);
+                }
+            }
+        }))
     }
 
     /// Manual entries whose TTL has passed.
@@ -154,13 +260,32 @@ impl Lists {
         out
     }
 
-    /// Every CIDR the kernel must hold for a list.
-    pub fn kernel(&self, kind: ListKind) -> Vec<IpNet> {
+    /// Everything the kernel trie must hold.
+    pub fn kernel(&self) -> BTreeMap<IpNet, ListKind> {
+        self.allow
+            .keys()
+            .chain(self.block.keys())
+            .filter_map(|n| self.value(n).map(|v| (*n, v)))
+            .collect()
+    }
+
+    /// CIDRs of a list (policy and manual).
+    pub fn cidrs(&self, kind: ListKind) -> Vec<IpNet> {
         self.map(kind).keys().copied().collect()
     }
 
     pub fn len(&self, kind: ListKind) -> usize {
         self.map(kind).len()
+    }
+
+    /// Kernel entries per family: (IPv4, IPv6). Each CIDR on either list is one entry.
+    pub fn kernel_len(&self) -> (usize, usize) {
+        let mut v4 = self.allow.keys().filter(|n| n.addr().is_ipv4()).count();
+        let mut v6 = self.allow.len() - v4;
+        for n in self.block.keys().filter(|n| !self.allow.contains_key(n)) {
+            if n.addr().is_ipv4() { v4 += 1 } else { v6 += 1 }
+        }
+        (v4, v6)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -209,18 +334,67 @@ mod tests {
         ManualEntry { reason: Some("test".into()), who: "root".into(), created: 100, expires }
     }
 
+    fn set(n: &str, v: ListKind) -> KernelChange {
+        KernelChange { net: net(n), value: Some(v) }
+    }
+
+    fn rm(n: &str) -> KernelChange {
+        KernelChange { net: net(n), value: None }
+    }
+
+    /// The trie's answer for an address: longest prefix among the kernel entries.
+    fn lookup(l: &Lists, addr: &str) -> Option<ListKind> {
+        let a: IpAddr = addr.parse().unwrap();
+        l.kernel().into_iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1)
+    }
+
+    /// What "allow first, then block" says for an address.
+    fn semantics(l: &Lists, addr: &str) -> Option<ListKind> {
+        let a: IpAddr = addr.parse().unwrap();
+        if l.contains(ListKind::Allow, a) {
+            Some(ListKind::Allow)
+        } else if l.contains(ListKind::Block, a) {
+            Some(ListKind::Block)
+        } else {
+            None
+        }
+    }
+
+    #[test]
+    fn longest_prefix_answers_like_allow_then_block() {
+        let mut l = Lists::default();
+        l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("10.1.2.0/24"), net("192.168.0.0/16")]);
+        l.set_policy(ListKind::Allow, &[net("10.1.0.0/16"), net("10.1.2.3/32"), net("172.16.0.0/12")]);
+        l.add_manual(ListKind::Block, net("172.16.5.0/24"), manual(None));
+        for a in ["10.2.0.1", "10.1.9.9", "10.1.2.4", "10.1.2.3", "192.168.1.1", "172.16.5.1", "172.17.0.1", "8.8.8.8"] {
+            assert_eq!(lookup(&l, a), semantics(&l, a), "{a}");
+        }
+        assert_eq!(l.kernel()[&net("10.1.2.0/24")], ListKind::Allow, "a block inside an allow is written as allow");
+    }
+
+    #[test]
+    fn adding_and_removing_an_allow_rewrites_the_blocks_inside_it() {
+        let mut l = Lists::default();
+        l.set_policy(ListKind::Block, &[net("10.1.2.0/24"), net("10.9.0.0/16")]);
+        let d = l.add_manual(ListKind::Allow, net("10.1.0.0/16"), manual(None));
+        assert_eq!(d.early, vec![set("10.1.0.0/16", ListKind::Allow), set("10.1.2.0/24", ListKind::Allow)]);
+        assert!(d.late.is_empty());
+        let d = l.remove_manual(ListKind::Allow, &net("10.1.0.0/16")).unwrap();
+        assert!(d.early.is_empty());
+        assert_eq!(d.late, vec![rm("10.1.0.0/16"), set("10.1.2.0/24", ListKind::Block)]);
+    }
+
     #[test]
     fn policy_and_manual_origins_share_one_kernel_entry() {
         let mut l = Lists::default();
         let d = l.set_policy(ListKind::Block, &[net("10.0.0.0/8")]);
-        assert_eq!(d.insert, vec![(ListKind::Block, net("10.0.0.0/8"))]);
-        assert!(!l.add_manual(ListKind::Block, net("10.0.0.0/8"), manual(None)), "already in the kernel");
-        assert!(l.add_manual(ListKind::Block, net("192.0.2.0/24"), manual(None)));
-        // The policy drops 10/8: the manual origin keeps it in the kernel.
+        assert_eq!(d.early, vec![set("10.0.0.0/8", ListKind::Block)]);
+        assert!(l.add_manual(ListKind::Block, net("10.0.0.0/8"), manual(None)).is_empty(), "already in the kernel");
+        assert!(!l.add_manual(ListKind::Block, net("192.0.2.0/24"), manual(None)).is_empty());
         let d = l.set_policy(ListKind::Block, &[]);
-        assert!(d.remove.is_empty() && d.insert.is_empty(), "{d:?}");
+        assert!(d.is_empty(), "the manual origin keeps it: {d:?}");
         assert_eq!(l.rows(ListKind::Block)[0].origin, "manual");
-        assert_eq!(l.remove_manual(ListKind::Block, &net("10.0.0.0/8")), Ok(true));
+        assert_eq!(l.remove_manual(ListKind::Block, &net("10.0.0.0/8")).unwrap().late, vec![rm("10.0.0.0/8")]);
         assert_eq!(l.remove_manual(ListKind::Block, &net("10.0.0.0/8")), Err(RemoveError::Absent));
     }
 
@@ -229,16 +403,16 @@ mod tests {
         let mut l = Lists::default();
         l.set_policy(ListKind::Allow, &[net("203.0.113.10/32")]);
         assert_eq!(l.remove_manual(ListKind::Allow, &net("203.0.113.10/32")), Err(RemoveError::PolicyOnly));
-        assert_eq!(l.kernel(ListKind::Allow), vec![net("203.0.113.10/32")]);
+        assert_eq!(l.cidrs(ListKind::Allow), vec![net("203.0.113.10/32")]);
     }
 
     #[test]
-    fn reload_diff_adds_and_removes_only_changes() {
+    fn reload_diff_puts_additions_before_and_removals_after_the_flip() {
         let mut l = Lists::default();
         l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("172.16.0.0/12")]);
         let d = l.set_policy(ListKind::Block, &[net("172.16.0.0/12"), net("192.168.0.0/16")]);
-        assert_eq!(d.insert, vec![(ListKind::Block, net("192.168.0.0/16"))]);
-        assert_eq!(d.remove, vec![(ListKind::Block, net("10.0.0.0/8"))]);
+        assert_eq!(d.early, vec![set("192.168.0.0/16", ListKind::Block)]);
+        assert_eq!(d.late, vec![rm("10.0.0.0/8")]);
     }
 
     #[test]
@@ -255,5 +429,17 @@ mod tests {
         assert_eq!(after.len(ListKind::Block), 0, "expired entries are dropped at restore");
         assert_eq!(after.len(ListKind::Allow), 1);
         assert!(after.contains(ListKind::Allow, "198.51.100.1".parse().unwrap()));
+        assert_eq!(after.kernel_len(), (1, 0));
+    }
+
+    #[test]
+    fn a_change_on_a_large_list_touches_only_what_it_affects() {
+        let mut l = Lists::default();
+        let many: Vec<IpNet> = (0..20_000u32).map(|i| IpNet::V4(Ipv4Net::new((0x0b00_0000 + (i << 8)).into(), 24).unwrap())).collect();
+        l.set_policy(ListKind::Block, &many);
+        let d = l.add_manual(ListKind::Allow, net("11.0.1.0/24"), manual(None));
+        assert_eq!(d.early, vec![set("11.0.1.0/24", ListKind::Allow)], "one entry rewritten");
+        let d = l.add_manual(ListKind::Block, net("203.0.113.0/24"), manual(None));
+        assert_eq!(d.early.len() + d.late.len(), 1);
     }
 }

@@ -11,6 +11,7 @@ use aya::maps::MapData;
 use common::{BanEvent, reason, verdict};
 use voipwall::{
     dataplane::{Counters, Dataplane, ListKind, LoadOptions},
+    lists::Lists,
     policy::{self, Capacity, CompiledPolicy},
 };
 
@@ -91,12 +92,7 @@ impl Harness {
         let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity })
             .unwrap_or_else(|e| panic!("loading the data plane failed: {e}"));
         dp.apply_policy(&compiled).unwrap_or_else(|e| panic!("apply_policy: {e}"));
-        for net in &compiled.allow {
-            dp.list_insert(ListKind::Allow, net).unwrap();
-        }
-        for net in &compiled.block {
-            dp.list_insert(ListKind::Block, net).unwrap();
-        }
+        write_static_lists(&mut dp, &compiled);
         let events = dp.take_events();
         Self { dp, compiled, events }
     }
@@ -166,6 +162,16 @@ impl Harness {
             }
         }
         out
+    }
+}
+
+/// Put a compiled policy's allow and block lists into the source tries, as the daemon would.
+pub fn write_static_lists(dp: &mut Dataplane, compiled: &CompiledPolicy) {
+    let mut lists = Lists::default();
+    let mut diff = lists.set_policy(ListKind::Allow, &compiled.allow);
+    diff.extend(lists.set_policy(ListKind::Block, &compiled.block));
+    for c in diff.all() {
+        dp.source_write(c).unwrap_or_else(|e| panic!("writing {c:?}: {e}"));
     }
 }
 

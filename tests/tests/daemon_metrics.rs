@@ -165,7 +165,7 @@ fn injected_traffic_moves_exactly_the_right_counters() {
     assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "drop")]), 1.0);
     assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "ssh-admins"), ("verdict", "drop")]), 3.0);
     assert_eq!(get(&after, "voipwall_map_entries", &[("map", "RATES")]), 3.0, "three (source, class) buckets: SIP peer, flooder, echo source");
-    assert!(get(&after, "voipwall_map_capacity", &[("map", "BLOCK_V4")]) > 0.0);
+    assert!(get(&after, "voipwall_map_capacity", &[("map", "SOURCES_V4")]) > 0.0);
     assert_eq!(get(&after, "voipwall_xdp_attached", &[("iface", &pair.server_if)]), 1.0);
     assert_eq!(get(&after, "voipwall_build_info", &[]), 1.0);
     assert_eq!(get(&after, "voipwall_policy_info", &[("roles", "voip-edge")]), 1.0);

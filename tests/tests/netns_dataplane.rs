@@ -9,7 +9,7 @@ use std::{
 use common::{reason, verdict};
 use tests::{bpf_available, netns::Pair, test_capacity};
 use voipwall::{
-    dataplane::{AttachedMode, Attachment, Dataplane, ListKind, LoadOptions, XdpModeChoice},
+    dataplane::{AttachedMode, Attachment, Dataplane, LoadOptions, XdpModeChoice},
     policy,
 };
 
@@ -44,12 +44,7 @@ levels = [{{ pps = 50, burst = 100, ban = "1h" }}, {{ pps = 5000, ban = "1h" }}]
     let (_, compiled) = policy::parse("netns.toml", &policy_text).unwrap();
     let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity: test_capacity() }).unwrap();
     dp.apply_policy(&compiled).unwrap();
-    for n in &compiled.allow {
-        dp.list_insert(ListKind::Allow, n).unwrap();
-    }
-    for n in &compiled.block {
-        dp.list_insert(ListKind::Block, n).unwrap();
-    }
+    tests::write_static_lists(&mut dp, &compiled);
     let iface = pair.server_if.clone();
     let attachment = pair.server.enter(|| dp.attach(&iface, XdpModeChoice::Native, None)).unwrap();
     assert_eq!(attachment.mode, AttachedMode::Native);

@@ -7,11 +7,11 @@
 //! when scans reach it) do not open doors.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use common::{FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, port_index, stat};
+use common::{FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, flow_port_bit, port_index, stat};
 
 use crate::{
     clock,
-    maps::{ACTIVE, FLOWS, PORTS, bump},
+    maps::{ACTIVE, FLOW_PORTS, FLOWS, PORTS, bump},
     parse::{
         FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_SYN, parse,
     },
@@ -59,12 +59,31 @@ fn record(ctx: &TcContext) -> Result<(), ()> {
         // A known flow: refresh it in place (cheaper than an update).
         // SAFETY: value pointer from a successful lookup.
         unsafe { *seen = now };
-        return Ok(());
+    } else {
+        if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return Ok(());
+        }
+        FLOWS.insert(&key, &now, 0).map_err(|_| ())?;
+        bump(stat::FLOWS_CREATED);
     }
-    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        return Ok(());
-    }
-    FLOWS.insert(&key, &now, 0).map_err(|_| ())?;
-    bump(stat::FLOWS_CREATED);
+    mark_port(proto_slot, pkt.sport);
     Ok(())
+}
+
+/// Tell ingress this local port has flows worth looking up. The BPF target has no atomic
+/// read-modify-write in Rust, so two CPUs marking ports of the same 64-port word at the same
+/// instant can lose one bit; every egress packet of a flow checks and sets its bit again, so a
+/// lost bit comes back with the flow's next packet. Bits are never cleared: a stale one only
+/// costs a lookup.
+#[inline(always)]
+fn mark_port(proto_slot: u32, port: u16) {
+    let (word, bit) = flow_port_bit(proto_slot, port);
+    if let Some(w) = FLOW_PORTS.get_ptr_mut(word) {
+        // SAFETY: array value pointer from a successful lookup.
+        unsafe {
+            if *w & bit == 0 {
+                *w |= bit;
+            }
+        }
+    }
 }

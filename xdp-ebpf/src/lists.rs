@@ -1,36 +1,29 @@
 //! Steps 2 and 3 of the decision chain: the allow list, the block list and dynamic bans.
 //!
-//! Allow and block lists are LPM tries per address family; a hit costs no clock read. Bans are
-//! keyed by the rate limiter's source key; only a ban-table hit reads the clock, to treat an
-//! expired ban as absent without waiting for the controller's sweeper.
+//! Both lists live in one LPM trie per address family, so a single lookup answers "allowed,
+//! blocked or neither"; the controller writes `SOURCE_ALLOW` for a block entry that a wider
+//! allow entry covers, which keeps "allow is checked first" exact under longest-prefix match. A
+//! hit costs no clock read. Bans are keyed by the rate limiter's source key; only a ban-table
+//! hit reads the clock, to treat an expired ban as absent without waiting for the sweeper.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use common::SourceKey;
 
 use crate::{
     clock,
-    maps::{ALLOW_V4, ALLOW_V6, BANS, BLOCK_V4, BLOCK_V6},
+    maps::{BANS, SOURCES_V4, SOURCES_V6},
     parse::Packet,
 };
 
-/// Step 2: the source is on the allow list.
+/// Steps 2 and 3a: `SOURCE_ALLOW`, `SOURCE_BLOCK`, or 0 for a source on neither list.
 #[inline(always)]
-pub fn allowed(pkt: &Packet) -> bool {
-    if pkt.ipv6 {
-        ALLOW_V6.get(Key::new(128, pkt.src)).is_some()
+pub fn source_list(pkt: &Packet) -> u32 {
+    let hit = if pkt.ipv6 {
+        SOURCES_V6.get(Key::new(128, pkt.src))
     } else {
-        ALLOW_V4.get(Key::new(32, pkt.src_v4())).is_some()
-    }
-}
-
-/// Step 3a: the source is on the static or manual block list.
-#[inline(always)]
-pub fn blocked(pkt: &Packet) -> bool {
-    if pkt.ipv6 {
-        BLOCK_V6.get(Key::new(128, pkt.src)).is_some()
-    } else {
-        BLOCK_V4.get(Key::new(32, pkt.src_v4())).is_some()
-    }
+        SOURCES_V4.get(Key::new(32, pkt.src_v4()))
+    };
+    hit.copied().unwrap_or(0)
 }
 
 /// Step 3b: the source (as the rate limiter keys it) is under an unexpired ban.

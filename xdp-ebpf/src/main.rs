@@ -27,8 +27,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use common::{
-    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SourceKey, addr::mask_prefix,
-    reason,
+    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK,
+    SourceKey, addr::mask_prefix, reason,
 };
 
 use crate::{
@@ -67,11 +67,10 @@ fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
         Ok(parse::Parsed::NonIp) => return Decision::of(reason::NON_IP),
         Err(()) => return Decision::of(reason::MALFORMED),
     }
-    if lists::allowed(&pkt) {
-        return Decision::of(reason::ALLOW_LIST);
-    }
-    if lists::blocked(&pkt) {
-        return Decision::of(reason::BLOCK_LIST);
+    match lists::source_list(&pkt) {
+        SOURCE_ALLOW => return Decision::of(reason::ALLOW_LIST),
+        SOURCE_BLOCK => return Decision::of(reason::BLOCK_LIST),
+        _ => {}
     }
     let source = source_key(&pkt, cfg);
     if lists::banned(&source) {

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use common::{
-    BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState,
-    GENERATIONS, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
+    BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey,
+    FragState, GENERATIONS, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
     RateKey, RateState, SourceKey, capacity, stat,
 };
 
@@ -34,21 +34,17 @@ pub static SETS_V4: LpmTrie<[u8; 8], u64> =
 pub static SETS_V6: LpmTrie<[u8; 20], u64> =
     LpmTrie::with_max_entries(capacity::SETS, BPF_F_NO_PREALLOC);
 
+// One trie per family for both lists: one lookup answers "allowed, blocked or neither".
 #[map]
-pub static ALLOW_V4: LpmTrie<[u8; 4], u32> =
-    LpmTrie::with_max_entries(capacity::ALLOW, BPF_F_NO_PREALLOC);
+pub static SOURCES_V4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(capacity::ALLOW + capacity::BLOCK_V4, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static ALLOW_V6: LpmTrie<[u8; 16], u32> =
-    LpmTrie::with_max_entries(capacity::ALLOW, BPF_F_NO_PREALLOC);
+pub static SOURCES_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(capacity::ALLOW + capacity::BLOCK_V6, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BLOCK_V4: LpmTrie<[u8; 4], u32> =
-    LpmTrie::with_max_entries(capacity::BLOCK_V4, BPF_F_NO_PREALLOC);
-
-#[map]
-pub static BLOCK_V6: LpmTrie<[u8; 16], u32> =
-    LpmTrie::with_max_entries(capacity::BLOCK_V6, BPF_F_NO_PREALLOC);
+pub static FLOW_PORTS: Array<u64> = Array::with_max_entries(FLOW_PORT_WORDS, 0);
 
 // The kernel-written tables are LRU: when a spoofed-source flood fills them, the least recently
 // seen entries go first, which for bans means attackers that stopped.

@@ -28,7 +28,7 @@ pub fn decide(
     };
     if rule.flags & PORT_OPEN == 0 {
         // Closed: the only way in is as a reply to a flow the host opened (step 4).
-        if flows::is_reply(pkt, cfg) {
+        if flows::is_reply(pkt, cfg, proto_slot) {
             return Decision::of(reason::RETURN_TRAFFIC);
         }
         return Decision::of(reason::PORT_CLOSED);

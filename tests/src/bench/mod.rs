@@ -2,6 +2,7 @@
 //! median over rounds with its spread, and every cost is also given as a ratio to a baseline
 //! measured in the same run, because the machines are shared and noisy.
 
+pub mod ops;
 pub mod paths;
 
 use aya::{
@@ -9,7 +10,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use serde::Serialize;
-use voipwall::{dataplane::EMPTY_OBJECT, policy::Capacity};
+use voipwall::{dataplane::BENCH_OBJECT, policy::Capacity};
 
 /// How hard to measure.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -65,26 +66,34 @@ pub fn median_spread(xs: &[f64]) -> Stat {
     Stat { median, min, max, spread: if median > 0.0 { (max - min) / median } else { 0.0 } }
 }
 
-/// The empty XDP_PASS program, loaded in this process.
+/// The benchmark programs (the empty baseline and single-operation programs), loaded in this
+/// process.
 pub struct Baseline {
-    ebpf: Ebpf,
+    pub ebpf: Ebpf,
 }
 
 impl Baseline {
     pub fn load() -> Self {
-        let mut ebpf = Ebpf::load(EMPTY_OBJECT).expect("loading the empty baseline program");
-        let prog: &mut Xdp = ebpf.program_mut("bench_empty").expect("bench_empty").try_into().expect("XDP");
-        prog.load().expect("verifier accepts the empty program");
+        let mut ebpf = aya::EbpfLoader::new().load(BENCH_OBJECT).expect("loading the benchmark programs");
+        for name in ["bench_empty", "bench_parse", "bench_lpm", "bench_hash", "bench_lru", "bench_array", "bench_clock"] {
+            let prog: &mut Xdp = ebpf.program_mut(name).unwrap_or_else(|| panic!("{name}")).try_into().expect("XDP");
+            prog.load().unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));
+        }
         Self { ebpf }
     }
 
     /// Kernel-reported ns per run of the empty program on `frame`.
     pub fn ns(&self, frame: &[u8], repeat: u32) -> f64 {
-        let prog: &Xdp = self.ebpf.program("bench_empty").expect("bench_empty").try_into().expect("XDP");
+        self.program_ns("bench_empty", frame, repeat)
+    }
+
+    /// Kernel-reported ns per run of one benchmark program.
+    pub fn program_ns(&self, name: &str, frame: &[u8], repeat: u32) -> f64 {
+        let prog: &Xdp = self.ebpf.program(name).unwrap_or_else(|| panic!("{name}")).try_into().expect("XDP");
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
             .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })
-            .expect("test_run of the empty program");
+            .unwrap_or_else(|e| panic!("test_run of {name}: {e}"));
         r.duration.as_nanos() as f64
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use tests::bench::{self, Baseline, Mode, Settings, paths};
+use tests::bench::{self, Baseline, Mode, Settings, ops, paths};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,7 +21,11 @@ fn main() {
     let cpu = cpus - 1;
     let pinned = bench::pin_to_cpu(cpu);
     eprintln!("bench: mode {mode:?}, repeat {}, rounds {}, pinned to CPU {cpu}: {pinned}", settings.repeat, settings.rounds);
-    let baseline = Baseline::load();
+    let mut baseline = Baseline::load();
+    let op_rows = ops::run(&settings, &mut baseline);
+    for r in &op_rows {
+        println!("| {} | {:.1} | +{:.1} |", r.op, r.ns.median, r.extra_ns);
+    }
     let rows = paths::run(&settings, &baseline);
     let mut table = String::from("| path | reason | ns/packet (median) | spread | empty program ns | ratio to empty |\n| --- | --- | ---: | ---: | ---: | ---: |\n");
     for r in &rows {

@@ -27,7 +27,8 @@ pub mod programs {
 
 /// Names of the maps in the object file. bpffs refuses dots in pin names; none of these has one.
 pub mod maps {
-    /// `Array<u32>`, one entry: the active policy generation (0 or 1).
+    /// `Array<u32>`, indexed by [`crate::active`]: the active policy generation and the
+    /// "bans may exist" flag.
     pub const ACTIVE: &str = "ACTIVE";
     /// `Array<PolicyConfig>`, indexed by generation.
     pub const POLICY: &str = "POLICY";
@@ -44,6 +45,10 @@ pub mod maps {
     pub const SOURCES_V4: &str = "SOURCES_V4";
     /// `LpmTrie<[u8; 16], u32>`: the same for IPv6.
     pub const SOURCES_V6: &str = "SOURCES_V6";
+    /// `Array<u32>`, 65536 entries, one per IPv4 /16: the answer of `SOURCES_V4` for the whole
+    /// /16 when no entry longer than /16 lies inside it ([`crate::GATE_MORE`] clear), so most
+    /// sources skip the trie walk (DIR-16 in front of the trie).
+    pub const SOURCES_GATE: &str = "SOURCES_GATE";
     /// `Array<u64>`, [`crate::FLOW_PORT_WORDS`] words: one bit per (protocol slot, local port)
     /// the host has opened a flow from, so a closed port skips the flow table otherwise.
     pub const FLOW_PORTS: &str = "FLOW_PORTS";
@@ -65,7 +70,7 @@ pub mod maps {
     pub const STATS: &str = "STATS";
 
     /// Every map name.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         ACTIVE,
         POLICY,
         PORTS,
@@ -74,6 +79,7 @@ pub mod maps {
         SETS_V6,
         SOURCES_V4,
         SOURCES_V6,
+        SOURCES_GATE,
         FLOW_PORTS,
         BANS,
         RATES,
@@ -100,6 +106,17 @@ pub mod stat {
     pub const EVENTS_LOST: u32 = 3;
     /// Slots of the array.
     pub const COUNT: u32 = 8;
+}
+
+/// Slots of `ACTIVE`.
+pub mod active {
+    /// The active policy generation (0 or 1).
+    pub const GENERATION: u32 = 0;
+    /// Non-zero while the ban table may hold entries. The program sets it after inserting a ban;
+    /// the controller clears it only when its sweep leaves the table empty (and sets it again if
+    /// a ban raced in), so with no bans every packet skips the ban-table hash lookup.
+    pub const BANS_PRESENT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Fixed sizes: these shape indices, so they are compile-time constants on both sides.
@@ -139,6 +156,12 @@ pub const MAX_FRAGMENTS_PER_DATAGRAM: u16 = 64;
 pub const SOURCE_ALLOW: u32 = 1;
 /// Value of a `SOURCES_*` entry: the source is blocked.
 pub const SOURCE_BLOCK: u32 = 2;
+
+/// `SOURCES_GATE` value bits 0-1: the /16's answer (0, [`SOURCE_ALLOW`] or [`SOURCE_BLOCK`]);
+/// this bit: entries longer than /16 exist inside it, so the trie must be asked.
+pub const GATE_MORE: u32 = 4;
+/// Mask of the answer bits of a `SOURCES_GATE` value.
+pub const GATE_VALUE: u32 = 3;
 
 /// Words of `FLOW_PORTS`: 2 protocol slots x 65536 ports / 64 bits.
 pub const FLOW_PORT_WORDS: u32 = PORT_PROTOS * 65536 / 64;

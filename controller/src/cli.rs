@@ -135,8 +135,11 @@ pub struct RunCmd {
 
 #[derive(Args, Debug)]
 pub struct AddCmd {
-    #[arg(required = true)]
+    #[arg(required_unless_present = "file")]
     pub cidrs: Vec<String>,
+    /// Read CIDRs from a file, one per line (`#` comments): bulk imports of feeds.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
     /// Remove the entry after this long (e.g. 30m, 1h, 7d).
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<String>,
@@ -306,8 +309,8 @@ fn socket_for(iface: Option<&str>, socket: Option<PathBuf>) -> Result<PathBuf, S
 fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32 {
     let ssh_client = system::ssh_client_from_env();
     let (req, json) = match command {
-        Command::Block(a) => (Request::Block(change(a.cidrs, a.ttl, a.reason, a.force, ssh_client)), false),
-        Command::Allow(a) => (Request::Allow(change(a.cidrs, a.ttl, a.reason, a.force, ssh_client)), false),
+        Command::Block(a) => (Request::Block(ListChange { file: absolute(a.file), ..change(a.cidrs, a.ttl, a.reason, a.force, ssh_client) }), false),
+        Command::Allow(a) => (Request::Allow(ListChange { file: absolute(a.file), ..change(a.cidrs, a.ttl, a.reason, a.force, ssh_client) }), false),
         Command::Unblock(r) => (Request::Unblock(change(r.cidrs, None, None, r.force, ssh_client)), false),
         Command::Disallow(r) => (Request::Disallow(change(r.cidrs, None, None, r.force, ssh_client)), false),
         Command::List { which, json } => (Request::List { which }, json),
@@ -316,8 +319,7 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
         Command::Status { json } => (Request::Status, json),
         Command::Policy { command: PolicyCmd::Show { json } } => (Request::PolicyShow, json),
         Command::Reload { policy, confirm_within, allow_lockout } => {
-            // The daemon reads the file itself: send an absolute path.
-            let policy = policy.map(|p| std::path::absolute(&p).unwrap_or(p));
+            let policy = absolute(policy);
             (Request::Reload { policy, confirm_within, allow_lockout, ssh_client }, false)
         }
         Command::Confirm => (Request::Confirm, false),
@@ -354,5 +356,10 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
 }
 
 fn change(cidrs: Vec<String>, ttl: Option<String>, reason: Option<String>, force: bool, ssh_client: Option<std::net::IpAddr>) -> ListChange {
-    ListChange { cidrs, ttl, reason, force, ssh_client }
+    ListChange { cidrs, file: None, ttl, reason, force, ssh_client }
+}
+
+/// The daemon reads files itself: hand it an absolute path.
+fn absolute(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.map(|p| std::path::absolute(&p).unwrap_or(p))
 }

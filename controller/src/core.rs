@@ -20,11 +20,25 @@ use tracing::{error, info, warn};
 use crate::{
     bans::{BanRecord, Bans, key_of, mono_to_unix, source_of, unix_to_mono},
     dataplane::{AttachedMode, Attachment, Counters, Dataplane, DataplaneError, ListKind, LoadOptions, XdpModeChoice, monotonic_ns},
-    lists::{KernelChange, KernelDiff, Lists, ManualEntry, PersistedLists, RemoveError},
+    lists::{KernelChange, KernelDiff, ListOp, Lists, ManualEntry, PersistedLists, RemoveError},
     policy::{self, CompiledPolicy, Policy, SshReach},
-    state::{self, rfc3339, unix_now},
+    state::{self, Journal, rfc3339, unix_now},
     system,
 };
+
+/// The CIDRs of a change for a log line or reply: all of a few, a count of many.
+fn summarize(nets: &[IpNet]) -> String {
+    if nets.len() <= 8 {
+        nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+    } else {
+        format!("{} CIDRs ({} ... {})", nets.len(), nets[0], nets[nets.len() - 1])
+    }
+}
+
+/// A list change bigger than this is written as a snapshot rather than a journal line.
+const JOURNAL_MAX_OP: usize = 1000;
+/// The journal is folded into a snapshot once it holds this many changes.
+const JOURNAL_MAX_LINES: usize = 2000;
 
 /// An operation's failure, with the CLI exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +95,9 @@ pub struct StartOptions {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ListChange {
     pub cidrs: Vec<String>,
+    /// A file of CIDRs, one per line (`#` comments), read by the daemon: bulk imports.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
     pub ttl: Option<String>,
     pub reason: Option<String>,
     #[serde(default)]
@@ -117,6 +134,8 @@ pub struct Core {
     policy_path: Option<PathBuf>,
     force_dry_run: bool,
     lists: Lists,
+    /// Small list changes since the last snapshot of `lists.json`.
+    journal: Journal,
     bans: Bans,
     bans_dirty: bool,
     state_dir: PathBuf,
@@ -159,9 +178,15 @@ impl Core {
         }
         std::fs::create_dir_all(&opts.state_dir).map_err(|e| OpError::Runtime(format!("state dir {}: {e}", opts.state_dir.display())))?;
         let now = unix_now();
-        let persisted: PersistedLists = state::read_json(&opts.state_dir.join("lists.json"))
+        // Lists: the snapshot, then every journalled change after it.
+        let mut persisted: PersistedLists = state::read_json(&opts.state_dir.join("lists.json"))
             .map_err(|e| OpError::Runtime(e.to_string()))?
             .unwrap_or_default();
+        let journal_path = opts.state_dir.join("lists.journal");
+        for op in Journal::replay::<ListOp>(&journal_path).map_err(|e| OpError::Runtime(e.to_string()))? {
+            persisted.apply(op);
+        }
+        let journal = Journal::open(&journal_path).map_err(|e| OpError::Runtime(format!("{}: {e}", journal_path.display())))?;
         let ban_records: Vec<BanRecord> = state::read_json(&opts.state_dir.join("bans.json"))
             .map_err(|e| OpError::Runtime(e.to_string()))?
             .unwrap_or_default();
@@ -186,6 +211,7 @@ impl Core {
             policy_path: opts.policy_path.clone(),
             force_dry_run: opts.force_dry_run,
             lists,
+            journal,
             bans,
             bans_dirty: true,
             state_dir: opts.state_dir.clone(),
@@ -198,15 +224,19 @@ impl Core {
         // Reconcile the source tries with what an adopted table holds: additions and entries
         // turning allow before the flip, the rest after it (the reload order, see `lists`).
         let want = core.lists.kernel();
-        let have: BTreeMap<IpNet, ListKind> = core.dp.source_entries()?.into_iter().collect();
+        let entries = core.dp.source_entries()?;
+        if core.dp.adopted_maps {
+            core.dp.rebuild_gate(&entries)?;
+        }
+        let have: BTreeMap<IpNet, ListKind> = entries.into_iter().collect();
         let mut diff = KernelDiff::default();
         for (net, kind) in &want {
             if have.get(net) != Some(kind) {
-                let c = KernelChange { net: *net, value: Some(*kind) };
+                let c = KernelChange { net: *net, value: Some(*kind), before: have.get(net).copied() };
                 if *kind == ListKind::Allow || !have.contains_key(net) { diff.early.push(c) } else { diff.late.push(c) }
             }
         }
-        diff.late.extend(have.keys().filter(|n| !want.contains_key(n)).map(|n| KernelChange { net: *n, value: None }));
+        diff.late.extend(have.iter().filter(|(n, _)| !want.contains_key(n)).map(|(n, k)| KernelChange { net: *n, value: None, before: Some(*k) }));
         for c in &diff.early {
             core.dp.source_write(c)?;
         }
@@ -248,7 +278,7 @@ impl Core {
             info!(iface = %opts.iface, mode = attachment.mode.as_str(), program_id = attachment.program_id, "attached");
         }
         core.attachment = Some(attachment);
-        core.persist_lists()?;
+        core.snapshot_lists()?;
         core.persist_bans();
         Ok(core)
     }
@@ -296,9 +326,28 @@ impl Core {
         self.attached_since
     }
 
-    fn persist_lists(&self) -> Result<(), OpError> {
-        state::write_json(&self.state_dir.join("lists.json"), &self.lists.persisted())
-            .map_err(|e| OpError::Runtime(format!("persisting lists in {}: {e}", self.state_dir.display())))
+    /// Write the whole manual list state and empty the journal.
+    fn snapshot_lists(&mut self) -> Result<(), OpError> {
+        let err = |e: std::io::Error| OpError::Runtime(format!("persisting lists in {}: {e}", self.state_dir.display()));
+        state::write_json_compact(&self.state_dir.join("lists.json"), &self.lists.persisted()).map_err(err)?;
+        self.journal.reset().map_err(|e| OpError::Runtime(format!("resetting the list journal: {e}")))
+    }
+
+    /// A change of `size` CIDRs is recorded by a new snapshot rather than a journal line.
+    fn snapshot_due(&self, size: usize) -> bool {
+        size > JOURNAL_MAX_OP || self.journal.lines >= JOURNAL_MAX_LINES
+    }
+
+    /// Make a list change durable: one fsynced journal line for small changes, a snapshot for
+    /// bulk ones or when the journal has grown long.
+    fn record(&mut self, op: ListOp) -> Result<(), OpError> {
+        let size = match &op {
+            ListOp::Add { cidrs, .. } | ListOp::Remove { cidrs, .. } => cidrs.len(),
+        };
+        if self.snapshot_due(size) {
+            return self.snapshot_lists();
+        }
+        self.journal.append(&op).map_err(|e| OpError::Runtime(format!("journalling a list change: {e}")))
     }
 
     fn persist_bans(&mut self) {
@@ -314,17 +363,24 @@ impl Core {
     /// Install a policy: new list entries, generation flip, retired list entries. On error the
     /// running policy and lists are left as they were.
     fn install(&mut self, policy: Policy, compiled: CompiledPolicy) -> Result<(), OpError> {
-        let saved = self.lists.clone();
+        let touched = self
+            .compiled
+            .allow
+            .iter()
+            .chain(&compiled.allow)
+            .map(|n| (ListKind::Allow, *n))
+            .chain(self.compiled.block.iter().chain(&compiled.block).map(|n| (ListKind::Block, *n)));
+        let saved = self.lists.checkpoint(touched.collect::<Vec<_>>());
         let mut diff = self.lists.set_policy(ListKind::Allow, &compiled.allow);
         diff.extend(self.lists.set_policy(ListKind::Block, &compiled.block));
-        let result = self.write_early(&saved, &diff).and_then(|()| {
+        let result = self.write_early(&diff).and_then(|()| {
             self.dp.apply_policy(&compiled).map_err(|e| {
-                self.undo(&saved, &diff.early);
+                self.undo(&diff.early);
                 OpError::from(e)
             })
         });
         if let Err(e) = result {
-            self.lists = saved;
+            self.lists.rollback(saved);
             return Err(e);
         }
         for c in &diff.late {
@@ -343,23 +399,19 @@ impl Core {
         (self.lists.cidrs(ListKind::Allow), self.lists.cidrs(ListKind::Block))
     }
 
-    /// Write the early half of a diff; on failure restore what was written from `saved` and
-    /// report it (the lists themselves are restored by the caller).
-    fn write_early(&mut self, saved: &Lists, diff: &KernelDiff) -> Result<(), OpError> {
-        for (i, c) in diff.early.iter().enumerate() {
-            if let Err(e) = self.dp.source_write(c) {
-                self.undo(saved, &diff.early[..i]);
-                return Err(e.into());
-            }
-        }
-        Ok(())
+    /// Write the early half of a diff; on failure put back what was written and report it
+    /// (the lists themselves are rolled back by the caller).
+    fn write_early(&mut self, diff: &KernelDiff) -> Result<(), OpError> {
+        self.dp.source_write_all(&diff.early).map_err(|(done, e)| {
+            self.undo(&diff.early[..done]);
+            e.into()
+        })
     }
 
-    /// Put back the kernel entries `changes` overwrote, as `saved` had them.
-    fn undo(&mut self, saved: &Lists, changes: &[KernelChange]) {
-        let before = saved.kernel();
-        for c in changes {
-            let back = KernelChange { net: c.net, value: before.get(&c.net).copied() };
+    /// Put back the kernel entries `changes` overwrote (each change knows what was there).
+    fn undo(&mut self, changes: &[KernelChange]) {
+        for c in changes.iter().rev() {
+            let back = KernelChange { net: c.net, value: c.before, before: c.value };
             if let Err(e) = self.dp.source_write(&back) {
                 error!(cidr = %c.net, error = %e, "restoring a list entry failed");
             }
@@ -367,16 +419,13 @@ impl Core {
     }
 
     /// Apply a whole list diff (no policy flip involved), restoring everything on failure.
-    fn write_diff(&mut self, saved: &Lists, diff: &KernelDiff) -> Result<(), OpError> {
-        self.write_early(saved, diff)?;
-        for (i, c) in diff.late.iter().enumerate() {
-            if let Err(e) = self.dp.source_write(c) {
-                self.undo(saved, &diff.early);
-                self.undo(saved, &diff.late[..i]);
-                return Err(e.into());
-            }
-        }
-        Ok(())
+    fn write_diff(&mut self, diff: &KernelDiff) -> Result<(), OpError> {
+        self.write_early(diff)?;
+        self.dp.source_write_all(&diff.late).map_err(|(done, e)| {
+            self.undo(&diff.late[..done]);
+            self.undo(&diff.early);
+            e.into()
+        })
     }
 
     /// `voipwall reload`: atomic; on any error the old policy keeps running.
@@ -475,14 +524,30 @@ impl Core {
         }
     }
 
-    fn parse_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>, OpError> {
-        if cidrs.is_empty() {
-            return Err(OpError::Invalid("name at least one CIDR".into()));
-        }
-        cidrs
+    /// The CIDRs of a request: its arguments and, if given, its file (every line checked
+    /// before anything changes; an error names the line).
+    fn parse_cidrs(req: &ListChange) -> Result<Vec<IpNet>, OpError> {
+        let mut out: Vec<IpNet> = req
+            .cidrs
             .iter()
             .map(|c| policy::parse_cidr(c).map_err(|(m, h)| OpError::Invalid(format!("{m}; {h}"))))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        if let Some(path) = &req.file {
+            let text = std::fs::read_to_string(path).map_err(|e| OpError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                out.push(policy::parse_cidr(line).map_err(|(m, h)| OpError::Invalid(format!("{}:{}: {m}; {h}", path.display(), i + 1)))?);
+            }
+        }
+        if out.is_empty() {
+            return Err(OpError::Invalid("name at least one CIDR (arguments or --file)".into()));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 
     fn parse_ttl(ttl: &Option<String>) -> Result<Option<u64>, OpError> {
@@ -498,7 +563,7 @@ impl Core {
 
     /// `voipwall block` / `voipwall allow`.
     pub fn add(&mut self, kind: ListKind, req: &ListChange, who: &str) -> Result<Reply, OpError> {
-        let nets = Self::parse_cidrs(&req.cidrs)?;
+        let nets = Self::parse_cidrs(req)?;
         let expires = Self::parse_ttl(&req.ttl)?;
         if kind == ListKind::Block && !req.force {
             let local = system::local_addrs();
@@ -511,48 +576,80 @@ impl Core {
                 }
             }
         }
-        let entry = ManualEntry { reason: req.reason.clone(), who: who.to_string(), created: unix_now(), expires };
-        let saved = self.lists.clone();
-        let mut diff = KernelDiff::default();
-        for net in &nets {
-            diff.extend(self.lists.add_manual(kind, *net, entry.clone()));
-        }
-        if let Err(e) = self.write_diff(&saved, &diff) {
-            self.lists = saved;
-            return Err(e);
-        }
-        if let Err(e) = self.persist_lists() {
-            // Not durable, so not done: take the change back.
-            self.undo(&saved, &diff.early);
-            self.undo(&saved, &diff.late);
-            self.lists = saved;
-            return Err(e);
+        let entry = ManualEntry { reason: req.reason.as_deref().map(Into::into), who: who.into(), created: unix_now(), expires };
+        let saved = self.lists.checkpoint(nets.iter().map(|n| (kind, *n)).collect::<Vec<_>>());
+        let diff = self.lists.add_manual(kind, &nets, entry.clone());
+        if self.snapshot_due(nets.len()) {
+            // A bulk change: serialize and fsync the new snapshot on another core while the
+            // kernel entries go in; it is put in place only once they all are.
+            let snapshot = self.lists.persisted();
+            let path = self.state_dir.join("lists.json");
+            let staging = std::thread::spawn(move || state::stage_json_compact(&path, &snapshot));
+            let kernel = self.write_diff(&diff);
+            let staged = staging.join().unwrap_or_else(|_| Err(std::io::Error::other("the snapshot writer panicked")));
+            let result = match (kernel, staged) {
+                (Err(e), staged) => {
+                    if let Ok(s) = staged {
+                        s.discard();
+                    }
+                    self.lists.rollback(saved);
+                    return Err(e);
+                }
+                (Ok(()), staged) => staged.and_then(state::Staged::commit),
+            };
+            let result = result
+                .map_err(|e| OpError::Runtime(format!("persisting lists in {}: {e}", self.state_dir.display())))
+                .and_then(|()| self.journal.reset().map_err(|e| OpError::Runtime(format!("resetting the list journal: {e}"))));
+            if let Err(e) = result {
+                // Not durable, so not done: take the change back.
+                self.undo(&diff.late);
+                self.undo(&diff.early);
+                self.lists.rollback(saved);
+                return Err(e);
+            }
+        } else {
+            if let Err(e) = self.write_diff(&diff) {
+                self.lists.rollback(saved);
+                return Err(e);
+            }
+            if let Err(e) = self.record(ListOp::Add { list: kind, cidrs: nets.clone(), entry }) {
+                // Not durable, so not done: take the change back.
+                self.undo(&diff.late);
+                self.undo(&diff.early);
+                self.lists.rollback(saved);
+                return Err(e);
+            }
         }
         let verb = if kind == ListKind::Block { "blocked" } else { "allowed" };
-        let list: Vec<String> = nets.iter().map(ToString::to_string).collect();
-        info!(action = verb, cidrs = %list.join(" "), ttl = ?req.ttl, reason = ?req.reason, who = %who, "list change");
         let until = expires.map_or("permanently".to_string(), |e| format!("until {}", rfc3339(e)));
-        Ok(Reply::new(format!("{verb} {} {until}", list.join(" ")), json!({ "action": verb, "cidrs": list, "expires": expires })))
+        let shown = summarize(&nets);
+        info!(action = verb, cidrs = %shown, count = nets.len(), ttl = ?req.ttl, reason = ?req.reason, who = %who, "list change");
+        let list: Vec<String> = nets.iter().take(1000).map(ToString::to_string).collect();
+        Ok(Reply::new(format!("{verb} {shown} {until}"), json!({ "action": verb, "count": nets.len(), "cidrs": list, "expires": expires })))
     }
 
     /// `voipwall unblock` / `voipwall disallow`.
     pub fn remove(&mut self, kind: ListKind, req: &ListChange, who: &str) -> Result<Reply, OpError> {
-        let nets = Self::parse_cidrs(&req.cidrs)?;
-        let saved = self.lists.clone();
+        let nets = Self::parse_cidrs(req)?;
+        let saved = self.lists.checkpoint(nets.iter().map(|n| (kind, *n)).collect::<Vec<_>>());
         let mut diff = KernelDiff::default();
         let mut unbans = Vec::new();
+        let mut removed = Vec::new();
         for net in &nets {
             let unban: Vec<IpNet> = if kind == ListKind::Block { self.bans.within(net) } else { Vec::new() };
             match self.lists.remove_manual(kind, net) {
-                Ok(d) => diff.extend(d),
+                Ok(d) => {
+                    diff.extend(d);
+                    removed.push(*net);
+                }
                 Err(RemoveError::Absent) if !unban.is_empty() => {}
                 Err(RemoveError::Absent) => {
-                    self.lists = saved;
+                    self.lists.rollback(saved);
                     let what = if kind == ListKind::Block { "neither blocked nor banned" } else { "not on the allow list" };
                     return Err(OpError::Invalid(format!("{net} is {what}; `voipwall list` shows the entries")));
                 }
                 Err(e @ RemoveError::PolicyOnly) => {
-                    self.lists = saved;
+                    self.lists.rollback(saved);
                     return Err(OpError::Invalid(format!("{net} {e}")));
                 }
             }
@@ -563,15 +660,15 @@ impl Core {
         {
             let (allow, block) = self.all_lists();
             if !self.compiled.admits_ssh_from(ip, &allow, &block) {
-                self.lists = saved;
+                self.lists.rollback(saved);
                 return Err(OpError::Invalid(format!(
                     "removing {} would cut your SSH session from {ip} (it is only admitted by the allow list); use --force if you mean it",
                     nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
                 )));
             }
         }
-        if let Err(e) = self.write_diff(&saved, &diff) {
-            self.lists = saved;
+        if let Err(e) = self.write_diff(&diff) {
+            self.lists.rollback(saved);
             return Err(e);
         }
         for source in &unbans {
@@ -580,10 +677,15 @@ impl Core {
             self.bans_dirty = true;
             info!(source = %source, who = %who, "unbanned by operator");
         }
-        if let Err(e) = self.persist_lists() {
-            self.undo(&saved, &diff.early);
-            self.undo(&saved, &diff.late);
-            self.lists = saved;
+        if !unbans.is_empty() && self.bans.is_empty() {
+            self.dp.clear_bans_present()?;
+        }
+        if !removed.is_empty()
+            && let Err(e) = self.record(ListOp::Remove { list: kind, cidrs: removed })
+        {
+            self.undo(&diff.late);
+            self.undo(&diff.early);
+            self.lists.rollback(saved);
             return Err(e);
         }
         self.persist_bans();
@@ -617,7 +719,9 @@ impl Core {
     /// Remove expired bans and list entries; persist what changed. Runs every second.
     pub fn sweep(&mut self) {
         let now = unix_now();
-        for source in self.bans.expired(now) {
+        let expired_bans = self.bans.expired(now);
+        let had_bans = !expired_bans.is_empty();
+        for source in expired_bans {
             if let Err(e) = self.dp.ban_remove(&key_of(&source)) {
                 error!(source = %source, error = %e, "removing an expired ban failed");
                 continue;
@@ -626,6 +730,11 @@ impl Core {
                 info!(target: "voipwall::ban", source = %source, class = %b.class, level = b.level, "ban expired");
             }
             self.bans_dirty = true;
+        }
+        if had_bans && self.bans.is_empty()
+            && let Err(e) = self.dp.clear_bans_present()
+        {
+            error!(error = %e, "clearing the bans-present flag failed");
         }
         let expired = self.lists.expired(now);
         if !expired.is_empty() {
@@ -639,8 +748,14 @@ impl Core {
                 }
                 info!(cidr = %net, list = ?kind, "list entry expired");
             }
-            if let Err(e) = self.persist_lists() {
-                error!(error = %e, "persisting lists failed");
+            for kind in [ListKind::Allow, ListKind::Block] {
+                let cidrs: Vec<IpNet> = expired.iter().filter(|(k, _)| *k == kind).map(|(_, n)| *n).collect();
+                if !cidrs.is_empty()
+                    && let Err(e) = self.record(ListOp::Remove { list: kind, cidrs })
+                {
+                    // Expired entries are dropped again at the next start anyway.
+                    error!(error = %e, "persisting expired list entries failed");
+                }
             }
         }
         self.persist_bans();

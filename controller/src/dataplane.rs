@@ -28,7 +28,7 @@ use aya::{
 use common::{
     BanEntry, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GENERATIONS, MAX_CLASSES,
     PORT_PROTOS, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState,
-    PROTO_SLOT_TCP, PROTO_SLOT_UDP, SOURCE_ALLOW, SOURCE_BLOCK, SourceKey, flow_port_bit, class_index, counter_index, maps, port_index, programs, reason,
+    GATE_MORE, PROTO_SLOT_TCP, PROTO_SLOT_UDP, SOURCE_ALLOW, SOURCE_BLOCK, SourceKey, active, flow_port_bit, class_index, counter_index, maps, port_index, programs, reason,
     rule_counter_index, stat, verdict,
 };
 use ipnet::IpNet;
@@ -122,7 +122,7 @@ impl AttachedMode {
 }
 
 /// Static list kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListKind {
     Allow,
@@ -179,6 +179,8 @@ pub struct Dataplane {
     sets_v6: LpmTrie<MapData, [u8; 20], u64>,
     sources_v4: LpmTrie<MapData, [u8; 4], u32>,
     sources_v6: LpmTrie<MapData, [u8; 16], u32>,
+    sources_gate: Array<MapData, u32>,
+    gate: Gate,
     bans: HashMap<MapData, SourceKey, BanEntry>,
     rates: HashMap<MapData, RateKey, RateState>,
     flows: HashMap<MapData, FlowKey, u64>,
@@ -214,6 +216,7 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
         (maps::SETS_V6, u(4 + 20, 8)),
         (maps::SOURCES_V4, u(4 + 4, 4)),
         (maps::SOURCES_V6, u(4 + 16, 4)),
+        (maps::SOURCES_GATE, u(4, 4)),
         (maps::FLOW_PORTS, u(4, 8)),
         (maps::BANS, u(16, s::<BanEntry>())),
         (maps::RATES, u(s::<RateKey>(), s::<RateState>())),
@@ -232,6 +235,48 @@ where
 {
     let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap { map: name })?;
     T::try_from(map).map_err(map_err(name, "open"))
+}
+
+/// `BPF_MAP_UPDATE_BATCH` (aya has no wrapper for it): insert `keys[i] -> values[i]` in as few
+/// syscalls as the kernel allows. Returns how many pairs are in, and the error that stopped it
+/// (for example EINVAL on a kernel whose map type lacks batch updates).
+fn update_batch<K: aya::Pod, V: aya::Pod>(map: &MapData, keys: &[K], values: &[V]) -> (usize, Option<std::io::Error>) {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C, align(8))]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    assert_eq!(keys.len(), values.len());
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut done = 0;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; `keys` and `values` hold
+        // `count` elements of the map's key and value sizes and outlive the call.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+        // The kernel reports in `count` how many it processed, also on error.
+        done += (attr.count as usize).min(keys.len() - done);
+        if r < 0 {
+            return (done, Some(std::io::Error::last_os_error()));
+        }
+    }
+    (done, None)
 }
 
 fn ipv4_key(net: &ipnet::Ipv4Net) -> Key<[u8; 4]> {
@@ -303,6 +348,8 @@ impl Dataplane {
             sets_v6: take(&mut ebpf, maps::SETS_V6)?,
             sources_v4: take(&mut ebpf, maps::SOURCES_V4)?,
             sources_v6: take(&mut ebpf, maps::SOURCES_V6)?,
+            sources_gate: take(&mut ebpf, maps::SOURCES_GATE)?,
+            gate: Gate::default(),
             bans: take(&mut ebpf, maps::BANS)?,
             rates: take(&mut ebpf, maps::RATES)?,
             flows: take(&mut ebpf, maps::FLOWS)?,
@@ -332,7 +379,7 @@ impl Dataplane {
     /// After adopting pinned maps: learn the active generation and what both generations hold,
     /// so the next reload diffs against the truth.
     fn read_back(&mut self) -> Result<()> {
-        self.generation = self.active.get(&0, 0).map_err(map_err(maps::ACTIVE, "read"))? & 1;
+        self.generation = self.active.get(&active::GENERATION, 0).map_err(map_err(maps::ACTIVE, "read"))? & 1;
         for generation in 0..GENERATIONS {
             for slot in 0..PORT_PROTOS {
                 for port in 0..=u16::MAX {
@@ -423,19 +470,182 @@ impl Dataplane {
             .set(next, compiled.config, 0)
             .map_err(map_err(maps::POLICY, "write"))?;
         // The flip: one 4-byte array store.
-        self.active.set(0, next, 0).map_err(map_err(maps::ACTIVE, "flip"))?;
+        self.active.set(active::GENERATION, next, 0).map_err(map_err(maps::ACTIVE, "flip"))?;
         self.generation = next;
         self.last_flip = Some(Instant::now());
         Ok(())
     }
 
-    /// Write one entry of the source tries (the allow and block lists): set or remove.
+    /// Write one entry of the source tries (the allow and block lists): set or remove, keeping
+    /// the IPv4 /16 gate in step. A /16's "more" bit is set before its first entry longer than
+    /// /16 enters the trie and cleared after its last one left, so a packet never takes the
+    /// gate's answer where the trie holds a longer entry.
     pub fn source_write(&mut self, change: &KernelChange) -> Result<()> {
-        let value = match change.value {
-            Some(ListKind::Allow) => Some(SOURCE_ALLOW),
-            Some(ListKind::Block) => Some(SOURCE_BLOCK),
-            None => None,
+        let IpNet::V4(n) = change.net else { return self.trie_write(change) };
+        let addr = u32::from(n.network());
+        if n.prefix_len() > 16 {
+            let g = (addr >> 16) as usize;
+            match (change.before.is_some(), change.value.is_some()) {
+                (false, true) => {
+                    self.gate.more[g] += 1;
+                    if self.gate.more[g] == 1 {
+                        self.gate_write(g)?;
+                    }
+                    self.trie_write(change)
+                }
+                (true, false) => {
+                    self.trie_write(change)?;
+                    self.gate.more[g] = self.gate.more[g].saturating_sub(1);
+                    if self.gate.more[g] == 0 {
+                        self.gate_write(g)?;
+                    }
+                    Ok(())
+                }
+                _ => self.trie_write(change),
+            }
+        } else {
+            self.trie_write(change)?;
+            match change.value {
+                Some(v) => self.gate.wide.insert((addr, n.prefix_len()), source_value(v)),
+                None => self.gate.wide.remove(&(addr, n.prefix_len())),
+            };
+            let first = (addr >> 16) as usize;
+            let count = 1usize << (16 - n.prefix_len());
+            for g in first..first + count {
+                self.gate_write(g)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Apply `changes` in order, like [`Self::source_write`] one by one, but put runs of new
+    /// IPv4 entries into the trie with one `BPF_MAP_UPDATE_BATCH` call per run (a bulk import of
+    /// a million CIDRs then costs a few syscalls instead of a million). On error, returns how
+    /// many changes are in force (a prefix of `changes`), so the caller can undo exactly those.
+    pub fn source_write_all(&mut self, changes: &[KernelChange]) -> std::result::Result<(), (usize, DataplaneError)> {
+        const RUN: usize = 1 << 16;
+        let new_v4 = |c: &KernelChange| c.before.is_none() && c.value.is_some() && c.net.addr().is_ipv4();
+        let mut i = 0;
+        while i < changes.len() {
+            if !new_v4(&changes[i]) {
+                self.source_write(&changes[i]).map_err(|e| (i, e))?;
+                i += 1;
+                continue;
+            }
+            let end = changes[i..].iter().take(RUN).position(|c| !new_v4(c)).map_or((i + RUN).min(changes.len()), |p| i + p);
+            let done = self.insert_run_v4(&changes[i..end]).map_err(|(n, e)| (i + n, e))?;
+            debug_assert_eq!(done, end - i);
+            i = end;
+        }
+        Ok(())
+    }
+
+    /// New IPv4 entries, batched: raise the gate's "more" bits first, insert, then write the
+    /// gate for wide entries (the same order as [`Self::source_write`]).
+    fn insert_run_v4(&mut self, run: &[KernelChange]) -> std::result::Result<usize, (usize, DataplaneError)> {
+        let nets: Vec<ipnet::Ipv4Net> = run.iter().map(|c| match c.net { IpNet::V4(n) => n, IpNet::V6(_) => unreachable!("IPv4 run") }).collect();
+        let mut raised = Vec::new();
+        for n in &nets {
+            if n.prefix_len() > 16 {
+                let g = (u32::from(n.network()) >> 16) as usize;
+                self.gate.more[g] += 1;
+                raised.push(g);
+            }
+        }
+        let mut result = Ok(run.len());
+        for &g in &raised {
+            if let Err(e) = self.gate_write(g) {
+                result = Err((0, e));
+                break;
+            }
+        }
+        if result.is_ok() {
+            let keys: Vec<Key<[u8; 4]>> = nets.iter().map(ipv4_key).collect();
+            let values: Vec<u32> = run.iter().map(|c| source_value(c.value.expect("new entry"))).collect();
+            let (inserted, err) = update_batch(self.sources_v4.map(), &keys, &values);
+            if let Some(e) = err {
+                // Not supported by this kernel (or failed part way): the rest one by one.
+                let mut n = inserted;
+                for (net, v) in nets[inserted..].iter().zip(&values[inserted..]) {
+                    if let Err(e2) = self.sources_v4.insert(&ipv4_key(net), v, 0).map_err(map_err(maps::SOURCES_V4, "insert")) {
+                        tracing::debug!(error = %e, "batched insert fell back to single inserts");
+                        result = Err((n, e2));
+                        break;
+                    }
+                    n += 1;
+                }
+            }
+        }
+        let in_force = match result {
+            Ok(n) | Err((n, _)) => n,
         };
+        // Entries not in force give their gate bits back.
+        for n in &nets[in_force..] {
+            if n.prefix_len() > 16 {
+                let g = (u32::from(n.network()) >> 16) as usize;
+                self.gate.more[g] -= 1;
+                if self.gate.more[g] == 0 {
+                    let _ = self.gate_write(g);
+                }
+            }
+        }
+        // Wide entries (/16 and shorter) are answered by the gate itself: write their slots now
+        // that the trie holds them. Should that fail, the entries from there on leave the trie
+        // again, so that what is reported in force is exactly a prefix of `run`.
+        for (k, (n, c)) in nets[..in_force].iter().zip(run).enumerate() {
+            if n.prefix_len() > 16 {
+                continue;
+            }
+            let addr = u32::from(n.network());
+            self.gate.wide.insert((addr, n.prefix_len()), source_value(c.value.expect("new entry")));
+            let first = (addr >> 16) as usize;
+            let written = (first..first + (1usize << (16 - n.prefix_len()))).try_for_each(|g| self.gate_write(g));
+            if let Err(e) = written {
+                for later in &run[k..in_force] {
+                    let _ = self.source_write(&KernelChange { net: later.net, value: None, before: later.value });
+                }
+                return Err((k, e));
+            }
+        }
+        result
+    }
+
+    /// Recompute every gate slot from the trie's entries (after adopting pinned maps, whose
+    /// gate this process has not built).
+    pub fn rebuild_gate(&mut self, entries: &[(IpNet, ListKind)]) -> Result<()> {
+        self.gate = Gate::default();
+        for (net, kind) in entries {
+            if let IpNet::V4(n) = net {
+                let addr = u32::from(n.network());
+                if n.prefix_len() > 16 {
+                    self.gate.more[(addr >> 16) as usize] += 1;
+                } else {
+                    self.gate.wide.insert((addr, n.prefix_len()), source_value(*kind));
+                }
+            }
+        }
+        self.gate.written = vec![u32::MAX; 65536];
+        for g in 0..65536 {
+            self.gate_write(g)?;
+        }
+        Ok(())
+    }
+
+    /// Write gate slot `g` if its value changed.
+    fn gate_write(&mut self, g: usize) -> Result<()> {
+        let mut v = self.gate.cover(g as u32);
+        if self.gate.more[g] > 0 {
+            v |= GATE_MORE;
+        }
+        if self.gate.written[g] != v {
+            self.sources_gate.set(g as u32, v, 0).map_err(map_err(maps::SOURCES_GATE, "write"))?;
+            self.gate.written[g] = v;
+        }
+        Ok(())
+    }
+
+    fn trie_write(&mut self, change: &KernelChange) -> Result<()> {
+        let value = change.value.map(source_value);
         let r = match (change.net, value) {
             (IpNet::V4(n), Some(v)) => self.sources_v4.insert(&ipv4_key(&n), v, 0).map_err(map_err(maps::SOURCES_V4, "insert")),
             (IpNet::V6(n), Some(v)) => self.sources_v6.insert(&ipv6_key(&n), v, 0).map_err(map_err(maps::SOURCES_V6, "insert")),
@@ -464,9 +674,21 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Insert or replace a ban.
+    /// Insert or replace a ban (and raise the "bans may exist" flag after it).
     pub fn ban_insert(&mut self, key: &SourceKey, entry: &BanEntry) -> Result<()> {
-        self.bans.insert(key, entry, 0).map_err(map_err(maps::BANS, "insert"))
+        self.bans.insert(key, entry, 0).map_err(map_err(maps::BANS, "insert"))?;
+        self.active.set(active::BANS_PRESENT, 1, 0).map_err(map_err(maps::ACTIVE, "write"))
+    }
+
+    /// The ban table looks empty to the controller: clear the flag, then look again, so a ban
+    /// the program inserted meanwhile (it sets the flag after inserting) is never left
+    /// unenforced for longer than this call.
+    pub fn clear_bans_present(&mut self) -> Result<()> {
+        self.active.set(active::BANS_PRESENT, 0, 0).map_err(map_err(maps::ACTIVE, "write"))?;
+        if self.bans.keys().next().is_some() {
+            self.active.set(active::BANS_PRESENT, 1, 0).map_err(map_err(maps::ACTIVE, "write"))?;
+        }
+        Ok(())
     }
 
     /// Remove a ban (absent is fine).
@@ -586,6 +808,7 @@ impl Dataplane {
         let info = match name {
             n if n == maps::SOURCES_V4 => self.sources_v4.map().info(),
             n if n == maps::SOURCES_V6 => self.sources_v6.map().info(),
+            n if n == maps::SOURCES_GATE => self.sources_gate.map().info(),
             n if n == maps::SETS_V4 => self.sets_v4.map().info(),
             n if n == maps::SETS_V6 => self.sets_v6.map().info(),
             n if n == maps::BANS => self.bans.map().info(),
@@ -753,6 +976,46 @@ impl Attachment {
         if let Some(LinkHandle::Pinned(l, _)) = self.tc.take() {
             std::mem::forget(l);
         }
+    }
+}
+
+fn source_value(kind: ListKind) -> u32 {
+    match kind {
+        ListKind::Allow => SOURCE_ALLOW,
+        ListKind::Block => SOURCE_BLOCK,
+    }
+}
+
+/// The controller's copy of the IPv4 /16 gate: entries longer than /16 per /16, and the
+/// entries of /16 or wider, from which each slot's answer is computed.
+struct Gate {
+    more: Vec<u32>,
+    /// (network address, prefix length) -> SOURCE_* value, for prefixes of /16 or wider.
+    wide: std::collections::BTreeMap<(u32, u8), u32>,
+    /// What each slot holds in the kernel.
+    written: Vec<u32>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self { more: vec![0; 65536], wide: Default::default(), written: vec![0; 65536] }
+    }
+}
+
+impl Gate {
+    /// The answer of the longest entry of /16 or wider covering /16 number `g`.
+    fn cover(&self, g: u32) -> u32 {
+        if self.wide.is_empty() {
+            return 0;
+        }
+        let addr = g << 16;
+        (0..=16u8)
+            .rev()
+            .find_map(|len| {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                self.wide.get(&(addr & mask, len)).copied()
+            })
+            .unwrap_or(0)
     }
 }
 

@@ -16,6 +16,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -23,11 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane::ListKind;
 
-/// A CLI-made entry.
+/// A CLI-made entry. Strings are shared: a bulk import of a million CIDRs holds one copy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManualEntry {
-    pub reason: Option<String>,
-    pub who: String,
+    pub reason: Option<Arc<str>>,
+    pub who: Arc<str>,
     /// Unix seconds.
     pub created: u64,
     /// Unix seconds; `None` = permanent.
@@ -51,17 +52,88 @@ pub struct ListRow {
 }
 
 /// What persists across restarts: the manual entries.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PersistedLists {
     pub allow: BTreeMap<IpNet, ManualEntry>,
     pub block: BTreeMap<IpNet, ManualEntry>,
 }
 
-/// One kernel write: set `net` to `value`, or remove it (`None`).
+/// The snapshot file's form: entries grouped by identical details, so a bulk import of a
+/// million CIDRs is stored as one group (a CIDR each), not a million copies of its details.
+#[derive(Serialize, Deserialize)]
+struct Group {
+    list: ListKind,
+    #[serde(flatten)]
+    entry: ManualEntry,
+    cidrs: Vec<IpNet>,
+}
+
+impl Serialize for PersistedLists {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        type GroupKey = (ListKind, Option<Arc<str>>, Arc<str>, u64, Option<u64>);
+        let mut groups: BTreeMap<GroupKey, Vec<IpNet>> = BTreeMap::new();
+        for (kind, map) in [(ListKind::Allow, &self.allow), (ListKind::Block, &self.block)] {
+            for (net, e) in map {
+                groups.entry((kind, e.reason.clone(), e.who.clone(), e.created, e.expires)).or_default().push(*net);
+            }
+        }
+        let out: Vec<Group> = groups
+            .into_iter()
+            .map(|((list, reason, who, created, expires), cidrs)| Group { list, entry: ManualEntry { reason, who, created, expires }, cidrs })
+            .collect();
+        out.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PersistedLists {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let groups = Vec::<Group>::deserialize(d)?;
+        let mut p = PersistedLists::default();
+        for g in groups {
+            let map = if g.list == ListKind::Allow { &mut p.allow } else { &mut p.block };
+            for net in g.cidrs {
+                map.insert(net, g.entry.clone());
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// One journalled change of the manual entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ListOp {
+    Add { list: ListKind, cidrs: Vec<IpNet>, entry: ManualEntry },
+    Remove { list: ListKind, cidrs: Vec<IpNet> },
+}
+
+impl PersistedLists {
+    /// Replay one journal record.
+    pub fn apply(&mut self, op: ListOp) {
+        match op {
+            ListOp::Add { list, cidrs, entry } => {
+                let map = if list == ListKind::Allow { &mut self.allow } else { &mut self.block };
+                for net in cidrs {
+                    map.insert(net, entry.clone());
+                }
+            }
+            ListOp::Remove { list, cidrs } => {
+                let map = if list == ListKind::Allow { &mut self.allow } else { &mut self.block };
+                for net in cidrs {
+                    map.remove(&net);
+                }
+            }
+        }
+    }
+}
+
+/// One kernel write: set `net` to `value`, or remove it (`None`). `before` is what the trie
+/// held for `net` until now (the data plane keeps its /16 gate from these transitions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelChange {
     pub net: IpNet,
     pub value: Option<ListKind>,
+    pub before: Option<ListKind>,
 }
 
 /// Kernel writes of one operation, in the order they must happen.
@@ -93,6 +165,12 @@ impl KernelDiff {
 pub struct Lists {
     allow: BTreeMap<IpNet, Sources>,
     block: BTreeMap<IpNet, Sources>,
+    /// How many allow entries have each (family, prefix length): "is this covered by an allow
+    /// entry" then checks only the lengths in use, not all 33 or 129.
+    allow_lens: BTreeMap<(bool, u8), usize>,
+    /// Kernel trie entries per family (IPv4, IPv6), kept as changes are made so a metrics
+    /// scrape never counts a million entries.
+    kernel_counts: (usize, usize),
 }
 
 /// All nets whose network address lies inside `net` sort between these two keys.
@@ -117,10 +195,41 @@ impl Lists {
         }
     }
 
-    fn map_mut(&mut self, kind: ListKind) -> &mut BTreeMap<IpNet, Sources> {
+    /// Get or create the entry of `net`.
+    fn entry(&mut self, kind: ListKind, net: IpNet) -> &mut Sources {
+        if kind == ListKind::Allow && !self.allow.contains_key(&net) {
+            *self.allow_lens.entry((net.addr().is_ipv6(), net.prefix_len())).or_default() += 1;
+        }
         match kind {
+            ListKind::Allow => self.allow.entry(net).or_default(),
+            ListKind::Block => self.block.entry(net).or_default(),
+        }
+    }
+
+    fn get_mut(&mut self, kind: ListKind, net: &IpNet) -> Option<&mut Sources> {
+        match kind {
+            ListKind::Allow => self.allow.get_mut(net),
+            ListKind::Block => self.block.get_mut(net),
+        }
+    }
+
+    /// Drop the entry of `net` if no origin is left.
+    fn prune(&mut self, kind: ListKind, net: &IpNet) {
+        let map = match kind {
             ListKind::Allow => &mut self.allow,
             ListKind::Block => &mut self.block,
+        };
+        if map.get(net).is_some_and(|s| !s.policy && s.manual.is_none()) {
+            map.remove(net);
+            if kind == ListKind::Allow {
+                let key = (net.addr().is_ipv6(), net.prefix_len());
+                if let Some(n) = self.allow_lens.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.allow_lens.remove(&key);
+                    }
+                }
+            }
         }
     }
 
@@ -130,10 +239,12 @@ impl Lists {
         for (kind, entries) in [(ListKind::Allow, persisted.allow), (ListKind::Block, persisted.block)] {
             for (net, e) in entries {
                 if e.expires.is_none_or(|x| x > now) {
-                    l.map_mut(kind).entry(net).or_default().manual = Some(e);
+                    l.entry(kind, net).manual = Some(e);
                 }
             }
         }
+        let kernel = l.kernel();
+        l.kernel_counts = (kernel.keys().filter(|n| n.addr().is_ipv4()).count(), kernel.keys().filter(|n| n.addr().is_ipv6()).count());
         l
     }
 
@@ -146,9 +257,10 @@ impl Lists {
 
     /// An allow entry equal to or wider than `net`.
     fn allow_covers(&self, net: &IpNet) -> bool {
-        (0..=net.prefix_len()).any(|len| {
-            IpNet::new(net.addr(), len).is_ok_and(|sup| self.allow.contains_key(&sup.trunc()))
-        })
+        let v6 = net.addr().is_ipv6();
+        self.allow_lens
+            .range((v6, 0)..=(v6, net.prefix_len()))
+            .any(|(&(_, len), _)| IpNet::new(net.addr(), len).is_ok_and(|sup| self.allow.contains_key(&sup.trunc())))
     }
 
     /// What the kernel trie must hold for `net`.
@@ -188,7 +300,13 @@ impl Lists {
             if before == after {
                 continue;
             }
-            let change = KernelChange { net: *net, value: after };
+            let count = if net.addr().is_ipv4() { &mut self.kernel_counts.0 } else { &mut self.kernel_counts.1 };
+            match (before, after) {
+                (None, Some(_)) => *count += 1,
+                (Some(_), None) => *count -= 1,
+                _ => {}
+            }
+            let change = KernelChange { net: *net, value: after, before };
             match (before, after) {
                 (None, Some(_)) | (_, Some(ListKind::Allow)) => diff.early.push(change),
                 _ => diff.late.push(change),
@@ -205,26 +323,25 @@ impl Lists {
         if touched.is_empty() {
             return KernelDiff::default();
         }
-        let nets = nets.to_vec();
+        let nets: BTreeSet<IpNet> = nets.iter().copied().collect();
         self.mutate(kind, &touched.clone(), move |l| {
-            let map = l.map_mut(kind);
             for n in &touched {
                 if nets.contains(n) {
-                    map.entry(*n).or_default().policy = true;
-                } else if let Some(s) = map.get_mut(n) {
+                    l.entry(kind, *n).policy = true;
+                } else if let Some(s) = l.get_mut(kind, n) {
                     s.policy = false;
-                    if s.manual.is_none() {
-                        map.remove(n);
-                    }
+                    l.prune(kind, n);
                 }
             }
         })
     }
 
-    /// Add (or refresh) a manual entry.
-    pub fn add_manual(&mut self, kind: ListKind, net: IpNet, entry: ManualEntry) -> KernelDiff {
-        self.mutate(kind, &[net], |l| {
-            l.map_mut(kind).entry(net).or_default().manual = Some(entry);
+    /// Add (or refresh) manual entries, all with the same details.
+    pub fn add_manual(&mut self, kind: ListKind, nets: &[IpNet], entry: ManualEntry) -> KernelDiff {
+        self.mutate(kind, nets, |l| {
+            for net in nets {
+                l.entry(kind, *net).manual = Some(entry.clone());
+            }
         })
     }
 
@@ -237,13 +354,10 @@ impl Lists {
         }
         let net = *net;
         Ok(self.mutate(kind, &[net], |l| {
-            let map = l.map_mut(kind);
-            if let Some(s) = map.get_mut(&net) {
+            if let Some(s) = l.get_mut(kind, &net) {
                 s.manual = None;
-                if !s.policy {
-                    map.remove(&net);
-                }
             }
+            l.prune(kind, &net);
         }))
     }
 
@@ -280,12 +394,7 @@ impl Lists {
 
     /// Kernel entries per family: (IPv4, IPv6). Each CIDR on either list is one entry.
     pub fn kernel_len(&self) -> (usize, usize) {
-        let mut v4 = self.allow.keys().filter(|n| n.addr().is_ipv4()).count();
-        let mut v6 = self.allow.len() - v4;
-        for n in self.block.keys().filter(|n| !self.allow.contains_key(n)) {
-            if n.addr().is_ipv4() { v4 += 1 } else { v6 += 1 }
-        }
-        (v4, v6)
+        self.kernel_counts
     }
 
     pub fn is_empty(&self) -> bool {
@@ -314,6 +423,46 @@ impl Lists {
     }
 }
 
+/// The entries an operation may touch, as they were: enough to undo it without copying the
+/// whole store (a million entries take tens of milliseconds to clone).
+pub struct Checkpoint {
+    entries: Vec<(ListKind, IpNet, Option<Sources>)>,
+    allow_lens: BTreeMap<(bool, u8), usize>,
+    kernel_counts: (usize, usize),
+}
+
+impl Lists {
+    /// Remember `nets` of `kind` (and, for allow changes, nothing else: block entries are not
+    /// modified by them).
+    pub fn checkpoint(&self, nets: impl IntoIterator<Item = (ListKind, IpNet)>) -> Checkpoint {
+        Checkpoint {
+            entries: nets.into_iter().map(|(k, n)| (k, n, self.map(k).get(&n).cloned())).collect(),
+            allow_lens: self.allow_lens.clone(),
+            kernel_counts: self.kernel_counts,
+        }
+    }
+
+    /// Put the remembered entries back.
+    pub fn rollback(&mut self, cp: Checkpoint) {
+        for (kind, net, prev) in cp.entries.into_iter().rev() {
+            let map = match kind {
+                ListKind::Allow => &mut self.allow,
+                ListKind::Block => &mut self.block,
+            };
+            match prev {
+                Some(s) => {
+                    map.insert(net, s);
+                }
+                None => {
+                    map.remove(&net);
+                }
+            }
+        }
+        self.allow_lens = cp.allow_lens;
+        self.kernel_counts = cp.kernel_counts;
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RemoveError {
     #[error("not on the list")]
@@ -334,12 +483,16 @@ mod tests {
         ManualEntry { reason: Some("test".into()), who: "root".into(), created: 100, expires }
     }
 
-    fn set(n: &str, v: ListKind) -> KernelChange {
-        KernelChange { net: net(n), value: Some(v) }
+    fn set(n: &str, v: ListKind) -> (IpNet, Option<ListKind>) {
+        (net(n), Some(v))
     }
 
-    fn rm(n: &str) -> KernelChange {
-        KernelChange { net: net(n), value: None }
+    fn rm(n: &str) -> (IpNet, Option<ListKind>) {
+        (net(n), None)
+    }
+
+    fn writes(c: &[KernelChange]) -> Vec<(IpNet, Option<ListKind>)> {
+        c.iter().map(|c| (c.net, c.value)).collect()
     }
 
     /// The trie's answer for an address: longest prefix among the kernel entries.
@@ -365,7 +518,7 @@ mod tests {
         let mut l = Lists::default();
         l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("10.1.2.0/24"), net("192.168.0.0/16")]);
         l.set_policy(ListKind::Allow, &[net("10.1.0.0/16"), net("10.1.2.3/32"), net("172.16.0.0/12")]);
-        l.add_manual(ListKind::Block, net("172.16.5.0/24"), manual(None));
+        l.add_manual(ListKind::Block, &[net("172.16.5.0/24")], manual(None));
         for a in ["10.2.0.1", "10.1.9.9", "10.1.2.4", "10.1.2.3", "192.168.1.1", "172.16.5.1", "172.17.0.1", "8.8.8.8"] {
             assert_eq!(lookup(&l, a), semantics(&l, a), "{a}");
         }
@@ -376,25 +529,26 @@ mod tests {
     fn adding_and_removing_an_allow_rewrites_the_blocks_inside_it() {
         let mut l = Lists::default();
         l.set_policy(ListKind::Block, &[net("10.1.2.0/24"), net("10.9.0.0/16")]);
-        let d = l.add_manual(ListKind::Allow, net("10.1.0.0/16"), manual(None));
-        assert_eq!(d.early, vec![set("10.1.0.0/16", ListKind::Allow), set("10.1.2.0/24", ListKind::Allow)]);
+        let d = l.add_manual(ListKind::Allow, &[net("10.1.0.0/16")], manual(None));
+        assert_eq!(writes(&d.early), vec![set("10.1.0.0/16", ListKind::Allow), set("10.1.2.0/24", ListKind::Allow)]);
+        assert_eq!(d.early[1].before, Some(ListKind::Block), "the previous value travels with the write");
         assert!(d.late.is_empty());
         let d = l.remove_manual(ListKind::Allow, &net("10.1.0.0/16")).unwrap();
         assert!(d.early.is_empty());
-        assert_eq!(d.late, vec![rm("10.1.0.0/16"), set("10.1.2.0/24", ListKind::Block)]);
+        assert_eq!(writes(&d.late), vec![rm("10.1.0.0/16"), set("10.1.2.0/24", ListKind::Block)]);
     }
 
     #[test]
     fn policy_and_manual_origins_share_one_kernel_entry() {
         let mut l = Lists::default();
         let d = l.set_policy(ListKind::Block, &[net("10.0.0.0/8")]);
-        assert_eq!(d.early, vec![set("10.0.0.0/8", ListKind::Block)]);
-        assert!(l.add_manual(ListKind::Block, net("10.0.0.0/8"), manual(None)).is_empty(), "already in the kernel");
-        assert!(!l.add_manual(ListKind::Block, net("192.0.2.0/24"), manual(None)).is_empty());
+        assert_eq!(writes(&d.early), vec![set("10.0.0.0/8", ListKind::Block)]);
+        assert!(l.add_manual(ListKind::Block, &[net("10.0.0.0/8")], manual(None)).is_empty(), "already in the kernel");
+        assert!(!l.add_manual(ListKind::Block, &[net("192.0.2.0/24")], manual(None)).is_empty());
         let d = l.set_policy(ListKind::Block, &[]);
         assert!(d.is_empty(), "the manual origin keeps it: {d:?}");
         assert_eq!(l.rows(ListKind::Block)[0].origin, "manual");
-        assert_eq!(l.remove_manual(ListKind::Block, &net("10.0.0.0/8")).unwrap().late, vec![rm("10.0.0.0/8")]);
+        assert_eq!(writes(&l.remove_manual(ListKind::Block, &net("10.0.0.0/8")).unwrap().late), vec![rm("10.0.0.0/8")]);
         assert_eq!(l.remove_manual(ListKind::Block, &net("10.0.0.0/8")), Err(RemoveError::Absent));
     }
 
@@ -411,15 +565,15 @@ mod tests {
         let mut l = Lists::default();
         l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("172.16.0.0/12")]);
         let d = l.set_policy(ListKind::Block, &[net("172.16.0.0/12"), net("192.168.0.0/16")]);
-        assert_eq!(d.early, vec![set("192.168.0.0/16", ListKind::Block)]);
-        assert_eq!(d.late, vec![rm("10.0.0.0/8")]);
+        assert_eq!(writes(&d.early), vec![set("192.168.0.0/16", ListKind::Block)]);
+        assert_eq!(writes(&d.late), vec![rm("10.0.0.0/8")]);
     }
 
     #[test]
     fn expiry_and_persistence() {
         let mut l = Lists::default();
-        l.add_manual(ListKind::Block, net("192.0.2.0/24"), manual(Some(200)));
-        l.add_manual(ListKind::Allow, net("198.51.100.1/32"), manual(None));
+        l.add_manual(ListKind::Block, &[net("192.0.2.0/24")], manual(Some(200)));
+        l.add_manual(ListKind::Allow, &[net("198.51.100.1/32")], manual(None));
         assert!(l.expired(199).is_empty());
         assert_eq!(l.expired(200), vec![(ListKind::Block, net("192.0.2.0/24"))]);
         let p = l.persisted();
@@ -433,13 +587,61 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_group_entries_and_journal_ops_replay() {
+        let mut p = PersistedLists::default();
+        let bulk = manual(None);
+        for i in 0..100u32 {
+            p.block.insert(IpNet::V4(Ipv4Net::new((0x0b00_0000 + (i << 8)).into(), 24).unwrap()), bulk.clone());
+        }
+        p.allow.insert(net("198.51.100.1/32"), manual(Some(500)));
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(text.matches("\"who\"").count(), 2, "one group per distinct details: {text}");
+        let back: PersistedLists = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, p);
+        let mut q = back;
+        q.apply(ListOp::Remove { list: ListKind::Allow, cidrs: vec![net("198.51.100.1/32")] });
+        q.apply(ListOp::Add { list: ListKind::Block, cidrs: vec![net("203.0.113.0/24")], entry: manual(None) });
+        assert!(q.allow.is_empty());
+        assert_eq!(q.block.len(), 101);
+    }
+
+    #[test]
+    fn rollback_restores_exactly_the_checkpointed_entries() {
+        let mut l = Lists::default();
+        l.set_policy(ListKind::Block, &[net("10.0.0.0/8")]);
+        l.add_manual(ListKind::Block, &[net("192.0.2.0/24")], manual(None));
+        let before_kernel = l.kernel();
+        let before_rows = l.rows(ListKind::Block);
+        let nets = [net("10.0.0.0/8"), net("198.51.100.0/24")];
+        let cp = l.checkpoint(nets.iter().map(|n| (ListKind::Block, *n)));
+        l.add_manual(ListKind::Block, &nets, manual(Some(9)));
+        assert_ne!(l.rows(ListKind::Block), before_rows);
+        l.rollback(cp);
+        assert_eq!(l.rows(ListKind::Block), before_rows);
+        assert_eq!(l.kernel(), before_kernel);
+        assert_eq!(l.kernel_len(), (2, 0));
+    }
+
+    #[test]
+    fn kernel_counts_follow_every_change() {
+        let mut l = Lists::default();
+        l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("2001:db8::/32")]);
+        l.add_manual(ListKind::Allow, &[net("10.0.0.0/8"), net("192.0.2.1/32")], manual(None));
+        assert_eq!(l.kernel_len(), (2, 1));
+        l.remove_manual(ListKind::Allow, &net("192.0.2.1/32")).unwrap();
+        l.set_policy(ListKind::Block, &[]);
+        assert_eq!(l.kernel_len(), (1, 0));
+        assert_eq!(l.kernel_len().0, l.kernel().len());
+    }
+
+    #[test]
     fn a_change_on_a_large_list_touches_only_what_it_affects() {
         let mut l = Lists::default();
         let many: Vec<IpNet> = (0..20_000u32).map(|i| IpNet::V4(Ipv4Net::new((0x0b00_0000 + (i << 8)).into(), 24).unwrap())).collect();
         l.set_policy(ListKind::Block, &many);
-        let d = l.add_manual(ListKind::Allow, net("11.0.1.0/24"), manual(None));
-        assert_eq!(d.early, vec![set("11.0.1.0/24", ListKind::Allow)], "one entry rewritten");
-        let d = l.add_manual(ListKind::Block, net("203.0.113.0/24"), manual(None));
+        let d = l.add_manual(ListKind::Allow, &[net("11.0.1.0/24")], manual(None));
+        assert_eq!(writes(&d.early), vec![set("11.0.1.0/24", ListKind::Allow)], "one entry rewritten");
+        let d = l.add_manual(ListKind::Block, &[net("203.0.113.0/24")], manual(None));
         assert_eq!(d.early.len() + d.late.len(), 1);
     }
 }

@@ -13,19 +13,62 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// Write `value` as pretty JSON to `path` atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    write_bytes(path, &serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)
+}
+
+/// Write `value` as compact JSON (large files: a million-entry block list).
+pub fn write_json_compact<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    write_bytes(path, &serde_json::to_vec(value).map_err(std::io::Error::other)?)
+}
+
+fn write_bytes(path: &Path, text: &[u8]) -> std::io::Result<()> {
+    stage_bytes(path, text)?.commit()
+}
+
+/// A new version of a file, written and fsynced under a temporary name but not yet in place:
+/// the slow half of an atomic write, which can run while the change it records is applied.
+#[derive(Debug)]
+#[must_use = "a staged file is neither in place nor removed until commit or discard"]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Put the new version in place (rename, then fsync the directory).
+    pub fn commit(self) -> std::io::Result<()> {
+        fs::rename(&self.tmp, &self.path)?;
+        File::open(self.path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    }
+
+    /// Drop the new version; the old file stays as it was.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Serialize `value` as compact JSON into a staged new version of `path`.
+pub fn stage_json_compact<T: Serialize>(path: &Path, value: &T) -> std::io::Result<Staged> {
+    stage_bytes(path, &serde_json::to_vec(value).map_err(std::io::Error::other)?)
+}
+
+fn stage_bytes(path: &Path, text: &[u8]) -> std::io::Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = tmp_name(path);
-    {
+    let written = (|| {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-        f.write_all(&text)?;
+        f.write_all(text)?;
         f.write_all(b"\n")?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(Staged { tmp, path: path.to_path_buf() }),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// Read JSON from `path`; `Ok(None)` if it does not exist.
@@ -37,6 +80,72 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// An append-only log of small changes: one JSON record per line, each fsynced before the
+/// change is reported done, so a CLI change survives `kill -9` without rewriting a snapshot that
+/// may hold a million entries. A torn last line (a crash mid-write) is ignored on replay.
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    pub lines: usize,
+}
+
+impl Journal {
+    /// Open (creating) the journal at `path`, counting its records.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let lines = fs::read(path).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0);
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { path: path.to_path_buf(), file, lines })
+    }
+
+    /// Append one record and fsync it.
+    pub fn append<T: Serialize>(&mut self, record: &T) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.sync_data()?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Every complete record of the journal at `path`.
+    pub fn replay<T: DeserializeOwned>(path: &Path) -> std::io::Result<Vec<T>> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let complete = bytes.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+        bytes[..complete]
+            .split(|&c| c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))))
+            .collect()
+    }
+
+    /// Empty the journal (after a snapshot took its records in), atomically.
+    pub fn reset(&mut self) -> std::io::Result<()> {
+        write_bytes_raw(&self.path, b"")?;
+        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.lines = 0;
+        Ok(())
+    }
+}
+
+fn write_bytes_raw(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tmp_name(path);
+    {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
@@ -83,6 +192,24 @@ mod tests {
         assert_eq!(read_json::<Vec<i32>>(&dir.join("missing.json")).unwrap(), None);
         fs::write(&path, b"{torn").unwrap();
         assert!(read_json::<Vec<i32>>(&path).is_err());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn journal_replays_complete_lines_and_ignores_a_torn_tail() {
+        let dir = std::env::temp_dir().join(format!("vw-journal-{}", std::process::id()));
+        let path = dir.join("j.log");
+        let mut j = Journal::open(&path).unwrap();
+        j.append(&1).unwrap();
+        j.append(&2).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"3").unwrap();
+        assert_eq!(Journal::replay::<i32>(&path).unwrap(), vec![1, 2]);
+        assert_eq!(Journal::open(&path).unwrap().lines, 2);
+        j.reset().unwrap();
+        assert!(Journal::replay::<i32>(&path).unwrap().is_empty());
+        j.append(&4).unwrap();
+        assert_eq!(Journal::replay::<i32>(&path).unwrap(), vec![4]);
         fs::remove_dir_all(dir).unwrap();
     }
 

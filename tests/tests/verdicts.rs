@@ -542,3 +542,137 @@ fn reload_flips_generations() {
     h.expect("and back", &sip(PEER), XDP_PASS, "port_open");
     h.expect("admin set restored", &Packet::tcp4(PEER, 1, HOST, 22, TCP_SYN).bytes(), XDP_DROP, "source_not_allowed");
 }
+
+/// The /16 gate and the trie together answer exactly like "allow list first, then block list",
+/// through random additions and removals of wide and narrow entries.
+#[test]
+fn source_lists_answer_like_allow_then_block_through_random_changes() {
+    random_list_changes(false);
+}
+
+/// The same through the bulk path (`source_write_all`: batched trie inserts, the gate written
+/// around each batch) with many CIDRs per change.
+#[test]
+fn bulk_list_changes_answer_like_single_ones() {
+    random_list_changes(true);
+}
+
+fn random_list_changes(bulk: bool) {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use ipnet::{IpNet, Ipv4Net};
+    use voipwall::{
+        dataplane::ListKind,
+        lists::{Lists, ManualEntry},
+    };
+
+    if !bpf_available() {
+        return;
+    }
+    let mut h = Harness::new("roles = [\"voip-edge\"]\n");
+    let mut lists = Lists::default();
+    let mut rng = tests::bench::scale::Rng::new(5);
+    // Addresses concentrated in a few /8s so entries overlap and nest.
+    let addr = |rng: &mut tests::bench::scale::Rng| -> u32 {
+        let base = [0x2d00_0000u32, 0x2e00_0000, 0x5b00_0000][(rng.next() % 3) as usize];
+        base | ((rng.next() as u32) & 0x00ff_ffff)
+    };
+    let entry = || ManualEntry { reason: None, who: "test".into(), created: 0, expires: None };
+    let mut present: Vec<(ListKind, IpNet)> = Vec::new();
+    for round in 0..6 {
+        let mut batch: Vec<(ListKind, IpNet)> = Vec::new();
+        // The first bulk round holds only wide entries (/16 and shorter), which the /16 gate
+        // itself answers: no longer entry sends those packets to the trie.
+        let (count, lens) = match (bulk, round) {
+            (true, 0) => (12, 3),
+            (true, _) => (400, 7),
+            (false, _) => (40, 7),
+        };
+        for _ in 0..count {
+            let len = [8u8, 12, 16, 20, 24, 28, 32][(rng.next() % lens) as usize];
+            let net = IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr(&mut rng)), len).unwrap().trunc());
+            let kind = if rng.next() % 3 == 0 { ListKind::Allow } else { ListKind::Block };
+            if bulk {
+                batch.push((kind, net));
+            } else {
+                let diff = lists.add_manual(kind, &[net], entry());
+                for c in diff.all() {
+                    h.dp.source_write(c).unwrap();
+                }
+            }
+            present.push((kind, net));
+        }
+        for kind in [ListKind::Block, ListKind::Allow] {
+            let nets: Vec<IpNet> = batch.iter().filter(|b| b.0 == kind).map(|b| b.1).collect();
+            if !nets.is_empty() {
+                let diff = lists.add_manual(kind, &nets, entry());
+                h.dp.source_write_all(&diff.early).map_err(|(n, e)| format!("after {n}: {e}")).unwrap();
+                h.dp.source_write_all(&diff.late).map_err(|(n, e)| format!("after {n}: {e}")).unwrap();
+            }
+        }
+        if round > 0 {
+            for _ in 0..25 {
+                let i = (rng.next() % present.len() as u64) as usize;
+                let (kind, net) = present.swap_remove(i);
+                if let Ok(diff) = lists.remove_manual(kind, &net) {
+                    if bulk {
+                        h.dp.source_write_all(&diff.early).map_err(|(n, e)| format!("after {n}: {e}")).unwrap();
+                        h.dp.source_write_all(&diff.late).map_err(|(n, e)| format!("after {n}: {e}")).unwrap();
+                    } else {
+                        for c in diff.all() {
+                            h.dp.source_write(c).unwrap();
+                        }
+                    }
+                }
+            }
+        }
+        for probe in 0..300 {
+            // Half the probes inside an entry (most entries are narrow; uniform probes would
+            // almost never land in one), half anywhere.
+            let a = if probe % 2 == 0 && !present.is_empty() {
+                let IpNet::V4(n) = present[(rng.next() % present.len() as u64) as usize].1 else { unreachable!() };
+                u32::from(n.network()) | ((rng.next() as u32) & !u32::from(n.netmask()))
+            } else {
+                addr(&mut rng)
+            };
+            let ip = IpAddr::V4(Ipv4Addr::from(a));
+            let want = if lists.contains(ListKind::Allow, ip) {
+                "allow_list"
+            } else if lists.contains(ListKind::Block, ip) {
+                "block_list"
+            } else {
+                "port_closed"
+            };
+            let frame = Packet::udp4(a.to_be_bytes(), 1, HOST, 9999).bytes();
+            let action = if want == "allow_list" { XDP_PASS } else { XDP_DROP };
+            h.expect(&format!("round {round}, {ip}"), &frame, action, want);
+        }
+    }
+}
+
+/// The "bans may exist" flag never hides a ban: clearing it with a ban in the table re-raises
+/// it, and a ban the program inserts raises it again after a clear.
+#[test]
+fn the_bans_present_flag_never_hides_a_ban() {
+    if !bpf_available() {
+        return;
+    }
+    let mut h = Harness::new(POLICY);
+    let src = [192, 0, 2, 90];
+    let far = monotonic_ns() + 60_000_000_000;
+    h.dp.ban_insert(&v4_mapped(src), &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 0, flags: 0, _pad: 0 }).unwrap();
+    h.expect("banned", &sip(src), XDP_DROP, "banned");
+    h.dp.clear_bans_present().unwrap();
+    h.expect("a clear with a ban in the table keeps it enforced", &sip(src), XDP_DROP, "banned");
+    h.dp.ban_remove(&v4_mapped(src)).unwrap();
+    h.dp.clear_bans_present().unwrap();
+    h.expect("no ban, flag clear", &sip(src), XDP_PASS, "port_open");
+    // The program's own ban (level 1 of the signaling class) raises the flag again.
+    let attacker = [192, 0, 2, 91];
+    for _ in 0..20 {
+        h.expect("burst", &sip(attacker), XDP_PASS, "port_open");
+    }
+    h.expect("crosses level 1", &sip(attacker), XDP_DROP, "rate_limited");
+    h.expect("the program's ban is enforced after a clear", &sip(attacker), XDP_DROP, "banned");
+    h.drain_events();
+}

@@ -7,7 +7,9 @@
 //! when scans reach it) do not open doors.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use common::{FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, flow_port_bit, port_index, stat};
+use common::{
+    FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, active, flow_port_bit, port_index, stat,
+};
 
 use crate::{
     clock,
@@ -39,7 +41,7 @@ fn record(ctx: &TcContext) -> Result<(), ()> {
     if pkt.frag == FRAG_LATER {
         return Ok(());
     }
-    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    let generation = ACTIVE.get(active::GENERATION).copied().unwrap_or(0) & 1;
     if let Some(rule) = PORTS.get(port_index(generation, proto_slot, pkt.sport))
         && rule.flags & PORT_OPEN != 0
     {

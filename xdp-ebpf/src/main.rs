@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use common::{
     POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK,
-    SourceKey, addr::mask_prefix, reason,
+    SourceKey, active, addr::mask_prefix, reason,
 };
 
 use crate::{
@@ -51,7 +51,7 @@ pub fn voipwall_tc(ctx: TcContext) -> i32 {
 /// indices; the verifier still wants the branch. Failing open there keeps the host reachable.
 #[inline(always)]
 fn try_voipwall_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let generation = ACTIVE.get(0).copied().ok_or(())? & 1;
+    let generation = ACTIVE.get(active::GENERATION).copied().ok_or(())? & 1;
     let cfg = POLICY.get(generation).ok_or(())?;
     let decision = decide(ctx, generation, cfg);
     Ok(verdict::finish(ctx, decision, cfg.flags & POLICY_DRY_RUN != 0))

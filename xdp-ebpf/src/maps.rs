@@ -9,11 +9,11 @@ use aya_ebpf::{
 use common::{
     BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey,
     FragState, GENERATIONS, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
-    RateKey, RateState, SourceKey, capacity, stat,
+    RateKey, RateState, SourceKey, active, capacity, stat,
 };
 
 #[map]
-pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+pub static ACTIVE: Array<u32> = Array::with_max_entries(active::COUNT, 0);
 
 #[map]
 pub static POLICY: Array<PolicyConfig> = Array::with_max_entries(GENERATIONS, 0);
@@ -42,6 +42,9 @@ pub static SOURCES_V4: LpmTrie<[u8; 4], u32> =
 #[map]
 pub static SOURCES_V6: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(capacity::ALLOW + capacity::BLOCK_V6, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SOURCES_GATE: Array<u32> = Array::with_max_entries(65536, 0);
 
 #[map]
 pub static FLOW_PORTS: Array<u64> = Array::with_max_entries(FLOW_PORT_WORDS, 0);

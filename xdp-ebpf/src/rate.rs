@@ -7,13 +7,13 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_log_ebpf::warn;
 use common::{
     BAN_DRY_RUN, BAN_IPV6, BanEntry, BanEvent, POLICY_DRY_RUN, PolicyConfig, RateKey, RateState,
-    SourceKey, class_index, stat,
+    SourceKey, active, class_index, stat,
     rate::{RateDecision, charge, observe, observed_pps},
 };
 
 use crate::{
     clock,
-    maps::{BANS, CLASSES, EVENTS, RATES, bump},
+    maps::{ACTIVE, BANS, CLASSES, EVENTS, RATES, bump},
 };
 
 /// Charge one packet from `source` to rate class `class`; true when it must be dropped.
@@ -97,6 +97,11 @@ fn ban(
         if BANS.insert(source, &entry, 0).is_err() {
             // No event for a ban that did not happen.
             return;
+        }
+        // After the insert: a reader that sees the flag finds the ban.
+        if let Some(flag) = ACTIVE.get_ptr_mut(active::BANS_PRESENT) {
+            // SAFETY: array value pointer; every writer stores the same 1.
+            unsafe { *flag = 1 };
         }
     }
     // Written straight into ring buffer memory: no 48-byte copy on the stack.

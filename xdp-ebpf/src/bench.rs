@@ -56,6 +56,16 @@ pub fn bench_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// What every single-operation program below does besides its operation: read the source
+/// address and write a result to the per-CPU sink. Operation costs are measured over this.
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    if let Some(src) = src_v4(&ctx) {
+        sink(src[3] as u64);
+    }
+    xdp_action::XDP_PASS
+}
+
 /// Ethernet to transport headers, as the real program parses them.
 #[xdp]
 pub fn bench_parse(ctx: XdpContext) -> u32 {

@@ -29,14 +29,17 @@ pub enum Need {
 }
 
 /// Debian packages the tests and benchmarks use: (command that proves it is there, package).
+/// The benchmark smoke run (part of the tests) drives nftables and ethtool too.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("curl", "curl"),
     ("promtool", "prometheus"),
+    ("nft", "nftables"),
+    ("ethtool", "ethtool"),
 ];
 
-const BENCH_PACKAGES: &[(&str, &str)] = &[("nft", "nftables")];
+const BENCH_PACKAGES: &[(&str, &str)] = &[];
 
 pub fn all(need: Need) -> Result<()> {
     prepend_cargo_bin_to_path();

@@ -2,8 +2,12 @@
 //! median over rounds with its spread, and every cost is also given as a ratio to a baseline
 //! measured in the same run, because the machines are shared and noisy.
 
+pub mod controller;
+pub mod e2e;
 pub mod ops;
 pub mod paths;
+pub mod report;
+pub mod scale;
 
 use aya::{
     Ebpf,
@@ -75,7 +79,7 @@ pub struct Baseline {
 impl Baseline {
     pub fn load() -> Self {
         let mut ebpf = aya::EbpfLoader::new().load(BENCH_OBJECT).expect("loading the benchmark programs");
-        for name in ["bench_empty", "bench_parse", "bench_lpm", "bench_hash", "bench_lru", "bench_array", "bench_clock"] {
+        for name in ["bench_empty", "bench_sink", "bench_parse", "bench_lpm", "bench_hash", "bench_lru", "bench_array", "bench_clock", "bench_redirect", "bench_drop"] {
             let prog: &mut Xdp = ebpf.program_mut(name).unwrap_or_else(|| panic!("{name}")).try_into().expect("XDP");
             prog.load().unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));
         }

@@ -64,7 +64,6 @@ pub fn cases() -> Vec<Case> {
         Case { name: "closed port", reason: "port_closed", frame: Packet::udp4([192, 0, 2, 12], 1234, HOST, 9999).payload(&[0; 64]).bytes() },
         Case { name: "block-list hit", reason: "block_list", frame: sip([203, 0, 113, 5]) },
         Case { name: "allow-list hit", reason: "allow_list", frame: sip([198, 51, 100, 10]) },
-        Case { name: "ban hit", reason: "banned", frame: sip([192, 0, 2, 13]) },
         Case { name: "rate-limited drop", reason: "rate_limited", frame: Packet::udp4([192, 0, 2, 14], 1, HOST, 6000).payload(&[0; 64]).bytes() },
         Case { name: "IPv6 allowed SIP", reason: "port_open", frame: Packet::udp6("2001:db8:1::10", 5060, HOST6, 5060).payload(&[b'x'; 400]).bytes() },
         Case { name: "IPv6 closed port", reason: "port_closed", frame: Packet::udp6("2001:db8:1::12", 1234, HOST6, 9999).payload(&[0; 64]).bytes() },
@@ -72,14 +71,15 @@ pub fn cases() -> Vec<Case> {
         Case { name: "TCP SYN to closed port", reason: "port_closed", frame: Packet::tcp4([192, 0, 2, 15], 40000, HOST, 80, TCP_SYN).bytes() },
         Case { name: "first fragment", reason: "port_open", frame: frags[0].clone() },
         Case { name: "non-first fragment", reason: "port_open", frame: frags[1].clone() },
+        // From here on the ban table holds a ban, so every packet also looks it up.
+        Case { name: "ban hit", reason: "banned", frame: sip([192, 0, 2, 13]) },
+        Case { name: "allowed SIP, bans present", reason: "port_open", frame: sip([192, 0, 2, 10]) },
+        Case { name: "closed port, bans present", reason: "port_closed", frame: Packet::udp4([192, 0, 2, 12], 1234, HOST, 9999).payload(&[0; 64]).bytes() },
     ]
 }
 
-/// Prepare state some paths need (a ban, a remembered first fragment).
+/// Prepare state some paths need (a remembered first fragment).
 pub fn prepare(h: &mut Harness, cases: &[Case]) {
-    let far = monotonic_ns() + 86_400_000_000_000;
-    h.dp.ban_insert(&v4_mapped([192, 0, 2, 13]), &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 1, flags: 0, _pad: 0 })
-        .expect("ban insert");
     for c in cases {
         // The first fragment must be remembered before the non-first one is measured.
         if c.name == "first fragment" {
@@ -88,12 +88,22 @@ pub fn prepare(h: &mut Harness, cases: &[Case]) {
     }
 }
 
-pub fn run(settings: &Settings, baseline: &Baseline) -> Vec<PathRow> {
+/// The per-path table, and whether the early drops (closed port, block list) left the rate
+/// table untouched.
+pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool) {
     let mut h = Harness::new_with_capacity(POLICY, settings.capacity());
     let cases = cases();
     prepare(&mut h, &cases);
     let mut rows = Vec::new();
+    let mut early_untouched = true;
     for case in &cases {
+        let early = matches!(case.reason, "port_closed" | "block_list");
+        let created_before = h.dp.stats().expect("stats")[common::stat::RATES_CREATED as usize];
+        if case.name == "ban hit" {
+            let far = monotonic_ns() + 86_400_000_000_000;
+            h.dp.ban_insert(&v4_mapped([192, 0, 2, 13]), &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 1, flags: 0, _pad: 0 })
+                .expect("ban insert");
+        }
         if case.reason == "rate_limited" {
             // Spend the one-packet burst now: earlier cases took longer than the refill time.
             h.run(&case.frame);
@@ -108,11 +118,14 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> Vec<PathRow> {
             empty.push(baseline.ns(&case.frame, settings.repeat));
             ours.push(ns(&h, &case.frame, settings.repeat));
         }
+        if early {
+            early_untouched &= h.dp.stats().expect("stats")[common::stat::RATES_CREATED as usize] == created_before;
+        }
         let ns = median_spread(&ours);
         let empty_ns = median_spread(&empty);
         rows.push(PathRow { path: case.name.to_string(), reason: case.reason.to_string(), ratio: ns.median / empty_ns.median, ns, empty_ns });
     }
-    rows
+    (rows, early_untouched)
 }
 
 fn ns(h: &Harness, frame: &[u8], repeat: u32) -> f64 {

@@ -1,8 +1,14 @@
-//! `cargo xtask bench [--quick]` (and `--smoke` from `cargo xtask test`): see `tests::bench`.
+//! `cargo xtask bench [--quick]` regenerates BENCHMARKS.md, docs/bench/results.json and the
+//! charts; `--smoke` (run by `cargo xtask test`) exercises every section at toy sizes and writes
+//! only under target/, so the harness cannot rot.
 
-use std::fmt::Write as _;
+use std::{path::PathBuf, time::Instant};
 
-use tests::bench::{self, Baseline, Mode, Settings, ops, paths};
+use tests::bench::{
+    self, Baseline, Mode, Settings, controller, e2e, ops, paths,
+    report::{self, Machine, Results},
+    scale,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -16,23 +22,57 @@ fn main() {
     if !tests::bpf_available() {
         std::process::exit(1);
     }
+    let started = Instant::now();
     let settings = Settings::new(mode);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpus - 1;
     let pinned = bench::pin_to_cpu(cpu);
-    eprintln!("bench: mode {mode:?}, repeat {}, rounds {}, pinned to CPU {cpu}: {pinned}", settings.repeat, settings.rounds);
+    eprintln!("bench: {mode:?} mode, test_run repeat {}, {} rounds, pinned to CPU {cpu}: {pinned}", settings.repeat, settings.rounds);
     let mut baseline = Baseline::load();
+    let step = |what: &str| eprintln!("bench: [{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+
+    step("single operations");
     let op_rows = ops::run(&settings, &mut baseline);
-    for r in &op_rows {
-        println!("| {} | {:.1} | +{:.1} |", r.op, r.ns.median, r.extra_ns);
+    step("per-path costs");
+    let (path_rows, early_untouched) = paths::run(&settings, &baseline);
+    step("block-list scale");
+    let block_list = scale::block_list(&settings, &mut baseline);
+    step("tracked-sources scale and glue");
+    let tracked = scale::tracked(&settings, &mut baseline);
+    step("end to end on a veth pair");
+    let e2e_rows = e2e::run(&settings, &mut baseline);
+    step("controller");
+    let ctl = controller::run(&settings);
+
+    let mut results = Results {
+        machine: Machine::probe(),
+        settings,
+        ops: op_rows,
+        paths: path_rows,
+        early_drops_touch_no_rate_table: early_untouched,
+        block_list,
+        tracked_known: tracked.known,
+        tracked_new: tracked.new,
+        glue: tracked.glue,
+        e2e: e2e_rows,
+        controller: ctl,
+        targets: Vec::new(),
+    };
+    results.targets = report::targets(&results);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (md, dir) = if mode == Mode::Smoke {
+        let d = root.join("target/bench-smoke");
+        (d.join("BENCHMARKS.md"), d.join("bench"))
+    } else {
+        (root.join("BENCHMARKS.md"), root.join("docs/bench"))
+    };
+    report::write(&results, &md, &dir).expect("writing the report");
+    for t in &results.targets {
+        eprintln!("bench: {} {}: {}", if t.met { "MET " } else { "MISS" }, t.target, t.measured);
     }
-    let rows = paths::run(&settings, &baseline);
-    let mut table = String::from("| path | reason | ns/packet (median) | spread | empty program ns | ratio to empty |\n| --- | --- | ---: | ---: | ---: | ---: |\n");
-    for r in &rows {
-        let _ = writeln!(table, "| {} | {} | {:.1} | {:.0}% | {:.1} | {:.2}x |", r.path, r.reason, r.ns.median, r.ns.spread * 100.0, r.empty_ns.median, r.ratio);
-    }
-    println!("{table}");
-    for r in &rows {
-        assert!(r.ns.median > 0.0 && r.empty_ns.median > 0.0, "{}: no measurement", r.path);
-    }
+    step(&format!("wrote {} and {}", md.display(), dir.display()));
+    // The harness itself must have measured something on every section.
+    assert!(results.paths.iter().all(|p| p.ns.median > 0.0));
+    assert!(results.e2e.iter().all(|e| e.handled > 0), "every end-to-end filter handled frames: {:?}", results.e2e);
+    assert!(results.controller.bulk_secs > 0.0);
 }

@@ -68,9 +68,15 @@ pub mod maps {
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
     /// `PerCpuArray<u64>`, indexed by [`crate::stat`]: entries the program created, events lost.
     pub const STATS: &str = "STATS";
+    /// `Array<UaMatcher>`, indexed by generation: the User-Agent block list compiled to a DFA.
+    pub const SIP_UA: &str = "SIP_UA";
+    /// `PerCpuArray<SipScratch>`, one entry: the SIP payload window copied out of the packet.
+    pub const SIP_SCRATCH: &str = "SIP_SCRATCH";
+    /// `LruHashMap<SourceKey, SipPeer>`: per-source authentication counters.
+    pub const SIP_PEERS: &str = "SIP_PEERS";
 
     /// Every map name.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 21] = [
         ACTIVE,
         POLICY,
         PORTS,
@@ -89,6 +95,9 @@ pub mod maps {
         COUNTERS,
         RULE_COUNTERS,
         STATS,
+        SIP_UA,
+        SIP_SCRATCH,
+        SIP_PEERS,
     ];
 }
 
@@ -104,6 +113,15 @@ pub mod stat {
     pub const FRAGS_CREATED: u32 = 2;
     /// Ban events that found the ring buffer full.
     pub const EVENTS_LOST: u32 = 3;
+    /// SIP 401/407 responses the host sent to a request without credentials (challenges).
+    pub const SIP_CHALLENGES: u32 = 4;
+    /// Failed SIP authentications: a 401/407 answering a request that carried credentials, or
+    /// a 403.
+    pub const SIP_AUTH_FAILURES: u32 = 5;
+    /// SIP requests that carried Authorization / Proxy-Authorization (answers to challenges).
+    pub const SIP_AUTH_ANSWERS: u32 = 6;
+    /// New `SIP_PEERS` entries.
+    pub const SIP_PEERS_CREATED: u32 = 7;
     /// Slots of the array.
     pub const COUNT: u32 = 8;
 }
@@ -193,6 +211,8 @@ pub mod capacity {
     pub const FLOWS: u32 = 65_536;
     /// Fragmented datagrams in flight.
     pub const FRAGS: u32 = 8_192;
+    /// Sources with SIP authentication counters.
+    pub const SIP_PEERS: u32 = 65_536;
     /// Ring buffer bytes for ban events (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 256 * 1024;
 }
@@ -240,9 +260,13 @@ pub mod reason {
     pub const FRAGMENT_ORPHAN: u32 = 13;
     /// IP protocol other than TCP, UDP, ICMP, ICMPv6.
     pub const PROTOCOL_CLOSED: u32 = 14;
+    /// A SIP request whose User-Agent matches the block list.
+    pub const SIP_USER_AGENT: u32 = 15;
+    /// A SIP request above its method's per-source rate (`[sip.methods]`).
+    pub const SIP_METHOD_RATE_LIMITED: u32 = 16;
 
     /// Number of reasons in use (the rest of [`crate::MAX_REASONS`] is reserved).
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
 
     /// Metric label values, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -261,6 +285,8 @@ pub mod reason {
         "rate_limited",
         "fragment_orphan",
         "protocol_closed",
+        "sip_user_agent",
+        "sip_method_rate_limited",
     ];
 
     /// The verdict a reason stands for when enforcing (dry run turns drops into would-drops).
@@ -326,11 +352,34 @@ pub struct PolicyConfig {
     pub frag_timeout_ns: u64,
     /// Rate class of ICMP/ICMPv6 echo requests (0 = no limit).
     pub echo_class: u32,
-    pub _pad: u32,
+    /// Bytes of a SIP message's payload inspected ([`sip::WINDOW_MAX`] at most; 0 = none).
+    pub sip_window: u32,
+    /// `SIP_*` bits.
+    pub sip_flags: u32,
+    /// Rate class per request method ([`sip::METHOD_REGISTER`]...; 0 = no limit).
+    pub sip_method_class: [u8; 4],
+    /// Failed authentications within `sip_period_ns` that ban (0 = off).
+    pub sip_failed_auth: u32,
+    /// Unanswered challenges within `sip_period_ns` that ban (0 = off).
+    pub sip_unanswered: u32,
+    /// Ban time of a User-Agent match (0 = drop the message only).
+    pub sip_ua_ban_ns: u64,
+    /// Detection period of the authentication counters.
+    pub sip_period_ns: u64,
+    pub sip_failed_auth_ban_ns: u64,
+    pub sip_unanswered_ban_ns: u64,
 }
+
+/// `PolicyConfig::sip_flags`: the User-Agent block list is not empty.
+pub const SIP_UA_BLOCK: u32 = 1;
+/// `PolicyConfig::sip_flags`: count authentications (failed-auth or unanswered-challenge bans).
+pub const SIP_AUTH_WATCH: u32 = 2;
 
 /// `PortRule::flags`: the port is open (to the sets in `sets`, or to any source when `sets` is 0).
 pub const PORT_OPEN: u8 = 1;
+/// `PortRule::flags`: the port carries plaintext SIP (`[sip] ports`): requests to it are
+/// inspected, responses from it are read by the egress program.
+pub const PORT_SIP: u8 = 2;
 
 /// Value of `PORTS`: what one destination port of one protocol does in one generation.
 #[repr(C)]
@@ -392,6 +441,197 @@ pub struct RateState {
     pub last_window_pps: u32,
     /// Dry run: no further would-be-ban event for this source until then.
     pub quiet_until_ns: u64,
+}
+
+/// Value of `SIP_UA`: the User-Agent block list as a case-insensitive Aho-Corasick automaton.
+/// `next[state * UA_CLASSES + class]` is the next state, with [`sip::UA_MATCH`] set on states that
+/// complete a pattern; state 0 is the start, class 0 stands for every byte no pattern holds and
+/// class [`sip::UA_BEGIN`] is fed once before the value (so `^`-anchored patterns match only at
+/// its start).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UaMatcher {
+    /// Byte -> class.
+    pub class: [u8; 256],
+    pub next: [u16; (sip::UA_STATES * sip::UA_CLASSES) as usize],
+}
+
+/// Value of `SIP_SCRATCH`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SipScratch {
+    /// The scan's loop state ([`sip::scan`] slots). Kept in map memory, which the verifier does
+    /// not track, so every loop iteration starts from the same verifier state and the paths
+    /// through one iteration do not multiply across iterations.
+    pub scan: [u64; 8],
+    /// The payload window, then slack so word loads near its end stay inside the value.
+    pub bytes: [u8; sip::SCRATCH_BYTES as usize],
+}
+
+/// Value of `SIP_PEERS`: what the host's SIP server told one source (per source key, like bans)
+/// within the current detection period.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SipPeer {
+    /// Start of the current detection period (monotonic coarse clock, ns).
+    pub period_start_ns: u64,
+    /// Dry run: no further would-be-ban event for this source until then.
+    pub quiet_until_ns: u64,
+    /// Failed authentications this period.
+    pub failures: u32,
+    /// Challenges (401/407 to a request without credentials) this period.
+    pub challenges: u32,
+    /// Requests with credentials this period.
+    pub answers: u32,
+    /// Requests with credentials still waiting for their final response.
+    pub pending: u32,
+}
+
+/// SIP constants shared by the programs and the controller, and the pure parsing steps the
+/// programs use (unit tested here on the host).
+pub mod sip {
+    /// Request methods with their own rate class (`PolicyConfig::sip_method_class`).
+    pub const METHOD_REGISTER: usize = 0;
+    pub const METHOD_INVITE: usize = 1;
+    pub const METHOD_OPTIONS: usize = 2;
+    /// Every other request method (ACK, BYE, CANCEL, SUBSCRIBE, ...).
+    pub const METHOD_OTHER: usize = 3;
+    /// `policy [sip.methods]` keys, indexed by method.
+    pub const METHOD_NAMES: [&str; 4] = ["REGISTER", "INVITE", "OPTIONS", "other"];
+
+    /// Most payload bytes inspected per message (a full 1500-byte MTU and then some; larger
+    /// messages are inspected up to here).
+    pub const WINDOW_MAX: u32 = 4096;
+    /// Default window: a whole UDP payload at a 1500-byte MTU.
+    pub const WINDOW_DEFAULT: u32 = 1472;
+    /// `SipScratch` size: the window plus slack for 8-byte loads.
+    pub const SCRATCH_BYTES: u32 = WINDOW_MAX + 64;
+    /// Header lines examined after the request line.
+    pub const MAX_LINES: u32 = 96;
+    /// Bytes of a User-Agent value (with its continuation lines) fed to the matcher.
+    pub const UA_VALUE_MAX: u32 = 256;
+
+    /// Automaton states (patterns of up to about this many bytes in total).
+    pub const UA_STATES: u32 = 512;
+    /// Byte classes: 0 for bytes in no pattern, [`UA_BEGIN`], then one per distinct
+    /// (case-folded) pattern byte.
+    pub const UA_CLASSES: u32 = 64;
+    /// The class fed before the value's first byte.
+    pub const UA_BEGIN: u8 = 1;
+    /// State bit: a pattern ends here.
+    pub const UA_MATCH: u16 = 0x8000;
+    /// Mask of the state number.
+    pub const UA_STATE_MASK: u16 = (UA_STATES - 1) as u16;
+
+    /// Rate-class ids reserved for the bans the SIP checks issue, so ban events and metrics say
+    /// which check fired. Policy classes use the ids below these.
+    pub const CLASS_USER_AGENT: u8 = (crate::MAX_CLASSES - 1) as u8;
+    pub const CLASS_FAILED_AUTH: u8 = (crate::MAX_CLASSES - 2) as u8;
+    pub const CLASS_UNANSWERED: u8 = (crate::MAX_CLASSES - 3) as u8;
+    /// Class names of those ids (metric and log labels).
+    pub const CLASS_NAMES: [(u8, &str); 3] = [
+        (CLASS_USER_AGENT, "sip-user-agent"),
+        (CLASS_FAILED_AUTH, "sip-failed-auth"),
+        (CLASS_UNANSWERED, "sip-unanswered-challenges"),
+    ];
+    /// Policy classes get ids below this.
+    pub const FIRST_RESERVED_CLASS: u32 = crate::MAX_CLASSES - 3;
+
+    /// Case-fold ASCII letters in 8 bytes at once (other bytes may change too: callers compare
+    /// with folded lowercase constants made only of letters and `-`, which fold to themselves;
+    /// a byte that folds onto one of those is CR, outside any header name).
+    #[inline(always)]
+    pub const fn fold8(w: u64) -> u64 {
+        w | 0x2020_2020_2020_2020
+    }
+
+    /// An 8-byte little-endian word of a literal, folded.
+    pub const fn word(s: &[u8; 8]) -> u64 {
+        fold8(u64::from_le_bytes(*s))
+    }
+
+    pub const W_USER_AGE: u64 = word(b"user-age");
+    pub const W_AUTHORIZ: u64 = word(b"authoriz");
+    pub const W_PROXY_AU: u64 = word(b"proxy-au");
+    pub const W_THORIZAT: u64 = word(b"thorizat");
+
+    /// Bytes of `w` (little-endian) that are `\n`: bit 7 of exactly those bytes set (the
+    /// carry-free form of the zero-byte test, so no byte after a newline is flagged by mistake).
+    #[inline(always)]
+    pub const fn newline_mask(w: u64) -> u64 {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        let x = w ^ 0x0a0a_0a0a_0a0a_0a0a;
+        !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+    }
+
+    /// Slots of `SipScratch::scan`.
+    pub mod scan {
+        /// Index of the aligned 8-byte word being searched.
+        pub const WORD: usize = 0;
+        /// Newlines of that word not yet handled ([`super::newline_mask`] bits).
+        pub const PENDING: usize = 1;
+        /// Start of the current line.
+        pub const LINE: usize = 2;
+        /// Lines finished.
+        pub const LINES: usize = 3;
+        /// Offset of the User-Agent value (0 = none seen).
+        pub const UA: usize = 4;
+        /// Credentials seen (0 or 1).
+        pub const AUTH: usize = 5;
+        /// Matcher position and state.
+        pub const AT: usize = 6;
+        pub const STATE: usize = 7;
+    }
+
+    /// 1 + the index of the lowest byte flagged in a non-zero [`newline_mask`] (the distance
+    /// from the word's start to just past the first newline), without a count-trailing-zeros
+    /// instruction (BPF has none).
+    #[inline(always)]
+    pub const fn past_first(mask: u64) -> u64 {
+        let low = mask & mask.wrapping_neg();
+        (low >> 7).wrapping_mul(0x0102_0304_0506_0708) >> 56
+    }
+
+    /// The method class of a request line from its first 8 bytes (little-endian word). Whether
+    /// the line is a SIP request at all is decided by its end ([`W_SIP_VERSION`]).
+    #[inline(always)]
+    pub const fn method(first8: u64) -> usize {
+        // Methods are case-sensitive (RFC 3261 7.1).
+        if first8 == u64::from_le_bytes(*b"REGISTER") {
+            METHOD_REGISTER
+        } else if first8 & 0x00ff_ffff_ffff_ffff == u64::from_le_bytes(*b"INVITE \0") {
+            METHOD_INVITE
+        } else if first8 == u64::from_le_bytes(*b"OPTIONS ") {
+            METHOD_OPTIONS
+        } else {
+            METHOD_OTHER
+        }
+    }
+
+    /// The request line's end, ` SIP/2.0` (RFC 3261 25.1 `Request-Line`), as the little-endian
+    /// word of the 8 bytes before its `\r\n` (or bare `\n`).
+    pub const W_SIP_VERSION: u64 = u64::from_le_bytes(*b" SIP/2.0");
+
+    /// A response status line's first 12 bytes: `SIP/2.0 NNN ` -> NNN.
+    #[inline(always)]
+    pub const fn status_code(head: &[u8; 12]) -> Option<u16> {
+        let p = b"SIP/2.0 ";
+        let mut i = 0;
+        while i < 8 {
+            if head[i] != p[i] {
+                return None;
+            }
+            i += 1;
+        }
+        let (a, b, c) = (head[8], head[9], head[10]);
+        if !(a >= b'1' && a <= b'6' && b.is_ascii_digit() && c.is_ascii_digit()) {
+            return None;
+        }
+        if head[11] != b' ' {
+            return None;
+        }
+        Some((a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16)
+    }
 }
 
 /// Key of `BANS`: the source as the rate limiter sees it. Network byte order, see [`addr`].
@@ -509,6 +749,9 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragState {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for UaMatcher {}
+    unsafe impl aya::Pod for SipScratch {}
+    unsafe impl aya::Pod for SipPeer {}
 }
 
 #[cfg(test)]
@@ -520,7 +763,10 @@ mod tests {
     #[test]
     fn no_implicit_padding() {
         // Sum of field sizes == struct size means the compiler inserted no padding.
-        assert_eq!(size_of::<PolicyConfig>(), 4 + 4 + 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<PolicyConfig>(), 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 4 * 8);
+        assert_eq!(size_of::<UaMatcher>(), 256 + 2 * (sip::UA_STATES * sip::UA_CLASSES) as usize);
+        assert_eq!(size_of::<SipScratch>(), 64 + sip::SCRATCH_BYTES as usize);
+        assert_eq!(size_of::<SipPeer>(), 8 + 8 + 4 * 4);
         assert_eq!(size_of::<PortRule>(), 2 + 1 + 1 + 4 + 8);
         assert_eq!(size_of::<RateLevel>(), 24);
         assert_eq!(size_of::<RateClass>(), 48);
@@ -532,6 +778,69 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 3);
         assert_eq!(size_of::<FragState>(), 8 + 1 + 1 + 2 + 2 + 2);
         assert_eq!(size_of::<Counter>(), 16);
+    }
+
+    #[test]
+    fn newline_search_finds_the_first_newline_of_a_word() {
+        for len in 1..=8usize {
+            for at in 0..len {
+                let mut b = [b'x'; 8];
+                b[at] = b'\n';
+                // Bytes 0x0b (the borrowing zero-byte test's false positive) after it.
+                for later in b.iter_mut().skip(at + 1) {
+                    *later = 0x0b;
+                }
+                let m = sip::newline_mask(u64::from_le_bytes(b));
+                assert_eq!(m, 0x80 << (8 * at), "exactly one byte flagged: {b:?}");
+                assert_eq!(sip::past_first(m), at as u64 + 1, "{b:?}");
+            }
+        }
+        assert_eq!(sip::newline_mask(u64::from_le_bytes(*b"User-Age")), 0);
+        assert_eq!(sip::newline_mask(u64::from_le_bytes([0x0b; 8])), 0);
+        let all = sip::newline_mask(u64::from_le_bytes([b'\n'; 8]));
+        assert_eq!(all, 0x8080_8080_8080_8080);
+        assert_eq!(sip::past_first(all), 1);
+        // Every byte value: flagged exactly when it is a newline.
+        for v in 0..=255u8 {
+            let m = sip::newline_mask(u64::from_le_bytes([v, b'\n', v, v, 0x0b, v, 0, v]));
+            let want = if v == b'\n' { 0x8080_8080_8080_8080 & !(0x80 << 32) & !(0x80 << 48) } else { 0x80 << 8 };
+            assert_eq!(m, want, "byte {v:#x}");
+        }
+    }
+
+    #[test]
+    fn header_words_fold_case() {
+        let w = |s: &[u8; 8]| sip::fold8(u64::from_le_bytes(*s));
+        assert_eq!(w(b"User-Age"), sip::W_USER_AGE);
+        assert_eq!(w(b"USER-AGE"), sip::W_USER_AGE);
+        assert_eq!(w(b"user-age"), sip::W_USER_AGE);
+        assert_eq!(w(b"Authoriz"), sip::W_AUTHORIZ);
+        assert_eq!(w(b"PROXY-AU"), sip::W_PROXY_AU);
+        assert_ne!(w(b"User-Ag:"), sip::W_USER_AGE);
+        assert_ne!(w(b"f: sip:x"), sip::W_USER_AGE);
+    }
+
+    #[test]
+    fn methods_and_status_codes() {
+        let m = |s: &[u8; 8]| sip::method(u64::from_le_bytes(*s));
+        assert_eq!(m(b"REGISTER"), sip::METHOD_REGISTER);
+        assert_eq!(m(b"INVITE s"), sip::METHOD_INVITE);
+        assert_eq!(m(b"OPTIONS "), sip::METHOD_OPTIONS);
+        assert_eq!(m(b"BYE sip:"), sip::METHOD_OTHER);
+        assert_eq!(m(b"register"), sip::METHOD_OTHER, "methods are case-sensitive");
+        assert_eq!(m(b"INVITEX "), sip::METHOD_OTHER);
+        let code = |s: &str| {
+            let mut h = [0u8; 12];
+            h.copy_from_slice(&s.as_bytes()[..12]);
+            sip::status_code(&h)
+        };
+        assert_eq!(code("SIP/2.0 401 Unauthorized"), Some(401));
+        assert_eq!(code("SIP/2.0 200 OK\r\n\r\n"), Some(200));
+        assert_eq!(code("SIP/2.0 100 Trying"), Some(100));
+        assert_eq!(code("SIP/2.0 4O7 Proxy Auth"), None);
+        assert_eq!(code("SIP/2.0 999 Nope......"), None);
+        assert_eq!(code("HTTP/1.1 200 OK......"), None);
+        assert_eq!(code("SIP/2.0 4011 Unauthor"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The TC egress program: records the flows the host opens so that step 4 of the ingress chain
-//! can let their replies in. It never drops or changes a packet.
+//! can let their replies in, and reads the host's SIP responses for the authentication
+//! counters ([`sip::response`]). It never drops or changes a packet.
 //!
 //! A flow is recorded when the host sends UDP from a local port the policy does not open, or a
 //! TCP SYN (without ACK) from such a port; any later egress segment of a recorded flow refreshes
@@ -8,15 +9,17 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use common::{
-    FlowKey, PORT_OPEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, active, flow_port_bit, port_index, stat,
+    FlowKey, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, active, flow_port_bit,
+    port_index, stat,
 };
 
 use crate::{
     clock,
-    maps::{ACTIVE, FLOW_PORTS, FLOWS, PORTS, bump},
+    maps::{ACTIVE, FLOW_PORTS, FLOWS, POLICY, PORTS, bump},
     parse::{
         FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_SYN, parse,
     },
+    sip,
 };
 
 /// Always `TC_ACT_UNSPEC` (`TCX_NEXT`): let the rest of the egress chain decide.
@@ -46,6 +49,12 @@ fn record(ctx: &TcContext) -> Result<(), ()> {
         && rule.flags & PORT_OPEN != 0
     {
         // A server answering on a listening port: the port policy judges its peer's packets.
+        // The host's SIP server's responses feed the authentication counters.
+        if rule.flags & PORT_SIP != 0
+            && let Some(cfg) = POLICY.get(generation)
+        {
+            sip::response(ctx, &pkt, cfg);
+        }
         return Ok(());
     }
     let key = FlowKey {

@@ -22,10 +22,17 @@ use crate::{
 /// trie. The trie's cost grows with its size; the gate's does not.
 #[inline(always)]
 pub fn source_list(pkt: &Packet) -> u32 {
-    if pkt.ipv6 {
-        return SOURCES_V6.get(Key::new(128, pkt.src)).copied().unwrap_or(0);
+    source_list_of(&pkt.src, pkt.ipv6)
+}
+
+/// [`source_list`] for any address (IPv4-mapped for IPv4): the egress program asks it about
+/// the peers it answers.
+#[inline(always)]
+pub fn source_list_of(addr: &[u8; 16], ipv6: bool) -> u32 {
+    if ipv6 {
+        return SOURCES_V6.get(Key::new(128, *addr)).copied().unwrap_or(0);
     }
-    let s = pkt.src_v4();
+    let s = [addr[12], addr[13], addr[14], addr[15]];
     let slash16 = ((s[0] as u32) << 8) | s[1] as u32;
     match SOURCES_GATE.get(slash16) {
         Some(&gate) if gate & GATE_MORE == 0 => gate & GATE_VALUE,

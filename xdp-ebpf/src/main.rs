@@ -9,6 +9,7 @@
 #![no_std]
 #![no_main]
 
+mod ban;
 mod clock;
 mod egress;
 mod flows;
@@ -19,6 +20,7 @@ mod maps;
 mod parse;
 mod ports;
 mod rate;
+mod sip;
 mod verdict;
 
 use aya_ebpf::{
@@ -79,7 +81,8 @@ fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
     if pkt.frag == FRAG_LATER {
         return fragments::inherit(&pkt, cfg);
     }
-    let decision = transport(&pkt, &source, generation, cfg);
+    let payload = ports::Payload { xdp: ctx.ctx, frame_len: (frame.end - frame.start) as u32 };
+    let decision = transport(payload, &pkt, &source, generation, cfg);
     if pkt.frag == FRAG_FIRST {
         fragments::remember(&pkt, decision);
     }
@@ -89,14 +92,15 @@ fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
 /// Steps 4 to 8 for a packet that has its transport header.
 #[inline(always)]
 fn transport(
+    payload: ports::Payload,
     pkt: &parse::Packet,
     source: &SourceKey,
     generation: u32,
     cfg: &PolicyConfig,
 ) -> Decision {
     match pkt.proto {
-        IPPROTO_TCP => ports::decide(pkt, source, generation, cfg, PROTO_SLOT_TCP),
-        IPPROTO_UDP => ports::decide(pkt, source, generation, cfg, PROTO_SLOT_UDP),
+        IPPROTO_TCP => ports::decide(payload, pkt, source, generation, cfg, PROTO_SLOT_TCP),
+        IPPROTO_UDP => ports::decide(payload, pkt, source, generation, cfg, PROTO_SLOT_UDP),
         IPPROTO_ICMP if !pkt.ipv6 => icmp::decide(pkt, source, generation, cfg),
         IPPROTO_ICMPV6 if pkt.ipv6 => icmp::decide(pkt, source, generation, cfg),
         _ => Decision::of(reason::PROTOCOL_CLOSED),
@@ -106,7 +110,7 @@ fn transport(
 /// The source as rate limits and bans see it: the IPv4 address, or the IPv6 address cut to the
 /// configured prefix (one attacker owns a whole /64).
 #[inline(always)]
-fn source_key(pkt: &parse::Packet, cfg: &PolicyConfig) -> SourceKey {
+pub fn source_key(pkt: &parse::Packet, cfg: &PolicyConfig) -> SourceKey {
     if pkt.ipv6 {
         mask_prefix(pkt.src, cfg.ipv6_prefix)
     } else {

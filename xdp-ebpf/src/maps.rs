@@ -9,7 +9,7 @@ use aya_ebpf::{
 use common::{
     BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey,
     FragState, GENERATIONS, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
-    RateKey, RateState, SourceKey, active, capacity, stat,
+    RateKey, RateState, SipPeer, SipScratch, SourceKey, UaMatcher, active, capacity, stat,
 };
 
 #[map]
@@ -77,6 +77,16 @@ pub static RULE_COUNTERS: PerCpuArray<Counter> =
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[map]
+pub static SIP_UA: Array<UaMatcher> = Array::with_max_entries(GENERATIONS, 0);
+
+#[map]
+pub static SIP_SCRATCH: PerCpuArray<SipScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static SIP_PEERS: LruHashMap<SourceKey, SipPeer> =
+    LruHashMap::with_max_entries(capacity::SIP_PEERS, 0);
 
 /// Add one to a `STATS` slot (per CPU, so no atomics).
 #[inline(always)]

@@ -2,20 +2,29 @@
 //! for all 65536 ports, and a reload writes the other generation before flipping `ACTIVE`, so no
 //! packet sees a half-written table.
 
-use aya_ebpf::maps::lpm_trie::Key;
-use common::{PORT_OPEN, PolicyConfig, SourceKey, port_index, reason};
+use aya_ebpf::{bindings::xdp_md, maps::lpm_trie::Key};
+use common::{PORT_OPEN, PORT_SIP, PolicyConfig, SourceKey, port_index, reason};
 
 use crate::{
     flows,
     maps::{PORTS, SETS_V4, SETS_V6},
     parse::Packet,
-    rate,
+    rate, sip,
     verdict::Decision,
 };
+
+/// The frame as the SIP check needs it: the program's context (for `bpf_xdp_load_bytes`) and
+/// the frame's length.
+#[derive(Clone, Copy)]
+pub struct Payload {
+    pub xdp: *mut xdp_md,
+    pub frame_len: u32,
+}
 
 /// Decide a TCP or UDP packet (`proto_slot` is `PROTO_SLOT_TCP` or `PROTO_SLOT_UDP`).
 #[inline(always)]
 pub fn decide(
+    payload: Payload,
     pkt: &Packet,
     source: &SourceKey,
     generation: u32,
@@ -39,6 +48,12 @@ pub fn decide(
     }
     if rule.class != 0 && rate::over_limit(source, rule.class, generation, cfg, pkt.ipv6) {
         return Decision::by_rule(reason::RATE_LIMITED, rule_id);
+    }
+    if rule.flags & PORT_SIP != 0 && cfg.sip_window != 0 {
+        let r = sip::inspect(payload.xdp, payload.frame_len, pkt, generation, cfg);
+        if r != 0 {
+            return Decision::by_rule(r, rule_id);
+        }
     }
     Decision::by_rule(reason::PORT_OPEN, rule_id)
 }

@@ -269,6 +269,22 @@ fn policy_check(file: &std::path::Path) -> i32 {
             for w in &c.warnings {
                 println!("warning: {w}");
             }
+            let ranges = |r: &[(u16, u16)]| r.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>().join(", ");
+            if p.sip_ports.is_empty() {
+                println!("note: no SIP ports: the SIP checks are off");
+            } else {
+                println!(
+                    "note: SIP checks on {} (tcp+udp): User-Agent block list of {} pattern(s), failed-auth ban at {}, unanswered-challenge ban at {}, method limits: {}",
+                    ranges(&p.sip_ports),
+                    p.sip.ua_block.len(),
+                    if p.sip.failed_auth.count == 0 { "off".to_string() } else { p.sip.failed_auth.count.to_string() },
+                    if p.sip.unanswered_challenges.count == 0 { "off".to_string() } else { p.sip.unanswered_challenges.count.to_string() },
+                    if p.sip.methods.is_empty() { "none".to_string() } else { p.sip.methods.keys().cloned().collect::<Vec<_>>().join(", ") },
+                );
+            }
+            if !p.sip_encrypted_ports.is_empty() {
+                println!("note: SIP over TLS/WSS on {}: encrypted, so only the packet-level checks apply there", ranges(&p.sip_encrypted_ports));
+            }
             match &c.ssh {
                 SshReach::Closed => println!("warning: SSH port {}/tcp is closed to every source: `voipwall run` and `reload` refuse this policy unless --allow-lockout", c.ssh_port),
                 SshReach::AllowListOnly => println!("note: SSH port {}/tcp is reachable only from the allow list", c.ssh_port),

@@ -250,7 +250,7 @@ impl Core {
         let now_mono = monotonic_ns();
         for (key, entry) in core.dp.bans()? {
             if entry.expires_ns > now_mono {
-                let class = core.compiled.class_names.get(entry.class as usize).cloned().unwrap_or_default();
+                let class = core.compiled.class_name(entry.class);
                 core.bans.learn(&key, &entry, core.policy.options.ipv6_prefix, class, now_mono, now);
             }
         }
@@ -703,14 +703,22 @@ impl Core {
     pub fn on_ban_event(&mut self, ev: &BanEvent) {
         let now_mono = monotonic_ns();
         let now = unix_now();
-        let class = self.compiled.class_names.get(ev.class as usize).cloned().unwrap_or_else(|| format!("class{}", ev.class));
+        let class = self.compiled.class_name(ev.class);
         let source = source_of(&ev.addr, ev.prefix_len);
         let until = mono_to_unix(ev.expires_ns, now_mono, now);
-        if ev.flags & BAN_DRY_RUN != 0 {
-            warn!(target: "voipwall::ban", source = %source, class = %class, level = ev.level, rate_pps = ev.rate_pps, until = %rfc3339(until), dry_run = true, "would ban (dry run)");
+        // The SIP checks report a count (matches, failed authentications, unanswered
+        // challenges) where the rate limiter reports a packet rate.
+        let sip_check = common::sip::CLASS_NAMES.iter().any(|(c, _)| *c == ev.class);
+        let dry = ev.flags & BAN_DRY_RUN != 0;
+        let msg = if dry { "would ban (dry run)" } else { "banned" };
+        if sip_check {
+            warn!(target: "voipwall::ban", source = %source, class = %class, count = ev.rate_pps, until = %rfc3339(until), dry_run = dry, "{msg}");
+        } else {
+            warn!(target: "voipwall::ban", source = %source, class = %class, level = ev.level, rate_pps = ev.rate_pps, until = %rfc3339(until), dry_run = dry, "{msg}");
+        }
+        if dry {
             return;
         }
-        warn!(target: "voipwall::ban", source = %source, class = %class, level = ev.level, rate_pps = ev.rate_pps, until = %rfc3339(until), "banned");
         *self.bans_total.entry((class.clone(), ev.level)).or_default() += 1;
         self.bans.insert(BanRecord { source, class, level: ev.level, rate_pps: ev.rate_pps, created: now, expires: until });
         self.bans_dirty = true;
@@ -845,7 +853,7 @@ impl Core {
             .rates()?
             .into_iter()
             .map(|(k, st)| {
-                let class = self.compiled.class_names.get(k.class as usize).cloned().unwrap_or_default();
+                let class = self.compiled.class_name(k.class as u8);
                 // A window older than two seconds is a source that went quiet.
                 let pps = if now.saturating_sub(st.window_start_ns) > 2_000_000_000 { 0 } else { observed_pps(&st, now) };
                 (source_of(&k.addr, prefix), class, pps, st.window_packets)
@@ -877,6 +885,7 @@ impl Core {
             (maps::RATES, created(stat::RATES_CREATED, maps::RATES), cap(maps::RATES)),
             (maps::FLOWS, created(stat::FLOWS_CREATED, maps::FLOWS), cap(maps::FLOWS)),
             (maps::FRAGS, created(stat::FRAGS_CREATED, maps::FRAGS), cap(maps::FRAGS)),
+            (maps::SIP_PEERS, created(stat::SIP_PEERS_CREATED, maps::SIP_PEERS), cap(maps::SIP_PEERS)),
         ]
     }
 

@@ -28,7 +28,7 @@ use aya::{
 use common::{
     BanEntry, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GENERATIONS, MAX_CLASSES,
     PORT_PROTOS, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState,
-    GATE_MORE, PROTO_SLOT_TCP, PROTO_SLOT_UDP, SOURCE_ALLOW, SOURCE_BLOCK, SourceKey, active, flow_port_bit, class_index, counter_index, maps, port_index, programs, reason,
+    GATE_MORE, SipPeer, SipScratch, UaMatcher, PROTO_SLOT_TCP, PROTO_SLOT_UDP, SOURCE_ALLOW, SOURCE_BLOCK, SourceKey, active, flow_port_bit, class_index, counter_index, maps, port_index, programs, reason,
     rule_counter_index, stat, verdict,
 };
 use ipnet::IpNet;
@@ -189,6 +189,8 @@ pub struct Dataplane {
     counters: PerCpuArray<MapData, Counter>,
     rule_counters: PerCpuArray<MapData, Counter>,
     stats: PerCpuArray<MapData, u64>,
+    sip_ua: Array<MapData, UaMatcher>,
+    sip_peers: HashMap<MapData, SourceKey, SipPeer>,
     events: Option<RingBuf<MapData>>,
     /// What each generation of `PORTS` holds, so a reload writes only what changed.
     shadow_ports: [Vec<PortRule>; GENERATIONS as usize],
@@ -226,6 +228,9 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
         (maps::COUNTERS, u(4, s::<Counter>())),
         (maps::RULE_COUNTERS, u(4, s::<Counter>())),
         (maps::STATS, u(4, 8)),
+        (maps::SIP_UA, u(4, s::<UaMatcher>())),
+        (maps::SIP_SCRATCH, u(4, s::<SipScratch>())),
+        (maps::SIP_PEERS, u(16, s::<SipPeer>())),
     ])
 }
 
@@ -322,7 +327,8 @@ impl Dataplane {
             .map_max_entries(maps::BANS, caps.bans)
             .map_max_entries(maps::RATES, caps.rates)
             .map_max_entries(maps::FLOWS, caps.flows)
-            .map_max_entries(maps::FRAGS, caps.frags);
+            .map_max_entries(maps::FRAGS, caps.frags)
+            .map_max_entries(maps::SIP_PEERS, caps.sip_peers);
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -358,6 +364,8 @@ impl Dataplane {
             counters: take(&mut ebpf, maps::COUNTERS)?,
             rule_counters: take(&mut ebpf, maps::RULE_COUNTERS)?,
             stats: take(&mut ebpf, maps::STATS)?,
+            sip_ua: take(&mut ebpf, maps::SIP_UA)?,
+            sip_peers: take(&mut ebpf, maps::SIP_PEERS)?,
             events: Some(take(&mut ebpf, maps::EVENTS)?),
             ebpf,
             shadow_ports: [
@@ -437,6 +445,7 @@ impl Dataplane {
                 .set(class_index(next, class), compiled.classes[class as usize], 0)
                 .map_err(map_err(maps::CLASSES, "write"))?;
         }
+        self.sip_ua.set(next, &*compiled.ua.table, 0).map_err(map_err(maps::SIP_UA, "write"))?;
         // The retired generation's set entries go first: it is inactive, nobody reads them.
         let (old_v4, old_v6) = std::mem::take(&mut self.shadow_sets[next as usize]);
         for key in &old_v4 {
@@ -708,6 +717,15 @@ impl Dataplane {
         }
     }
 
+    /// A source's SIP authentication counters, if it has any.
+    pub fn sip_peer(&self, key: &SourceKey) -> Result<Option<SipPeer>> {
+        match self.sip_peers.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::SIP_PEERS, "read")(e)),
+        }
+    }
+
     /// Every ban in the table (walks it: startup and tests only).
     pub fn bans(&self) -> Result<Vec<(SourceKey, BanEntry)>> {
         self.bans
@@ -816,6 +834,7 @@ impl Dataplane {
             n if n == maps::FLOWS => self.flows.map().info(),
             n if n == maps::FRAGS => self.frags.map().info(),
             n if n == maps::PORTS => self.ports.map().info(),
+            n if n == maps::SIP_PEERS => self.sip_peers.map().info(),
             _ => return None,
         };
         info.ok().map(|i| i.max_entries())

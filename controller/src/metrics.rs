@@ -36,6 +36,7 @@ pub const FAMILIES: &[&str] = &[
     "voipwall_xdp_attached",
     "voipwall_build_info",
     "voipwall_events_lost_total",
+    "voipwall_sip_auth_events_total",
 ];
 
 fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
@@ -116,6 +117,11 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
             push(&mut bans_total, &[("class", name), ("level", &level.to_string())], n as f64);
         }
     }
+    // The SIP checks ban with one level.
+    for (_, name) in common::sip::CLASS_NAMES {
+        let n = core.bans_total.get(&(name.to_string(), 1)).copied().unwrap_or(0);
+        push(&mut bans_total, &[("class", name), ("level", "1")], n as f64);
+    }
     out.push(bans_total);
 
     let mut active = family("voipwall_active_bans", "Bans in force.", MetricType::GAUGE);
@@ -160,9 +166,21 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     }
     out.push(attached);
 
+    let stats = core.dataplane().stats().ok();
+    let stat_of = |slot: u32| stats.map_or(0, |s| s[slot as usize]) as f64;
     let mut lost = family("voipwall_events_lost_total", "Ban events the program could not queue (ring buffer full); the bans themselves still apply.", MetricType::COUNTER);
-    push(&mut lost, &[], core.dataplane().stats().map_or(0, |s| s[stat::EVENTS_LOST as usize]) as f64);
+    push(&mut lost, &[], stat_of(stat::EVENTS_LOST));
     out.push(lost);
+
+    let mut auth = family(
+        "voipwall_sip_auth_events_total",
+        "What the SIP authentication watch counted: challenges the host sent (401/407 to a request without credentials), failed authentications (401/407 to a request with credentials, and 403), and requests that came with credentials.",
+        MetricType::COUNTER,
+    );
+    push(&mut auth, &[("kind", "challenge")], stat_of(stat::SIP_CHALLENGES));
+    push(&mut auth, &[("kind", "failure")], stat_of(stat::SIP_AUTH_FAILURES));
+    push(&mut auth, &[("kind", "answer")], stat_of(stat::SIP_AUTH_ANSWERS));
+    out.push(auth);
 
     let mut build = family("voipwall_build_info", "voipwall build (value 1).", MetricType::GAUGE);
     push(&mut build, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);

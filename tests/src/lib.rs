@@ -6,6 +6,7 @@ pub mod bench;
 pub mod daemon;
 pub mod netns;
 pub mod packet;
+pub mod voip;
 
 use aya::maps::MapData;
 use common::{BanEvent, reason, verdict};
@@ -45,6 +46,7 @@ pub fn test_capacity() -> Capacity {
         rates: 4096,
         flows: 1024,
         frags: 256,
+        sip_peers: 1024,
     }
 }
 

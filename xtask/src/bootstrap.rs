@@ -37,6 +37,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("nft", "nftables"),
     ("ethtool", "ethtool"),
+    // The SIP server and the SIP user agents of the network tests.
+    ("kamailio", "kamailio"),
+    ("sipp", "sip-tester"),
 ];
 
 const BENCH_PACKAGES: &[(&str, &str)] = &[];

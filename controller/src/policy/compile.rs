@@ -9,13 +9,13 @@
 use std::{collections::HashMap, net::IpAddr, ops::Range};
 
 use common::{
-    MAX_CLASSES, MAX_RULES, MAX_SETS, PORT_OPEN, POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP,
-    PolicyConfig, PortRule, RateClass, rate::level,
+    MAX_RULES, MAX_SETS, PORT_OPEN, PORT_SIP, POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP,
+    PolicyConfig, PortRule, RateClass, SIP_AUTH_WATCH, SIP_UA_BLOCK, rate::level, sip as ksip,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
-use super::{Action, Level, Policy, RuleOrigin, SourceRef};
+use super::{Action, Level, Policy, RuleOrigin, SourceRef, sip::UaAutomaton};
 
 /// Map contents for one policy generation.
 #[derive(Clone, Debug)]
@@ -34,8 +34,11 @@ pub struct CompiledPolicy {
     pub block: Vec<IpNet>,
     /// Rule names by rule id (index 0 = no rule).
     pub rule_names: Vec<String>,
-    /// Class names by class id (index 0 = no class).
+    /// Class names by class id (index 0 = no class); the SIP checks' reserved ids are named by
+    /// [`CompiledPolicy::class_name`].
     pub class_names: Vec<String>,
+    /// `SIP_UA` for one generation.
+    pub ua: UaAutomaton,
     /// Set names by bit.
     pub set_names: Vec<String>,
     /// Who can reach the SSH port.
@@ -94,16 +97,25 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     used.sort_unstable();
     used.dedup();
     class_names.extend(used.iter().map(|s| s.to_string()));
-    if class_names.len() > MAX_CLASSES as usize {
-        errors.push((None, format!("{} rate classes in use; at most {}", class_names.len() - 1, MAX_CLASSES - 1), "reuse limits across rules".into()));
+    let first_method_class = class_names.len();
+    class_names.extend(policy.sip.methods.keys().map(|m| format!("sip-{m}")));
+    if class_names.len() > ksip::FIRST_RESERVED_CLASS as usize {
+        errors.push((None, format!("{} rate classes in use (limits named by rules, ICMP echo, [sip.methods]); at most {}", class_names.len() - 1, ksip::FIRST_RESERVED_CLASS - 1), "reuse limits across rules".into()));
         return Err(errors);
     }
     let class_id: HashMap<&str, u8> =
-        class_names.iter().enumerate().skip(2).map(|(i, n)| (n.as_str(), i as u8)).collect();
-    let mut classes = vec![RateClass::default(); MAX_CLASSES as usize];
+        class_names.iter().enumerate().skip(2).take(first_method_class - 2).map(|(i, n)| (n.as_str(), i as u8)).collect();
+    let mut classes = vec![RateClass::default(); common::MAX_CLASSES as usize];
     classes[1] = rate_class(&[policy.options.icmp_echo]);
     for (name, &id) in &class_id {
         classes[id as usize] = rate_class(&policy.limits[*name].levels);
+    }
+    let mut method_class = [0u8; 4];
+    for (i, (method, limit)) in policy.sip.methods.iter().enumerate() {
+        let id = first_method_class + i;
+        classes[id] = rate_class(&limit.levels);
+        let m = super::sip::method_index(method).expect("validated");
+        method_class[m] = id as u8;
     }
 
     // Source sets: one bit per named set used, plus one per rule with inline CIDRs.
@@ -207,7 +219,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let ports: Vec<PortRule> = user
+    let mut ports: Vec<PortRule> = user
         .iter()
         .zip(&role)
         .map(|(u, r)| match u.or(*r) {
@@ -221,6 +233,27 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
             _ => PortRule::default(),
         })
         .collect();
+    // SIP ports: both protocols, where open (a closed port has nothing to inspect).
+    let mut sip_closed = Vec::new();
+    for &(lo, hi) in &policy.sip_ports {
+        let mut any_open = false;
+        for slot in [PROTO_SLOT_TCP, PROTO_SLOT_UDP] {
+            for port in lo..=hi {
+                let p = &mut ports[((slot as usize) << SLOT_BITS) | port as usize];
+                if p.flags & PORT_OPEN != 0 {
+                    p.flags |= PORT_SIP;
+                    any_open = true;
+                }
+            }
+        }
+        if !any_open {
+            sip_closed.push(if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") });
+        }
+    }
+    let ua = match UaAutomaton::build(&policy.sip.ua_block) {
+        Ok(a) => a,
+        Err(e) => return Err(vec![(None, format!("sip.ua_block: {e}"), "drop or shorten patterns".into())]),
+    };
 
     let (sets_v4, sets_v6) = fold_sets(&set_entries);
 
@@ -238,6 +271,10 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
                 users.join(", ")
             ));
         }
+    }
+
+    if !sip_closed.is_empty() {
+        warnings.push(format!("sip.ports names {} which no rule opens: nothing to inspect there", sip_closed.join(", ")));
     }
 
     let ssh_port = policy.options.ssh_port;
@@ -265,7 +302,16 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         return_timeout_ns: o.return_timeout.as_nanos() as u64,
         frag_timeout_ns: o.fragment_timeout.as_nanos() as u64,
         echo_class: 1,
-        _pad: 0,
+        sip_window: if policy.sip_ports.is_empty() { 0 } else { policy.sip.ua_window },
+        sip_flags: if policy.sip.ua_block.is_empty() { 0 } else { SIP_UA_BLOCK }
+            | if policy.sip.failed_auth.count != 0 || policy.sip.unanswered_challenges.count != 0 { SIP_AUTH_WATCH } else { 0 },
+        sip_method_class: method_class,
+        sip_failed_auth: policy.sip.failed_auth.count,
+        sip_unanswered: policy.sip.unanswered_challenges.count,
+        sip_ua_ban_ns: policy.sip.ua_ban.as_nanos() as u64,
+        sip_period_ns: policy.sip.detection_period.as_nanos() as u64,
+        sip_failed_auth_ban_ns: policy.sip.failed_auth.ban.as_nanos() as u64,
+        sip_unanswered_ban_ns: policy.sip.unanswered_challenges.ban.as_nanos() as u64,
     };
 
     let mut rule_names = vec![String::new()];
@@ -281,6 +327,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         block: policy.block.clone(),
         rule_names,
         class_names,
+        ua,
         set_names,
         ssh,
         ssh_port,
@@ -288,7 +335,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     })
 }
 
-fn rate_class(levels: &[Level]) -> RateClass {
+pub(crate) fn rate_class(levels: &[Level]) -> RateClass {
     let mut class = RateClass::default();
     for (slot, l) in class.levels.iter_mut().zip(levels) {
         *slot = level(l.pps, l.burst, l.ban.as_nanos() as u64);
@@ -327,6 +374,15 @@ fn fold_sets(entries: &[Vec<IpNet>]) -> (Vec<(Ipv4Net, u64)>, Vec<(Ipv6Net, u64)
 }
 
 impl CompiledPolicy {
+    /// The name of a class id as ban events and metrics show it (the SIP checks' reserved ids
+    /// included).
+    pub fn class_name(&self, id: u8) -> String {
+        if let Some((_, name)) = ksip::CLASS_NAMES.iter().find(|(c, _)| *c == id) {
+            return (*name).to_string();
+        }
+        self.class_names.get(id as usize).cloned().unwrap_or_else(|| format!("class{id}"))
+    }
+
     /// The port rule for a protocol slot and port.
     pub fn port(&self, slot: u32, port: u16) -> PortRule {
         self.ports[((slot as usize) << SLOT_BITS) | port as usize]

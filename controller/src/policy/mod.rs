@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod roles;
+pub mod sip;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -163,6 +164,7 @@ pub struct Capacity {
     pub rates: u32,
     pub flows: u32,
     pub frags: u32,
+    pub sip_peers: u32,
 }
 
 impl Default for Capacity {
@@ -177,6 +179,7 @@ impl Default for Capacity {
             rates: c::RATES,
             flows: c::FLOWS,
             frags: c::FRAGS,
+            sip_peers: c::SIP_PEERS,
         }
     }
 }
@@ -199,6 +202,13 @@ pub struct Policy {
     pub limits: BTreeMap<String, Limit>,
     pub options: Options,
     pub capacity: Capacity,
+    /// `[sip]`.
+    pub sip: sip::Sip,
+    /// Ports the SIP checks inspect (both protocols): `[sip] ports`, or the plaintext SIP ports
+    /// of the roles plus 5060 when a rule opens it.
+    pub sip_ports: Vec<(u16, u16)>,
+    /// The roles' SIP-over-TLS/WSS ports (reported: their content cannot be inspected).
+    pub sip_encrypted_ports: Vec<(u16, u16)>,
     /// The file's text, for `policy show`.
     #[serde(skip)]
     pub text: String,
@@ -337,6 +347,40 @@ struct RawPolicy {
     options: Option<Spanned<RawOptions>>,
     #[serde(default)]
     capacity: Option<Spanned<RawCapacity>>,
+    #[serde(default)]
+    sip: Option<Spanned<RawSip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    ua_block: Option<Spanned<Vec<Spanned<String>>>>,
+    ua_window: Option<Spanned<i64>>,
+    ua_ban: Option<Spanned<String>>,
+    detection_period: Option<Spanned<String>>,
+    failed_auth: Option<Spanned<RawThreshold>>,
+    unanswered_challenges: Option<Spanned<RawThreshold>>,
+    #[serde(default)]
+    methods: BTreeMap<String, Spanned<RawMethodLimit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThreshold {
+    count: Spanned<i64>,
+    ban: Option<Spanned<String>>,
+}
+
+/// `methods.REGISTER = { pps = 20, burst = 40, ban = "10m" }` (one level), or
+/// `{ levels = [...] }` like a `[limit.NAME]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMethodLimit {
+    levels: Option<Spanned<Vec<Spanned<RawLevel>>>>,
+    pps: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    ban: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -393,6 +437,7 @@ struct RawCapacity {
     rates: Option<Spanned<i64>>,
     flows: Option<Spanned<i64>>,
     frags: Option<Spanned<i64>>,
+    sip_peers: Option<Spanned<i64>>,
 }
 
 // ---- validation ----------------------------------------------------------------------------
@@ -500,6 +545,32 @@ impl Validator<'_> {
             Some(c) => self.capacity(c.into_inner()),
             None => Capacity::default(),
         };
+        let sip = match raw.sip {
+            Some(s) => self.sip(s.into_inner()),
+            None => sip::Sip::default(),
+        };
+        let mut sip_ports = Vec::new();
+        let mut sip_encrypted_ports = Vec::new();
+        for (role_name, _) in &roles {
+            for r in roles::find(role_name).expect("validated above").rules {
+                match r.sip {
+                    roles::SipTransport::Plain => sip_ports.extend_from_slice(r.ports),
+                    roles::SipTransport::Encrypted => sip_encrypted_ports.extend_from_slice(r.ports),
+                    roles::SipTransport::None => {}
+                }
+            }
+        }
+        // 5060 is SIP's registered port (RFC 3261 18.1): plaintext SIP wherever a rule opens it.
+        if rules.iter().any(|r| r.action == Action::Open && r.ports.iter().any(|&(a, b)| (a..=b).contains(&5060))) {
+            sip_ports.push((5060, 5060));
+        }
+        if let Some(p) = &sip.ports {
+            sip_ports = p.clone();
+        }
+        for list in [&mut sip_ports, &mut sip_encrypted_ports] {
+            list.sort_unstable();
+            list.dedup();
+        }
 
         Policy {
             path: self.file.to_string(),
@@ -512,8 +583,108 @@ impl Validator<'_> {
             limits,
             options,
             capacity,
+            sip,
+            sip_ports,
+            sip_encrypted_ports,
             text: self.text.to_string(),
         }
+    }
+
+    fn sip(&mut self, raw: RawSip) -> sip::Sip {
+        let mut s = sip::Sip::default();
+        if let Some(ports) = raw.ports {
+            let mut out = Vec::new();
+            for p in ports.into_inner() {
+                let pspan = p.span();
+                match parse_port_range(p.get_ref()) {
+                    Ok(r) => out.push(r),
+                    Err((message, hint)) => self.error(pspan, format!("sip.ports: {message}"), hint),
+                }
+            }
+            s.ports = Some(out);
+        }
+        if let Some(list) = raw.ua_block {
+            let lspan = list.span();
+            let mut out = Vec::new();
+            let before = self.diags.len();
+            for p in list.into_inner() {
+                match sip::check_pattern(p.get_ref()) {
+                    Ok(()) => out.push(p.get_ref().clone()),
+                    Err(e) => self.error(p.span(), format!("sip.ua_block: {e}"), "write a printable ASCII string of 1 to 64 bytes, e.g. \"friendly-scanner\" (a leading ^ matches only at the start)"),
+                }
+            }
+            // The whole list must also fit the automaton.
+            if self.diags.len() == before
+                && let Err(e) = sip::UaAutomaton::build(&out)
+            {
+                self.error(lspan, format!("sip.ua_block: {e}"), "drop or shorten patterns");
+            }
+            s.ua_block = out;
+        }
+        if let Some(w) = raw.ua_window {
+            if sip::window_in_range(*w.get_ref()) {
+                s.ua_window = *w.get_ref() as u32;
+            } else {
+                self.error(w.span(), format!("sip.ua_window = {} is out of range", w.get_ref()), format!("write a byte count from 64 to {}", common::sip::WINDOW_MAX));
+            }
+        }
+        if let Some(b) = raw.ua_ban {
+            match parse_duration(b.get_ref()) {
+                Ok(d) => s.ua_ban = d,
+                Err(hint) => self.error(b.span(), format!("sip.ua_ban = \"{}\" is not a duration", b.get_ref()), hint),
+            }
+        }
+        if let Some(d) = raw.detection_period {
+            match parse_duration(d.get_ref()) {
+                Ok(v) if !v.is_zero() => s.detection_period = v,
+                Ok(_) => self.error(d.span(), "sip.detection_period must be longer than zero", "write a duration such as \"60s\""),
+                Err(hint) => self.error(d.span(), format!("sip.detection_period = \"{}\" is not a duration", d.get_ref()), hint),
+            }
+        }
+        for (raw_t, slot, key) in [
+            (raw.failed_auth, &mut s.failed_auth, "failed_auth"),
+            (raw.unanswered_challenges, &mut s.unanswered_challenges, "unanswered_challenges"),
+        ] {
+            if let Some(t) = raw_t {
+                let t = t.into_inner();
+                match u32::try_from(*t.count.get_ref()) {
+                    Ok(c) if c <= 1_000_000 => slot.count = c,
+                    _ => self.error(t.count.span(), format!("sip.{key}.count = {} is out of range", t.count.get_ref()), "write a count from 1 to 1000000, or 0 to turn the check off"),
+                }
+                if let Some(b) = t.ban {
+                    match parse_duration(b.get_ref()) {
+                        Ok(d) if !d.is_zero() => slot.ban = d,
+                        Ok(_) => self.error(b.span(), format!("sip.{key}.ban must be longer than zero"), "write a duration such as \"1h\" (count = 0 turns the check off)"),
+                        Err(hint) => self.error(b.span(), format!("sip.{key}.ban = \"{}\" is not a duration", b.get_ref()), hint),
+                    }
+                }
+            }
+        }
+        for (method, raw_limit) in raw.methods {
+            let span = raw_limit.span();
+            if sip::method_index(&method).is_none() {
+                self.error(span, format!("sip.methods.{method}: not a method voipwall limits separately"), "write REGISTER, INVITE, OPTIONS or other (every other method)");
+                continue;
+            }
+            let raw_limit = raw_limit.into_inner();
+            let what = format!("sip.methods.{method}");
+            let limit = match (raw_limit.levels, raw_limit.pps) {
+                (Some(levels), None) if raw_limit.burst.is_none() && raw_limit.ban.is_none() => {
+                    self.limit(&what, RawLimit { levels }, span)
+                }
+                (None, Some(pps)) => self
+                    .level(RawLevel { pps, burst: raw_limit.burst, ban: raw_limit.ban }, span, &what)
+                    .map(|l| Limit { levels: vec![l] }),
+                _ => {
+                    self.error(span, format!("{what}: write either pps (with burst and ban) or levels"), "write e.g. REGISTER = { pps = 20, burst = 40, ban = \"10m\" }");
+                    None
+                }
+            };
+            if let Some(l) = limit {
+                s.methods.insert(method, l);
+            }
+        }
+        s
     }
 
     fn cidrs(&mut self, list: Vec<Spanned<String>>, what: &str) -> Vec<IpNet> {
@@ -735,6 +906,7 @@ impl Validator<'_> {
             (raw.rates, &mut c.rates, "rates"),
             (raw.flows, &mut c.flows, "flows"),
             (raw.frags, &mut c.frags, "frags"),
+            (raw.sip_peers, &mut c.sip_peers, "sip_peers"),
         ] {
             if let Some(v) = v {
                 match u32::try_from(*v.get_ref()) {

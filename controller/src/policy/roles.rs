@@ -67,6 +67,19 @@ pub struct RoleRule {
     /// Set names; empty means any source.
     pub from: &'static [&'static str],
     pub limit: Option<&'static str>,
+    /// Whether the ports carry SIP, and whether voipwall can read it.
+    pub sip: SipTransport,
+}
+
+/// What a preset's port carries, for the SIP checks (`[sip] ports` defaults to the `Plain` ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SipTransport {
+    /// Not SIP.
+    None,
+    /// SIP over UDP or TCP: inspected.
+    Plain,
+    /// SIP over TLS or secure WebSocket: only packet-level checks apply.
+    Encrypted,
 }
 
 /// A preset.
@@ -92,7 +105,17 @@ const fn rule(
     from: &'static [&'static str],
     limit: Option<&'static str>,
 ) -> RoleRule {
-    RoleRule { name, proto, ports, from, limit }
+    RoleRule { name, proto, ports, from, limit, sip: SipTransport::None }
+}
+
+/// A plaintext SIP signalling port, open to any source, in the signalling class.
+const fn sip(name: &'static str, proto: Proto, ports: &'static [(u16, u16)]) -> RoleRule {
+    RoleRule { name, proto, ports, from: ANY, limit: SIG, sip: SipTransport::Plain }
+}
+
+/// SIP over TLS or WSS: the same, but its content cannot be inspected.
+const fn sip_encrypted(name: &'static str, proto: Proto, ports: &'static [(u16, u16)]) -> RoleRule {
+    RoleRule { name, proto, ports, from: ANY, limit: SIG, sip: SipTransport::Encrypted }
 }
 
 const SIG: Option<&str> = Some("signaling");
@@ -113,8 +136,8 @@ pub static ROLES: &[Role] = &[
         summary: "Generic SIP edge host (the default when a policy names no roles)",
         rules: &[
             rule("ssh", Proto::Tcp, &[(22, 22)], ANY, None),
-            rule("sip", Proto::Both, &[(5060, 5060)], ANY, SIG),
-            rule("sip-tls", Proto::Tcp, &[(5061, 5061)], ANY, SIG),
+            sip("sip", Proto::Both, &[(5060, 5060)]),
+            sip_encrypted("sip-tls", Proto::Tcp, &[(5061, 5061)]),
             rule("rtp-asterisk", Proto::Udp, &[(10000, 20000)], ANY, MEDIA),
             rule("rtp-portaswitch", Proto::Udp, &[(35000, 65000)], ANY, MEDIA),
             rule("self-care", Proto::Tcp, &[(8442, 8449)], ANY, WEB),
@@ -179,9 +202,9 @@ pub static ROLES: &[Role] = &[
         summary: "PortaSIP dispatching SBC (public interface) and dispatching node virtual IP",
         rules: &[
             PORTASWITCH_SSH,
-            rule("sip", Proto::Both, &[(5060, 5060)], ANY, SIG),
-            rule("sip-tcp", Proto::Tcp, &[(5061, 5061)], ANY, SIG),
-            rule("sip-tls", Proto::Tcp, &[(5051, 5051)], ANY, SIG),
+            sip("sip", Proto::Both, &[(5060, 5060)]),
+            sip("sip-tcp", Proto::Tcp, &[(5061, 5061)]),
+            sip_encrypted("sip-tls", Proto::Tcp, &[(5051, 5051)]),
             rule("limit-controller", Proto::Udp, &[(5070, 5070)], CLUSTER, None),
             rule("dual-version-self-care", Proto::Tcp, &[(9442, 9449)], ANY, WEB),
             rule("dual-version-signup", Proto::Tcp, &[(9600, 9601)], ANY, WEB),
@@ -268,7 +291,7 @@ pub static ROLES: &[Role] = &[
         source: VICIDIAL,
         summary: "Vicidial/Asterisk dialer",
         rules: &[
-            rule("sip", Proto::Udp, &[(5060, 5060)], ANY, SIG),
+            sip("sip", Proto::Udp, &[(5060, 5060)]),
             rule("rtp", Proto::Udp, &[(10000, 20000)], ANY, MEDIA),
             rule("http", Proto::Tcp, &[(80, 80)], ANY, WEB),
             rule("https", Proto::Tcp, &[(443, 443)], ANY, WEB),
@@ -286,7 +309,7 @@ pub static ROLES: &[Role] = &[
         source: FONALITY,
         summary: "Fonality PBXtra, premise-based server (ports to forward inbound)",
         rules: &[
-            rule("sip", Proto::Both, &[(5060, 5060)], ANY, SIG),
+            sip("sip", Proto::Both, &[(5060, 5060)]),
             rule("rtp", Proto::Udp, &[(10000, 20000)], ANY, MEDIA),
             rule("hud", Proto::Tcp, &[(5222, 5222)], ANY, WEB),
             rule("iax2", Proto::Udp, &[(4569, 4569)], ANY, MEDIA),
@@ -320,9 +343,9 @@ pub static ROLES: &[Role] = &[
         rules: &[
             rule("web-portal-rest-api", Proto::Tcp, &[(8887, 8887)], ANY, WEB),
             rule("webrtc", Proto::Tcp, &[(10443, 10443)], ANY, WEB),
-            rule("sip-udp", Proto::Udp, &[(5060, 5060)], ANY, SIG),
-            rule("sip-tls", Proto::Tcp, &[(5061, 5061)], ANY, SIG),
-            rule("sip-tcp", Proto::Tcp, &[(5063, 5063)], ANY, SIG),
+            sip("sip-udp", Proto::Udp, &[(5060, 5060)]),
+            sip_encrypted("sip-tls", Proto::Tcp, &[(5061, 5061)]),
+            sip("sip-tcp", Proto::Tcp, &[(5063, 5063)]),
             rule("rtp", Proto::Udp, &[(45000, 64999)], ANY, MEDIA),
             rule("ssh", Proto::Tcp, &[(22, 22)], ADMINS, None),
         ],
@@ -338,9 +361,9 @@ pub static ROLES: &[Role] = &[
         rules: &[
             rule("sbc-web-portal", Proto::Tcp, &[(8883, 8883)], ANY, WEB),
             rule("wsi", Proto::Tcp, &[(8885, 8885)], ANY, WEB),
-            rule("sip-wss", Proto::Tcp, &[(5065, 5065)], ANY, SIG),
-            rule("sip-udp", Proto::Udp, &[(5066, 5066)], ANY, SIG),
-            rule("sip-tcp", Proto::Tcp, &[(5067, 5067)], ANY, SIG),
+            sip_encrypted("sip-wss", Proto::Tcp, &[(5065, 5065)]),
+            sip("sip-udp", Proto::Udp, &[(5066, 5066)]),
+            sip("sip-tcp", Proto::Tcp, &[(5067, 5067)]),
             rule("rtp", Proto::Udp, &[(25000, 34999)], ANY, MEDIA),
         ],
         notes: &[
@@ -370,9 +393,14 @@ pub fn describe(role: &Role) -> String {
             .collect::<Vec<_>>()
             .join(",");
         let from = if r.from.is_empty() { "any".to_string() } else { r.from.join(",") };
+        let sip = match r.sip {
+            SipTransport::None => "",
+            SipTransport::Plain => "  (SIP: inspected)",
+            SipTransport::Encrypted => "  (SIP over TLS/WSS: packet checks only)",
+        };
         let _ = writeln!(
             out,
-            "{:<24} {:<8} {:<22} {:<12} {}",
+            "{:<24} {:<8} {:<22} {:<12} {}{sip}",
             r.name,
             r.proto.as_str(),
             ports,

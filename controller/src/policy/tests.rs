@@ -37,7 +37,7 @@ fn default_policy_is_voip_edge() {
     assert_eq!(p.roles, vec!["voip-edge"]);
     assert_eq!(c.ssh, SshReach::Any);
     let sip = c.port(PROTO_SLOT_UDP, 5060);
-    assert_eq!(sip.flags, PORT_OPEN);
+    assert_eq!(sip.flags, PORT_OPEN | common::PORT_SIP);
     assert_eq!(c.class_names[sip.class as usize], "signaling");
     assert_eq!(c.port(PROTO_SLOT_UDP, 5061).flags, 0, "5061/udp closed");
     assert_eq!(c.port(PROTO_SLOT_TCP, 80).flags, 0, "80/tcp closed");
@@ -61,10 +61,10 @@ fn the_issue_example_compiles() {
     assert_eq!(p.roles, vec!["portaswitch-sip-processing", "portaswitch-web"]);
     // The user rule restricts 5060/udp and 10000-20000/udp to carriers + 192.0.2.7.
     let sip = c.port(PROTO_SLOT_UDP, 5060);
-    assert_eq!(sip.flags, PORT_OPEN);
+    assert_eq!(sip.flags, PORT_OPEN | common::PORT_SIP);
     assert_ne!(sip.sets, 0);
     assert_eq!(c.rule_names[sip.rule as usize], "sip-from-carriers");
-    assert_eq!(c.port(PROTO_SLOT_UDP, 15000), sip);
+    assert_eq!(c.port(PROTO_SLOT_UDP, 15000), common::PortRule { flags: PORT_OPEN, ..sip }, "the same rule, not a SIP port");
     // RTP of the processing role stays open to any.
     let rtp = c.port(PROTO_SLOT_UDP, 40000);
     assert_eq!((rtp.flags, rtp.sets), (PORT_OPEN, 0));
@@ -281,4 +281,96 @@ fn errors_collect_rather_than_stop_at_the_first() {
     let d = err("allow = [\"nope\"]\nblock = [\"alsonope\"]\n");
     assert_eq!(d.len(), 2, "{d:#?}");
     assert_eq!((d[0].line, d[1].line), (1, 2));
+}
+
+
+#[test]
+fn sip_ports_default_to_the_roles_plaintext_sip_ports() {
+    use common::PORT_SIP;
+    let flagged = |c: &CompiledPolicy, slot, port| c.port(slot, port).flags & PORT_SIP != 0;
+    let (p, c) = default_policy();
+    assert_eq!(p.sip_ports, vec![(5060, 5060)]);
+    assert_eq!(p.sip_encrypted_ports, vec![(5061, 5061)]);
+    assert!(flagged(&c, PROTO_SLOT_UDP, 5060) && flagged(&c, PROTO_SLOT_TCP, 5060));
+    assert!(!flagged(&c, PROTO_SLOT_TCP, 5061), "SIP over TLS is not inspected");
+    assert!(!flagged(&c, PROTO_SLOT_UDP, 12000), "RTP is not SIP");
+    assert_eq!(c.config.sip_window, common::sip::WINDOW_DEFAULT);
+    assert_eq!(c.config.sip_flags, common::SIP_UA_BLOCK | common::SIP_AUTH_WATCH);
+    assert_eq!(c.config.sip_failed_auth, 50, "PortSIP: 50 failed authentications");
+    assert_eq!(c.config.sip_failed_auth_ban_ns, 3_600_000_000_000, "PortSIP: 1 hour");
+    assert_eq!(c.config.sip_period_ns, 60_000_000_000);
+    assert_eq!(c.config.sip_method_class, [0; 4], "no method limits by default");
+    assert!(c.ua.matches(b"friendly-scanner") && !c.ua.matches(b"Yealink SIP-T46S"));
+
+    let (p, c) = ok("roles = [\"portsip-sbc\", \"portsip-pbx\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
+    assert_eq!(p.sip_ports, vec![(5060, 5060), (5063, 5063), (5066, 5066), (5067, 5067)]);
+    assert_eq!(p.sip_encrypted_ports, vec![(5061, 5061), (5065, 5065)]);
+    assert!(flagged(&c, PROTO_SLOT_UDP, 5066) && flagged(&c, PROTO_SLOT_TCP, 5067) && flagged(&c, PROTO_SLOT_TCP, 5063));
+    assert!(!flagged(&c, PROTO_SLOT_TCP, 5065), "WSS");
+    assert!(!flagged(&c, PROTO_SLOT_TCP, 5066), "5066 is open for UDP only: a closed port is not flagged");
+
+    // A [[rule]] opening 5060 makes it a SIP port even in a role without SIP.
+    let (p, c) = ok("roles = [\"portaswitch-sip-processing\"]\n[[rule]]\nname = \"sip-from-carriers\"\nproto = \"udp\"\nports = [\"5060\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
+    assert_eq!(p.sip_ports, vec![(5060, 5060)]);
+    assert!(flagged(&c, PROTO_SLOT_UDP, 5060));
+}
+
+#[test]
+fn the_sip_section_compiles_to_the_config() {
+    let (p, c) = ok(r#"
+roles = ["voip-edge"]
+[sip]
+ports = ["5080-5081"]
+ua_block = ["^evil", "dialer"]
+ua_window = 900
+ua_ban = "0"
+detection_period = "30s"
+failed_auth = { count = 10, ban = "2h" }
+unanswered_challenges = { count = 0 }
+[sip.methods]
+REGISTER = { pps = 20, burst = 40, ban = "10m" }
+other = { levels = [{ pps = 100 }, { pps = 200, ban = "1h" }] }
+"#);
+    assert_eq!(p.sip_ports, vec![(5080, 5081)], "explicit ports replace the default");
+    assert!(c.port(PROTO_SLOT_UDP, 5060).flags & common::PORT_SIP == 0);
+    assert!(c.warnings.iter().any(|w| w.contains("sip.ports names 5080-5081 which no rule opens")), "{:?}", c.warnings);
+    let cfg = c.config;
+    assert_eq!(cfg.sip_window, 900);
+    assert_eq!(cfg.sip_ua_ban_ns, 0);
+    assert_eq!(cfg.sip_period_ns, 30_000_000_000);
+    assert_eq!((cfg.sip_failed_auth, cfg.sip_failed_auth_ban_ns), (10, 7_200_000_000_000));
+    assert_eq!(cfg.sip_unanswered, 0);
+    assert_eq!(cfg.sip_flags, common::SIP_UA_BLOCK | common::SIP_AUTH_WATCH);
+    let [reg, inv, opt, other] = cfg.sip_method_class;
+    assert_eq!((inv, opt), (0, 0));
+    assert_eq!(c.class_name(reg), "sip-REGISTER");
+    assert_eq!(c.class_name(other), "sip-other");
+    assert_eq!(c.classes[reg as usize], compile::rate_class(&[Level { pps: 20, burst: 40, ban: std::time::Duration::from_secs(600) }]));
+    assert!(c.classes[other as usize].levels[1].ban_ns > 0);
+    assert_eq!(c.class_name(common::sip::CLASS_FAILED_AUTH), "sip-failed-auth");
+    assert!(c.ua.matches(b"EvilPhone") && !c.ua.matches(b"not evil") && c.ua.matches(b"acme dialer 2"));
+
+    let (_, c) = ok("roles = [\"voip-edge\"]\n[sip]\nua_block = []\nfailed_auth = { count = 0 }\nunanswered_challenges = { count = 0 }\n");
+    assert_eq!(c.config.sip_flags, 0, "both checks off");
+    assert_eq!(c.config.sip_window, common::sip::WINDOW_DEFAULT, "method limits may still need the request line");
+    let (_, c) = ok("roles = [\"portaswitch-db\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
+    assert_eq!(c.config.sip_window, 0, "no SIP ports, no inspection");
+}
+
+#[test]
+fn sip_section_errors_name_the_key() {
+    let d = err("[sip]\nua_block = [\"x\", \"\"]\n");
+    assert!(d[0].message.contains("is empty"), "{d:?}");
+    let long: Vec<String> = (0..14).map(|i| format!("\"{i:02}{}\"", "abcdefghijklmnopqrstuvwxyzabcdefghijklmno")).collect();
+    let d = err(&format!("[sip]\nua_block = [{}]\n", long.join(", ")));
+    assert!(d[0].message.contains("automaton states"), "{d:?}");
+    assert_eq!(d[0].line, 2);
+    let d = err("[sip]\nfailed_auth = { count = 5, ban = \"0\" }\n");
+    assert!(d[0].message.contains("must be longer than zero"), "{d:?}");
+    let d = err("[sip]\nmethods.INVITE = { burst = 5 }\n");
+    assert!(d[0].message.contains("either pps"), "{d:?}");
+    let d = err("[sip]\nmethods.INVITE = { pps = 0 }\n");
+    assert!(d[0].message.contains("pps = 0"), "{d:?}");
+    let d = err("[sip]\nua_window = 10\n");
+    assert!(d[0].message.contains("ua_window"), "{d:?}");
 }

@@ -38,7 +38,72 @@ levels = [{ pps = 1000000, burst = 100000000 }]
 
 [limit.always-over]
 levels = [{ pps = 1, burst = 1 }]
+
+[sip]
+ua_ban = "0"
 "#;
+
+/// A REGISTER of about 400 bytes, as a phone sends it (scanned: SIP port, User-Agent present).
+pub fn register() -> Vec<u8> {
+    let mut m = String::from("REGISTER sip:voip.example.com SIP/2.0\r\n");
+    for h in [
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport",
+        "Max-Forwards: 70",
+        "From: <sip:100@voip.example.com>;tag=1928301774",
+        "To: <sip:100@voip.example.com>",
+        "Call-ID: a84b4c76e66710@192.0.2.10",
+        "CSeq: 1 REGISTER",
+        "Contact: <sip:100@192.0.2.10:5060>",
+        "Expires: 3600",
+        "User-Agent: Yealink SIP-T46S 66.86.0.15",
+        "Allow: INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, NOTIFY",
+        "Content-Length: 0",
+    ] {
+        m.push_str(h);
+        m.push_str("\r\n");
+    }
+    m.push_str("\r\n");
+    m.into_bytes()
+}
+
+/// A 1400-byte INVITE with SDP, its User-Agent after 17 other headers (so the scan walks most
+/// of the header block).
+pub fn invite_1400(ua: &str) -> Vec<u8> {
+    let mut m = String::from("INVITE sip:bob@voip.example.com SIP/2.0\r\n");
+    let mut headers: Vec<String> = vec![
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK74bf9;rport".into(),
+        "Max-Forwards: 70".into(),
+        "From: \"Alice\" <sip:alice@voip.example.com>;tag=9fxced76sl".into(),
+        "To: <sip:bob@voip.example.com>".into(),
+        "Call-ID: 3848276298220188511@192.0.2.10".into(),
+        "CSeq: 1 INVITE".into(),
+        "Contact: <sip:alice@192.0.2.10:5060;transport=udp>".into(),
+        "Allow: INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, NOTIFY, MESSAGE, SUBSCRIBE, INFO, UPDATE".into(),
+        "Supported: replaces, timer, path".into(),
+        "Session-Expires: 1800;refresher=uac".into(),
+        "P-Asserted-Identity: \"Alice\" <sip:alice@voip.example.com>".into(),
+        "Content-Type: application/sdp".into(),
+    ];
+    for i in 0..5 {
+        headers.push(format!("X-Trace-{i}: {}", "0123456789abcdef".repeat(3)));
+    }
+    headers.push(format!("User-Agent: {ua}"));
+    let mut sdp = String::from("v=0\r\no=alice 2890844526 2890844526 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 9 18 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n");
+    // Pad the SDP so the whole datagram payload is 1400 bytes.
+    let fixed: usize = m.len() + headers.iter().map(|h| h.len() + 2).sum::<usize>() + "Content-Length: 0000\r\n\r\n".len();
+    while fixed + sdp.len() < 1400 {
+        sdp.push_str("a=x-pad:0\r\n");
+    }
+    sdp.truncate(1400 - fixed);
+    headers.push(format!("Content-Length: {:04}", sdp.len()));
+    for h in &headers {
+        m.push_str(h);
+        m.push_str("\r\n");
+    }
+    m.push_str("\r\n");
+    m.push_str(&sdp);
+    m.into_bytes()
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PathRow {
@@ -56,8 +121,11 @@ pub struct Case {
 }
 
 pub fn cases() -> Vec<Case> {
-    let sip = |src: [u8; 4]| Packet::udp4(src, 5060, HOST, 5060).payload(&[b'x'; 400]).bytes();
-    let frags = Packet::udp4([192, 0, 2, 50], 5060, HOST, 5060).payload(&[b'x'; 3000]).fragments(1480, 7);
+    let reg = register();
+    let sip = |src: [u8; 4]| Packet::udp4(src, 5060, HOST, 5060).payload(&reg).bytes();
+    let invite = invite_1400("Yealink SIP-T46S 66.86.0.15");
+    assert_eq!(invite.len(), 1400);
+    let frags = Packet::udp4([192, 0, 2, 50], 5060, HOST, 5060).payload(&[0x80; 3000]).fragments(1480, 7);
     vec![
         Case { name: "allowed SIP, unknown source (warm)", reason: "port_open", frame: sip([192, 0, 2, 10]) },
         Case { name: "allowed RTP", reason: "port_open", frame: Packet::udp4([192, 0, 2, 11], 40000, HOST, 12000).payload(&[0; 172]).bytes() },
@@ -65,9 +133,13 @@ pub fn cases() -> Vec<Case> {
         Case { name: "block-list hit", reason: "block_list", frame: sip([203, 0, 113, 5]) },
         Case { name: "allow-list hit", reason: "allow_list", frame: sip([198, 51, 100, 10]) },
         Case { name: "rate-limited drop", reason: "rate_limited", frame: Packet::udp4([192, 0, 2, 14], 1, HOST, 6000).payload(&[0; 64]).bytes() },
-        Case { name: "IPv6 allowed SIP", reason: "port_open", frame: Packet::udp6("2001:db8:1::10", 5060, HOST6, 5060).payload(&[b'x'; 400]).bytes() },
+        Case { name: "1400-byte INVITE to an open non-SIP port (plain allowed path)", reason: "port_open", frame: Packet::udp4([192, 0, 2, 16], 5060, HOST, 12000).payload(&invite).bytes() },
+        Case { name: "1400-byte INVITE, User-Agent scan (clean)", reason: "port_open", frame: Packet::udp4([192, 0, 2, 16], 5060, HOST, 5060).payload(&invite).bytes() },
+        Case { name: "1400-byte INVITE, listed User-Agent", reason: "sip_user_agent", frame: Packet::udp4([192, 0, 2, 17], 5060, HOST, 5060).payload(&invite_1400("friendly-scanner")).bytes() },
+        Case { name: "SIP port, 400-byte non-SIP payload", reason: "port_open", frame: Packet::udp4([192, 0, 2, 18], 5060, HOST, 5060).payload(&[0x80; 400]).bytes() },
+        Case { name: "IPv6 allowed SIP", reason: "port_open", frame: Packet::udp6("2001:db8:1::10", 5060, HOST6, 5060).payload(&reg).bytes() },
         Case { name: "IPv6 closed port", reason: "port_closed", frame: Packet::udp6("2001:db8:1::12", 1234, HOST6, 9999).payload(&[0; 64]).bytes() },
-        Case { name: "IPv6 ext headers, allowed SIP", reason: "port_open", frame: Packet::udp6("2001:db8:1::13", 5060, HOST6, 5060).ext(Ext::HopByHop(0)).ext(Ext::DestOpts(0)).payload(&[b'x'; 400]).bytes() },
+        Case { name: "IPv6 ext headers, allowed SIP", reason: "port_open", frame: Packet::udp6("2001:db8:1::13", 5060, HOST6, 5060).ext(Ext::HopByHop(0)).ext(Ext::DestOpts(0)).payload(&reg).bytes() },
         Case { name: "TCP SYN to closed port", reason: "port_closed", frame: Packet::tcp4([192, 0, 2, 15], 40000, HOST, 80, TCP_SYN).bytes() },
         Case { name: "first fragment", reason: "port_open", frame: frags[0].clone() },
         Case { name: "non-first fragment", reason: "port_open", frame: frags[1].clone() },

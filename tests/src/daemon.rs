@@ -93,13 +93,27 @@ impl Daemon {
 
     /// Start; `Err(log)` if it exits before answering.
     pub fn try_start(pair: &Pair, env: &Env, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_on(&pair.server, &pair.server_if, env, extra)
+    }
+
+    /// [`Daemon::start`] on any interface of any test namespace.
+    #[track_caller]
+    pub fn start_on(ns: &NetNs, iface: &str, env: &Env, extra: &[&str]) -> Self {
+        match Self::try_start_on(ns, iface, env, extra) {
+            Ok(d) => d,
+            Err(log) => panic!("daemon did not start:\n{log}"),
+        }
+    }
+
+    /// Start on `iface` in `ns`; `Err(log)` if it exits before answering.
+    pub fn try_start_on(ns: &NetNs, iface: &str, env: &Env, extra: &[&str]) -> Result<Self, String> {
         static N: AtomicU64 = AtomicU64::new(0);
         let log = env.root.join(format!("daemon-{}.log", N.fetch_add(1, Ordering::Relaxed)));
         let socket = env.socket();
         let child = Command::new("ip")
-            .args(["netns", "exec", &pair.server.name])
+            .args(["netns", "exec", &ns.name])
             .arg(binary())
-            .args(["--iface", &pair.server_if, "--socket"])
+            .args(["--iface", iface, "--socket"])
             .arg(&socket)
             .arg("run")
             .arg("--pin-dir")
@@ -115,7 +129,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn voipwall run");
-        let mut d = Self { child: Some(child), iface: pair.server_if.clone(), socket, log, ns: pair.server.name.clone() };
+        let mut d = Self { child: Some(child), iface: iface.to_string(), socket, log, ns: ns.name.clone() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod daemon;
 pub mod netns;
 pub mod packet;
+pub mod site;
 pub mod voip;
 
 use aya::maps::MapData;

@@ -3,6 +3,7 @@
 //! attackers. Every process is started by the test, bounded in time, and ended by PID.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -34,16 +35,24 @@ impl Kamailio {
     /// Start with the test template: listen on `listen` (UDP and TCP, port 5060), accept
     /// `password` for every user, send calls to `callee` (`ip:port`).
     pub fn start(ns: &NetNs, dir: &Path, listen: &[&str], password: &str, callee: &str) -> Self {
+        Self::start_with(ns, dir, listen, &[5060], password, callee, callee)
+    }
+
+    /// [`Kamailio::start`] on several ports, with a callee for IPv6 callers (`[addr]:port`).
+    pub fn start_with(ns: &NetNs, dir: &Path, listen: &[&str], ports: &[u16], password: &str, callee: &str, callee6: &str) -> Self {
         require("kamailio");
         let mut listens = String::new();
         for a in listen {
             let a = if a.contains(':') { format!("[{a}]") } else { (*a).to_string() };
-            listens.push_str(&format!("listen=udp:{a}:5060\nlisten=tcp:{a}:5060\n"));
+            for p in ports {
+                listens.push_str(&format!("listen=udp:{a}:{p}\nlisten=tcp:{a}:{p}\n"));
+            }
         }
         let text = std::fs::read_to_string(asset("kamailio.cfg.in"))
             .unwrap()
             .replace("@LISTEN@", &listens)
             .replace("@PASSWORD@", password)
+            .replace("@CALLEE6@", callee6)
             .replace("@CALLEE@", callee);
         let cfg = dir.join("kamailio.cfg");
         std::fs::write(&cfg, text).unwrap();
@@ -59,6 +68,8 @@ impl Kamailio {
             .arg(dir.join("kamailio.pid"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
+            // Its own process group: kamailio forks workers, and all of them go on drop.
+            .process_group(0)
             .spawn()
             .expect("spawn kamailio");
         let k = Self { child: Some(child), log, cfg };
@@ -90,22 +101,32 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // `ip netns exec` execs kamailio in place: this PID is kamailio's main process, which
-            // stops its children on SIGTERM.
-            // SAFETY: a PID this test spawned and has not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(child) = self.child.take() {
+            stop_group(child);
         }
     }
+}
+
+/// End a child started in its own process group, and everything it forked: SIGTERM to the
+/// group, then SIGKILL to whatever is left after a grace period.
+fn stop_group(mut child: Child) {
+    let pgid = child.id() as i32;
+    // SAFETY: the process group of a child this test spawned with `process_group(0)`.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    // Wait for the leader to exit without reaping it: while it is a zombie its PID, and so the
+    // group id, cannot be reused by anyone else.
+    let exited = || {
+        std::fs::read_to_string(format!("/proc/{pgid}/stat"))
+            .map_or(true, |s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !exited() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Workers may outlive the leader.
+    // SAFETY: as above.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
 }
 
 /// SIPp, bounded by its own `-timeout` and by `timeout(1)` around it.
@@ -134,6 +155,7 @@ impl Sipp {
             .args(["-nostdin", "-timeout", &format!("{secs}s")])
             .stdout(std::fs::File::create(log).unwrap())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("spawn sipp");
         Background { child: Some(child), log: log.to_path_buf() }
@@ -156,9 +178,9 @@ impl Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            // timeout(1) and SIPp share the group.
+            stop_group(child);
         }
     }
 }

@@ -83,7 +83,7 @@ fn a_password_guesser_is_banned_and_real_phones_keep_working() {
     let call = asset("call.xml");
     let out = Sipp::run(
         &pair.client,
-        &[&target, "-sf", call.to_str().unwrap(), "-s", "100", "-au", "100", "-ap", "s3cret", "-i", &phone, "-p", "5062", "-m", "1", "-recv_timeout", "5000"],
+        &[&target, "-sf", call.to_str().unwrap(), "-s", "100", "-au", "100", "-ap", "s3cret", "-i", &phone, "-p", "5062", "-m", "1", "-d", "1000", "-recv_timeout", "5000"],
         Duration::from_secs(15),
     );
     let text = String::from_utf8_lossy(&out.stdout);

@@ -166,7 +166,8 @@ fn test(filter: Option<&str>) -> Result<()> {
             args.push("--test".into());
             args.push((*n).clone());
         }
-        args.extend(["--".into(), "--test-threads=1".into()]);
+        // --nocapture: the end-to-end tests print their measured figures ("figure: ...").
+        args.extend(["--".into(), "--test-threads=1".into(), "--nocapture".into()]);
         cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     }
     // 4. The benchmark harness in smoke mode, so it cannot rot.

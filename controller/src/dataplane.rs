@@ -574,14 +574,12 @@ impl Dataplane {
             let (inserted, err) = update_batch(self.sources_v4.map(), &keys, &values);
             if let Some(e) = err {
                 // Not supported by this kernel (or failed part way): the rest one by one.
-                let mut n = inserted;
-                for (net, v) in nets[inserted..].iter().zip(&values[inserted..]) {
+                tracing::debug!(error = %e, inserted, "batched insert stopped; inserting the rest one by one");
+                for (n, (net, v)) in (inserted..).zip(nets[inserted..].iter().zip(&values[inserted..])) {
                     if let Err(e2) = self.sources_v4.insert(&ipv4_key(net), v, 0).map_err(map_err(maps::SOURCES_V4, "insert")) {
-                        tracing::debug!(error = %e, "batched insert fell back to single inserts");
                         result = Err((n, e2));
                         break;
                     }
-                    n += 1;
                 }
             }
         }

@@ -128,6 +128,7 @@ impl UaAutomaton {
         Self { table: zeroed(), states: 1 }
     }
 
+    #[expect(clippy::needless_range_loop, reason = "state x class tables are clearer indexed")]
     /// Build the Aho-Corasick automaton of `patterns` (case-insensitive; `^` anchors at the
     /// value's start through the [`UA_BEGIN`] class fed before the value).
     pub fn build(patterns: &[String]) -> Result<Self, String> {
@@ -186,7 +187,8 @@ impl UaAutomaton {
                 UA_STATES - 1
             ));
         }
-        // Failure links by breadth-first search, folded into a full transition table.
+        // Failure links by breadth-first search, folded into a full transition table (indexed
+        // loops: the tables are read and written by state and class at once).
         let mut delta = vec![vec![0usize; classes]; states];
         let mut fail = vec![0usize; states];
         let mut queue = std::collections::VecDeque::new();
@@ -310,7 +312,7 @@ mod tests {
         assert!(UaAutomaton::build(&["é".into()]).is_err());
         assert!(UaAutomaton::build(&["x".repeat(65)]).is_err());
         // More states than fit.
-        let many: Vec<String> = (0..20).map(|i| format!("{i:02}{}", "abcdefghijklmnopqrstuvwxyz".repeat(1))).collect();
+        let many: Vec<String> = (0..20).map(|i| format!("{i:02}abcdefghijklmnopqrstuvwxyz")).collect();
         let err = UaAutomaton::build(&many).unwrap_err();
         assert!(err.contains("automaton states"), "{err}");
         // More distinct characters than classes.

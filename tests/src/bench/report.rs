@@ -33,7 +33,8 @@ impl Machine {
             // The bench pins itself to one CPU, which `available_parallelism` would report.
             // SAFETY: sysconf has no preconditions.
             cpus: usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1),
-            commit: sh("git rev-parse --short HEAD 2>/dev/null; git diff --quiet 2>/dev/null || echo '(+ uncommitted changes)'").replace('\n', " "),
+            // The bench's own output files do not count as changes to the code measured.
+            commit: sh("git rev-parse --short HEAD 2>/dev/null; git diff --quiet HEAD -- . ':!BENCHMARKS.md' ':!docs/bench' 2>/dev/null || echo '(+ uncommitted changes)'").replace('\n', " "),
             date: sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
             nightly: sh("rustc +nightly --version"),
         }

@@ -70,6 +70,10 @@ from = ["admins"]
 levels = [{ pps = 1, burst = 10, ban = "1h" }]
 [options]
 icmp_echo = { pps = 1, burst = 2 }
+[sip]
+ua_ban = "0"
+[sip.methods]
+INVITE = { pps = 1, burst = 2 }
 "#;
 
 struct Sent {
@@ -134,6 +138,12 @@ fn injected_traffic_moves_exactly_the_right_counters() {
     // IPv6 is off on the host, but the program still judges IPv6 frames.
     let v6 = Packet::udp6("2001:db8::10", 1, "2001:db8::1", 9999).ext(Ext::HopByHop(0)).bytes();
     sent.send(&inj, "port_closed", &v6, 1);
+    // SIP checks: a scanner's User-Agent; INVITEs over their method limit (burst 2).
+    let scan = Packet::udp4([192, 0, 2, 13], 5060, host, 5060).payload(b"REGISTER sip:x SIP/2.0\r\nUser-Agent: friendly-scanner\r\n\r\n").bytes();
+    sent.send(&inj, "sip_user_agent", &scan, 3);
+    let invite = Packet::udp4([192, 0, 2, 12], 5060, host, 5060).payload(b"INVITE sip:x SIP/2.0\r\nUser-Agent: Yealink\r\n\r\n").bytes();
+    sent.send(&inj, "port_open", &invite, 2);
+    sent.send(&inj, "sip_method_rate_limited", &invite, 2);
     // A flood: burst 10 passes, the 11th crosses level 1 and bans, 2 more hit the ban.
     let flood = Packet::udp4([192, 0, 2, 20], 5060, host, 5060).bytes();
     sent.send(&inj, "port_open", &flood, 10);
@@ -161,10 +171,11 @@ fn injected_traffic_moves_exactly_the_right_counters() {
     assert_eq!(get(&after, "voipwall_list_entries", &[("list", "ban")]), 1.0);
     assert_eq!(get(&after, "voipwall_list_entries", &[("list", "block")]), 1.0);
     assert_eq!(get(&after, "voipwall_list_entries", &[("list", "allow")]), 1.0);
-    assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "pass")]), 17.0);
-    assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "drop")]), 1.0);
+    assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "pass")]), 19.0);
+    assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "drop")]), 6.0, "rate limit, User-Agent and method-limit drops on the SIP rule");
     assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "ssh-admins"), ("verdict", "drop")]), 3.0);
-    assert_eq!(get(&after, "voipwall_map_entries", &[("map", "RATES")]), 3.0, "three (source, class) buckets: SIP peer, flooder, echo source");
+    assert_eq!(get(&after, "voipwall_map_entries", &[("map", "RATES")]), 6.0, "(source, class) buckets: SIP peer, flooder, echo source, the scanner, the INVITE sender in signaling and in sip-INVITE");
+    assert_eq!(delta("voipwall_bans_total", &[("class", "sip-user-agent"), ("level", "1")]), 0.0, "ua_ban = 0 drops without banning");
     assert!(get(&after, "voipwall_map_capacity", &[("map", "SOURCES_V4")]) > 0.0);
     assert_eq!(get(&after, "voipwall_xdp_attached", &[("iface", &pair.server_if)]), 1.0);
     assert_eq!(get(&after, "voipwall_build_info", &[]), 1.0);

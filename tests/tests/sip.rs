@@ -241,7 +241,7 @@ fn a_user_agent_match_can_ban_and_dry_run_only_reports() {
     assert_eq!(entry.class, sip::CLASS_USER_AGENT);
     h.expect("the allow list bypasses the check", &udp(ALLOWED, &register_with("User-Agent: friendly-scanner", 1)), XDP_PASS, "allow_list");
 
-    let mut dry = Harness::new(&POLICY.replace("ua_ban = \"0\"", "ua_ban = \"1h\"\n[options]\ndry_run = true")));
+    let mut dry = Harness::new(&POLICY.replace("ua_ban = \"0\"", "ua_ban = \"1h\"\n[options]\ndry_run = true"));
     dry.expect("dry run: would drop", &scan, XDP_PASS, "sip_user_agent");
     dry.expect("dry run: again, not banned", &scan, XDP_PASS, "sip_user_agent");
     let events = dry.drain_events();

@@ -418,6 +418,14 @@ impl Core {
         }
     }
 
+    /// Take back a list change whose kernel writes succeeded but which could not be made
+    /// durable: the kernel entries, then the in-memory lists.
+    fn revert(&mut self, diff: &KernelDiff, saved: crate::lists::Checkpoint) {
+        self.undo(&diff.late);
+        self.undo(&diff.early);
+        self.lists.rollback(saved);
+    }
+
     /// Apply a whole list diff (no policy flip involved), restoring everything on failure.
     fn write_diff(&mut self, diff: &KernelDiff) -> Result<(), OpError> {
         self.write_early(diff)?;
@@ -602,9 +610,7 @@ impl Core {
                 .and_then(|()| self.journal.reset().map_err(|e| OpError::Runtime(format!("resetting the list journal: {e}"))));
             if let Err(e) = result {
                 // Not durable, so not done: take the change back.
-                self.undo(&diff.late);
-                self.undo(&diff.early);
-                self.lists.rollback(saved);
+                self.revert(&diff, saved);
                 return Err(e);
             }
         } else {
@@ -614,9 +620,7 @@ impl Core {
             }
             if let Err(e) = self.record(ListOp::Add { list: kind, cidrs: nets.clone(), entry }) {
                 // Not durable, so not done: take the change back.
-                self.undo(&diff.late);
-                self.undo(&diff.early);
-                self.lists.rollback(saved);
+                self.revert(&diff, saved);
                 return Err(e);
             }
         }
@@ -683,9 +687,7 @@ impl Core {
         if !removed.is_empty()
             && let Err(e) = self.record(ListOp::Remove { list: kind, cidrs: removed })
         {
-            self.undo(&diff.late);
-            self.undo(&diff.early);
-            self.lists.rollback(saved);
+            self.revert(&diff, saved);
             return Err(e);
         }
         self.persist_bans();

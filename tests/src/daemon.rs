@@ -293,10 +293,7 @@ impl Flow {
             while !s3.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
                 let _ = tx.send_to(&seq.to_be_bytes(), target);
                 seq += 1;
-                let next = start + gap * seq as u32;
-                if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
+                pace(start, seq, gap);
             }
             seq
         });
@@ -317,6 +314,15 @@ impl Flow {
 impl Drop for Flow {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sleep until the `n`-th send of a generator started at `start` is due, one per `interval`
+/// (a fixed schedule, so a late send does not push back the ones after it).
+pub fn pace(start: Instant, n: u64, interval: Duration) {
+    let due = start + Duration::from_nanos((n as u128 * interval.as_nanos()).min(u64::MAX as u128) as u64);
+    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
     }
 }
 

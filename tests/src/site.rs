@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{NetNs, veth};
+use crate::{
+    daemon::pace,
+    netns::{NetNs, veth},
+};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -147,10 +150,7 @@ impl RtpCall {
                 pkt[12..20].copy_from_slice(&seq.to_be_bytes());
                 let _ = sock.send_to(&pkt, target);
                 seq += 1;
-                let next = start + Duration::from_millis(20 * seq);
-                if let Some(w) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(w);
-                }
+                pace(start, seq, Duration::from_millis(20));
             }
             seq
         });
@@ -220,10 +220,7 @@ impl Flood {
                 let msg = payload.replace("{n}", &n.to_string());
                 let _ = socks[(n % socks.len() as u64) as usize].send_to(msg.as_bytes(), target);
                 n += 1;
-                let next = started + gap * n as u32;
-                if let Some(w) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(w);
-                }
+                pace(started, n, gap);
             }
             n
         });
@@ -374,7 +371,7 @@ pub fn tcp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
             let c = crate::packet::checksum(&pseudo, 0);
             seg[16..18].copy_from_slice(&c.to_be_bytes());
             send_to_v4(&tx, &seg, dst, 0);
-            pace(start, port as u64, pps);
+            pace(start, port as u64, Duration::from_nanos(1_000_000_000 / pps.max(1)));
         }
         done.store(true, Ordering::Relaxed);
         collector.join().unwrap()
@@ -442,18 +439,11 @@ pub fn udp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
         let start = Instant::now();
         for port in 1..=u16::MAX {
             let _ = tx.send_to(b"?", (dst, port));
-            pace(start, port as u64, pps);
+            pace(start, port as u64, Duration::from_nanos(1_000_000_000 / pps.max(1)));
         }
         done.store(true, Ordering::Relaxed);
         let mut found = icmp.join().unwrap();
         found.extend(answers.join().unwrap());
         found
     })
-}
-
-fn pace(start: Instant, n: u64, pps: u64) {
-    let next = start + Duration::from_nanos(n * 1_000_000_000 / pps.max(1));
-    if let Some(w) = next.checked_duration_since(Instant::now()) {
-        std::thread::sleep(w);
-    }
 }

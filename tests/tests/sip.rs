@@ -4,7 +4,7 @@
 
 use common::{BAN_DRY_RUN, addr::v4_mapped, sip, stat};
 use tests::{
-    Harness, XDP_DROP, XDP_PASS, bpf_available,
+    Harness, XDP_DROP, XDP_PASS, bench::paths::invite_1400, bpf_available,
     packet::{Packet, TCP_ACK},
 };
 
@@ -59,32 +59,6 @@ fn register_with(ua: &str, at: usize) -> Vec<u8> {
 
 fn udp(src: [u8; 4], payload: &[u8]) -> Vec<u8> {
     Packet::udp4(src, 5060, HOST, 5060).payload(payload).bytes()
-}
-
-/// A 1400-byte-class INVITE with SDP: many headers, the User-Agent near the end of them.
-pub fn big_invite(ua: &str) -> Vec<u8> {
-    let mut headers: Vec<String> = vec![
-        "Via: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bK74bf9;rport".into(),
-        "Max-Forwards: 70".into(),
-        "From: \"Alice\" <sip:alice@voip.example.com>;tag=9fxced76sl".into(),
-        "To: <sip:bob@voip.example.com>".into(),
-        "Call-ID: 3848276298220188511@192.0.2.20".into(),
-        "CSeq: 1 INVITE".into(),
-        "Contact: <sip:alice@192.0.2.20:5060;transport=udp>".into(),
-        "Allow: INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, NOTIFY, MESSAGE, SUBSCRIBE, INFO, UPDATE".into(),
-        "Supported: replaces, timer, path".into(),
-        "Session-Expires: 1800;refresher=uac".into(),
-        "P-Asserted-Identity: \"Alice\" <sip:alice@voip.example.com>".into(),
-        "Content-Type: application/sdp".into(),
-    ];
-    for i in 0..6 {
-        headers.push(format!("X-Trace-{i}: {}", "0123456789abcdef".repeat(3)));
-    }
-    headers.push(ua.to_string());
-    let sdp = "v=0\r\no=alice 2890844526 2890844526 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 9 18 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n";
-    headers.push(format!("Content-Length: {}", sdp.len()));
-    let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
-    request("INVITE", &refs, sdp)
 }
 
 fn harness(policy: &str) -> Option<Harness> {
@@ -156,7 +130,7 @@ fn other_headers_folds_and_bodies_do_not_confuse_the_scan() {
 fn the_window_bounds_the_scan() {
     let Some(mut h) = harness(POLICY) else { return };
     // The User-Agent sits past byte 700 of the payload.
-    let msg = big_invite("User-Agent: friendly-scanner");
+    let msg = invite_1400("friendly-scanner");
     let at = msg.windows(10).position(|w| w == b"User-Agent").unwrap();
     assert!(at > 700 && msg.len() > 1000, "UA at {at} of {}", msg.len());
     h.expect("default window (1472 bytes) reaches it", &udp(SCANNER, &msg), XDP_DROP, "sip_user_agent");
@@ -164,7 +138,7 @@ fn the_window_bounds_the_scan() {
     h.expect("a 512-byte window does not", &udp(SCANNER, &msg), XDP_PASS, "port_open");
     // A window ending inside the value sees what is inside it: no match on a cut pattern, a
     // match once the pattern is whole (the line need not end inside the window).
-    let msg = big_invite("User-Agent: sipvicious-2.0");
+    let msg = invite_1400("sipvicious-2.0");
     let cut = at as u32 + "User-Agent: sipvic".len() as u32;
     h.reload(&POLICY.replace("ua_ban = \"0\"", &format!("ua_ban = \"0\"\nua_window = {cut}")));
     h.expect("window ending inside the pattern", &udp(SCANNER, &msg), XDP_PASS, "port_open");

@@ -479,13 +479,14 @@ pub fn response(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig) {
     if code < 200 {
         return;
     }
-    // The destination as ingress keys it; allow-listed peers are never counted.
-    if lists::source_list_of(&pkt.dst, pkt.ipv6) == SOURCE_ALLOW {
-        return;
-    }
+    // The destination as ingress keys it.
     let key = if pkt.ipv6 { common::addr::mask_prefix(pkt.dst, cfg.ipv6_prefix) } else { pkt.dst };
     let challenge = code == 401 || code == 407;
-    let Some(peer) = peer(&key, challenge || code == 403) else {
+    // Allow-listed peers never get counters: asked only when one would be created (ingress
+    // never creates one for them either, the allow list bypasses the SIP checks), so other
+    // responses cost one hash lookup and no list lookup.
+    let create = (challenge || code == 403) && lists::source_list_of(&pkt.dst, pkt.ipv6) != SOURCE_ALLOW;
+    let Some(peer) = peer(&key, create) else {
         return;
     };
     let now = clock::now();

@@ -37,12 +37,16 @@ pub fn baseline_of(program: &str) -> &'static str {
     OPS.iter().find(|o| o.0 == program).map_or("bench_empty", |o| o.2)
 }
 
+/// The 1000 /20s the trie holds while single operations are measured.
+fn trie_keys() -> impl Iterator<Item = Key<[u8; 4]>> {
+    (0..1000u32).map(|i| Key::new(20, (0x0a00_0000u32 + (i << 12)).to_be_bytes()))
+}
+
 pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<OpRow> {
     {
         let mut lpm: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
-        for i in 0..1000u32 {
-            let a = (0x0a00_0000u32 + (i << 12)).to_be_bytes();
-            lpm.insert(&Key::new(20, a), 2, 0).expect("insert");
+        for key in trie_keys() {
+            lpm.insert(&key, 2, 0).expect("insert");
         }
     }
     let frame = Packet::udp4([192, 0, 2, 10], 5060, [10, 0, 0, 1], 5060).payload(&[b'x'; 400]).bytes();
@@ -60,9 +64,8 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<OpRow> {
     }
     // Leave the trie empty for the scale section, which fills it with the block feed.
     let mut lpm: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
-    for i in 0..1000u32 {
-        let a = (0x0a00_0000u32 + (i << 12)).to_be_bytes();
-        lpm.remove(&Key::new(20, a)).expect("remove");
+    for key in trie_keys() {
+        lpm.remove(&key).expect("remove");
     }
     rows
 }

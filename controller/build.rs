@@ -22,13 +22,6 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    aya_build::build_ebpf(
-        [Package {
-            name: "xdp-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
-        Toolchain::default(),
-    )
-    .context("building the eBPF object failed; `cargo xtask test` bootstraps rust-src and bpf-linker")
+    aya_build::build_ebpf([Package { name: "xdp-ebpf", root_dir, ..Default::default() }], Toolchain::default())
+        .context("building the eBPF object failed; `cargo xtask test` bootstraps rust-src and bpf-linker")
 }

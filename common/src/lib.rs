@@ -856,10 +856,7 @@ mod tests {
     fn drop_reasons_are_exactly_the_drop_half() {
         for r in 0..reason::COUNT {
             let name = reason::NAMES[r as usize];
-            let pass = matches!(
-                name,
-                "non_ip" | "allow_list" | "return_traffic" | "icmp" | "port_open"
-            );
+            let pass = matches!(name, "non_ip" | "allow_list" | "return_traffic" | "icmp" | "port_open");
             assert_eq!(reason::is_drop(r), !pass, "{name}");
         }
     }
@@ -870,14 +867,8 @@ mod tests {
         assert_eq!(port_index(0, PROTO_SLOT_TCP, 0), 0);
         assert_eq!(port_index(1, PROTO_SLOT_TCP, 5060), 2 * 65536 + 5060);
         assert_eq!(class_index(1, MAX_CLASSES - 1), CLASSES_ENTRIES - 1);
-        assert_eq!(
-            counter_index(verdict::WOULD_DROP, MAX_REASONS - 1),
-            COUNTERS_ENTRIES - 1
-        );
-        assert_eq!(
-            rule_counter_index(MAX_RULES - 1, verdict::WOULD_DROP),
-            RULE_COUNTERS_ENTRIES - 1
-        );
+        assert_eq!(counter_index(verdict::WOULD_DROP, MAX_REASONS - 1), COUNTERS_ENTRIES - 1);
+        assert_eq!(rule_counter_index(MAX_RULES - 1, verdict::WOULD_DROP), RULE_COUNTERS_ENTRIES - 1);
     }
 
     #[test]

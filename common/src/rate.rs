@@ -22,11 +22,7 @@ pub const fn gcra(tat: u64, now: u64, level: &RateLevel) -> Option<u64> {
         return Some(tat);
     }
     let base = if tat > now { tat } else { now };
-    if base - now > level.tolerance_ns {
-        None
-    } else {
-        Some(base + level.emission_ns)
-    }
+    if base - now > level.tolerance_ns { None } else { Some(base + level.emission_ns) }
 }
 
 /// What the rate limiter decided for one packet.
@@ -56,14 +52,8 @@ pub fn charge(state: &mut RateState, class: &RateClass, now: u64) -> RateDecisio
         state.tat[1] = t;
     }
     match (l1, l2) {
-        (_, None) if class.levels[1].ban_ns > 0 => RateDecision::Ban {
-            level: 2,
-            ban_ns: class.levels[1].ban_ns,
-        },
-        (None, _) if class.levels[0].ban_ns > 0 => RateDecision::Ban {
-            level: 1,
-            ban_ns: class.levels[0].ban_ns,
-        },
+        (_, None) if class.levels[1].ban_ns > 0 => RateDecision::Ban { level: 2, ban_ns: class.levels[1].ban_ns },
+        (None, _) if class.levels[0].ban_ns > 0 => RateDecision::Ban { level: 1, ban_ns: class.levels[0].ban_ns },
         (None, _) | (_, None) => RateDecision::Police,
         _ => RateDecision::Pass,
     }
@@ -75,11 +65,7 @@ pub fn observe(state: &mut RateState, now: u64) {
     let elapsed = now.saturating_sub(state.window_start_ns);
     if elapsed >= SECOND_NS {
         let pps = (state.window_packets as u64) * SECOND_NS / elapsed;
-        state.last_window_pps = if pps > u32::MAX as u64 {
-            u32::MAX
-        } else {
-            pps as u32
-        };
+        state.last_window_pps = if pps > u32::MAX as u64 { u32::MAX } else { pps as u32 };
         state.window_start_ns = now;
         state.window_packets = 0;
     }
@@ -95,39 +81,19 @@ pub fn observed_pps(state: &RateState, now: u64) -> u32 {
         elapsed = MIN_OBSERVATION_NS;
     }
     let current = (state.window_packets as u64) * SECOND_NS / elapsed;
-    let current = if current > u32::MAX as u64 {
-        u32::MAX
-    } else {
-        current as u32
-    };
-    if current > state.last_window_pps {
-        current
-    } else {
-        state.last_window_pps
-    }
+    let current = if current > u32::MAX as u64 { u32::MAX } else { current as u32 };
+    if current > state.last_window_pps { current } else { state.last_window_pps }
 }
 
 /// A level for `pps` packets per second with `burst` back to back, banning for `ban_ns`.
 /// `pps` 0 gives a disabled level.
 pub const fn level(pps: u64, burst: u64, ban_ns: u64) -> RateLevel {
     if pps == 0 {
-        return RateLevel {
-            emission_ns: 0,
-            tolerance_ns: 0,
-            ban_ns: 0,
-        };
+        return RateLevel { emission_ns: 0, tolerance_ns: 0, ban_ns: 0 };
     }
-    let emission_ns = if SECOND_NS / pps == 0 {
-        1
-    } else {
-        SECOND_NS / pps
-    };
+    let emission_ns = if SECOND_NS / pps == 0 { 1 } else { SECOND_NS / pps };
     let burst = if burst == 0 { 1 } else { burst };
-    RateLevel {
-        emission_ns,
-        tolerance_ns: (burst - 1) * emission_ns,
-        ban_ns,
-    }
+    RateLevel { emission_ns, tolerance_ns: (burst - 1) * emission_ns, ban_ns }
 }
 
 #[cfg(test)]
@@ -138,9 +104,7 @@ mod tests {
     const HOUR: u64 = 3600 * SECOND_NS;
 
     fn portsip_class() -> RateClass {
-        RateClass {
-            levels: [level(500, 1000, HOUR), level(2000, 2000, HOUR)],
-        }
+        RateClass { levels: [level(500, 1000, HOUR), level(2000, 2000, HOUR)] }
     }
 
     #[test]
@@ -151,11 +115,7 @@ mod tests {
         for i in 0..1000 {
             tat = gcra(tat, now, &lvl).unwrap_or_else(|| panic!("packet {i} of the burst refused"));
         }
-        assert_eq!(
-            gcra(tat, now, &lvl),
-            None,
-            "packet 1001 must exceed the burst"
-        );
+        assert_eq!(gcra(tat, now, &lvl), None, "packet 1001 must exceed the burst");
     }
 
     #[test]
@@ -192,20 +152,12 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(charge(&mut st, &class, now), RateDecision::Pass);
         }
-        assert_eq!(
-            charge(&mut st, &class, now),
-            RateDecision::Ban {
-                level: 1,
-                ban_ns: HOUR
-            }
-        );
+        assert_eq!(charge(&mut st, &class, now), RateDecision::Ban { level: 1, ban_ns: HOUR });
     }
 
     #[test]
     fn level_two_bans_when_level_one_only_polices() {
-        let class = RateClass {
-            levels: [level(500, 100, 0), level(2000, 400, HOUR)],
-        };
+        let class = RateClass { levels: [level(500, 100, 0), level(2000, 400, HOUR)] };
         let mut st = RateState::default();
         let now = SECOND_NS;
         let mut seen = [0u32; 3];

@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use common::{BanEntry, SourceKey, addr::{as_v4, v4_mapped}};
+use common::{
+    BanEntry, SourceKey,
+    addr::{as_v4, v4_mapped},
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
@@ -81,11 +84,7 @@ impl Bans {
 
     /// Bans inside `net` (for `unblock`).
     pub fn within(&self, net: &IpNet) -> Vec<IpNet> {
-        self.by_source
-            .keys()
-            .filter(|s| net.contains(*s) || s.contains(net))
-            .copied()
-            .collect()
+        self.by_source.keys().filter(|s| net.contains(*s) || s.contains(net)).copied().collect()
     }
 
     pub fn len(&self) -> usize {
@@ -102,7 +101,15 @@ impl Bans {
 
     /// Learn a ban found in the kernel table that the mirror does not know (raised while no
     /// daemon was running).
-    pub fn learn(&mut self, key: &SourceKey, entry: &BanEntry, ipv6_prefix: u8, class: String, now_mono: u64, now_unix: u64) {
+    pub fn learn(
+        &mut self,
+        key: &SourceKey,
+        entry: &BanEntry,
+        ipv6_prefix: u8,
+        class: String,
+        now_mono: u64,
+        now_unix: u64,
+    ) {
         let source = source_of(key, ipv6_prefix);
         self.by_source.entry(source).or_insert_with(|| BanRecord {
             source,
@@ -144,7 +151,14 @@ mod tests {
 
     #[test]
     fn expiry_restore_and_within() {
-        let rec = |s: &str, expires| BanRecord { source: s.parse().unwrap(), class: "signaling".into(), level: 1, rate_pps: 900, created: 0, expires };
+        let rec = |s: &str, expires| BanRecord {
+            source: s.parse().unwrap(),
+            class: "signaling".into(),
+            level: 1,
+            rate_pps: 900,
+            created: 0,
+            expires,
+        };
         let mut b = Bans::default();
         b.insert(rec("192.0.2.1/32", 100));
         b.insert(rec("192.0.2.2/32", 300));

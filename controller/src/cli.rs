@@ -269,7 +269,12 @@ fn policy_check(file: &std::path::Path) -> i32 {
             for w in &c.warnings {
                 println!("warning: {w}");
             }
-            let ranges = |r: &[(u16, u16)]| r.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>().join(", ");
+            let ranges = |r: &[(u16, u16)]| {
+                r.iter()
+                    .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             if p.sip_ports.is_empty() {
                 println!("note: no SIP ports: the SIP checks are off");
             } else {
@@ -278,16 +283,32 @@ fn policy_check(file: &std::path::Path) -> i32 {
                     ranges(&p.sip_ports),
                     p.sip.ua_block.len(),
                     if p.sip.failed_auth.count == 0 { "off".to_string() } else { p.sip.failed_auth.count.to_string() },
-                    if p.sip.unanswered_challenges.count == 0 { "off".to_string() } else { p.sip.unanswered_challenges.count.to_string() },
-                    if p.sip.methods.is_empty() { "none".to_string() } else { p.sip.methods.keys().cloned().collect::<Vec<_>>().join(", ") },
+                    if p.sip.unanswered_challenges.count == 0 {
+                        "off".to_string()
+                    } else {
+                        p.sip.unanswered_challenges.count.to_string()
+                    },
+                    if p.sip.methods.is_empty() {
+                        "none".to_string()
+                    } else {
+                        p.sip.methods.keys().cloned().collect::<Vec<_>>().join(", ")
+                    },
                 );
             }
             if !p.sip_encrypted_ports.is_empty() {
-                println!("note: SIP over TLS/WSS on {}: encrypted, so only the packet-level checks apply there", ranges(&p.sip_encrypted_ports));
+                println!(
+                    "note: SIP over TLS/WSS on {}: encrypted, so only the packet-level checks apply there",
+                    ranges(&p.sip_encrypted_ports)
+                );
             }
             match &c.ssh {
-                SshReach::Closed => println!("warning: SSH port {}/tcp is closed to every source: `voipwall run` and `reload` refuse this policy unless --allow-lockout", c.ssh_port),
-                SshReach::AllowListOnly => println!("note: SSH port {}/tcp is reachable only from the allow list", c.ssh_port),
+                SshReach::Closed => println!(
+                    "warning: SSH port {}/tcp is closed to every source: `voipwall run` and `reload` refuse this policy unless --allow-lockout",
+                    c.ssh_port
+                ),
+                SshReach::AllowListOnly => {
+                    println!("note: SSH port {}/tcp is reachable only from the allow list", c.ssh_port)
+                }
                 SshReach::Sets(s) => println!("note: SSH port {}/tcp is open to the sets {}", c.ssh_port, s.join(", ")),
                 SshReach::Any => println!("note: SSH port {}/tcp is open to any source", c.ssh_port),
             }
@@ -313,11 +334,15 @@ fn socket_for(iface: Option<&str>, socket: Option<PathBuf>) -> Result<PathBuf, S
         return Ok(paths::socket_path(i));
     }
     let found: Vec<PathBuf> = std::fs::read_dir(paths::SOCKET_DIR)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "sock")).collect())
+        .map(|d| {
+            d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "sock")).collect()
+        })
         .unwrap_or_default();
     match found.len() {
         1 => Ok(found.into_iter().next().expect("one")),
-        0 => Err(format!("no voipwall daemon found in {} (is `voipwall run --iface IFACE` running?)", paths::SOCKET_DIR)),
+        0 => {
+            Err(format!("no voipwall daemon found in {} (is `voipwall run --iface IFACE` running?)", paths::SOCKET_DIR))
+        }
         _ => Err(format!("{} daemons are running; name one with --iface", found.len())),
     }
 }
@@ -325,8 +350,20 @@ fn socket_for(iface: Option<&str>, socket: Option<PathBuf>) -> Result<PathBuf, S
 fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32 {
     let ssh_client = system::ssh_client_from_env();
     let (req, json) = match command {
-        Command::Block(a) => (Request::Block(ListChange { file: absolute(a.file), ..change(a.cidrs, a.ttl, a.reason, a.force, ssh_client) }), false),
-        Command::Allow(a) => (Request::Allow(ListChange { file: absolute(a.file), ..change(a.cidrs, a.ttl, a.reason, a.force, ssh_client) }), false),
+        Command::Block(a) => (
+            Request::Block(ListChange {
+                file: absolute(a.file),
+                ..change(a.cidrs, a.ttl, a.reason, a.force, ssh_client)
+            }),
+            false,
+        ),
+        Command::Allow(a) => (
+            Request::Allow(ListChange {
+                file: absolute(a.file),
+                ..change(a.cidrs, a.ttl, a.reason, a.force, ssh_client)
+            }),
+            false,
+        ),
         Command::Unblock(r) => (Request::Unblock(change(r.cidrs, None, None, r.force, ssh_client)), false),
         Command::Disallow(r) => (Request::Disallow(change(r.cidrs, None, None, r.force, ssh_client)), false),
         Command::List { which, json } => (Request::List { which }, json),
@@ -339,7 +376,9 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
             (Request::Reload { policy, confirm_within, allow_lockout, ssh_client }, false)
         }
         Command::Confirm => (Request::Confirm, false),
-        Command::Run(_) | Command::Roles { .. } | Command::Policy { command: PolicyCmd::Check { .. } } => unreachable!("handled locally"),
+        Command::Run(_) | Command::Roles { .. } | Command::Policy { command: PolicyCmd::Check { .. } } => {
+            unreachable!("handled locally")
+        }
     };
     let socket = match socket_for(iface, socket) {
         Ok(s) => s,
@@ -371,7 +410,13 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
     }
 }
 
-fn change(cidrs: Vec<String>, ttl: Option<String>, reason: Option<String>, force: bool, ssh_client: Option<std::net::IpAddr>) -> ListChange {
+fn change(
+    cidrs: Vec<String>,
+    ttl: Option<String>,
+    reason: Option<String>,
+    force: bool,
+    ssh_client: Option<std::net::IpAddr>,
+) -> ListChange {
     ListChange { cidrs, file: None, ttl, reason, force, ssh_client }
 }
 

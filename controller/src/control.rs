@@ -33,9 +33,13 @@ pub enum Request {
     Unblock(ListChange),
     Allow(ListChange),
     Disallow(ListChange),
-    List { which: Option<String> },
+    List {
+        which: Option<String>,
+    },
     Stats,
-    Top { limit: usize },
+    Top {
+        limit: usize,
+    },
     Status,
     PolicyShow,
     Reload {
@@ -189,7 +193,9 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Resu
                     handle(&mut core, req, &who)
                 })
                 .await
-                .unwrap_or_else(|e| Response::from_result(Err(OpError::Runtime(format!("request handler failed: {e}")))))
+                .unwrap_or_else(|e| {
+                    Response::from_result(Err(OpError::Runtime(format!("request handler failed: {e}"))))
+                })
             }
             Err(e) => Response::from_result(Err(OpError::Invalid(format!("malformed request: {e}")))),
         }
@@ -203,7 +209,10 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Resu
 /// The CLI side: send one request, wait for the answer.
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, String> {
     let mut stream = StdUnixStream::connect(socket).map_err(|e| {
-        format!("cannot reach the voipwall daemon at {}: {e} (is `voipwall run` running for this interface?)", socket.display())
+        format!(
+            "cannot reach the voipwall daemon at {}: {e} (is `voipwall run` running for this interface?)",
+            socket.display()
+        )
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;

@@ -19,7 +19,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     bans::{BanRecord, Bans, key_of, mono_to_unix, source_of, unix_to_mono},
-    dataplane::{AttachedMode, Attachment, Counters, Dataplane, DataplaneError, ListKind, LoadOptions, XdpModeChoice, monotonic_ns},
+    dataplane::{
+        AttachedMode, Attachment, Counters, Dataplane, DataplaneError, ListKind, LoadOptions, XdpModeChoice,
+        monotonic_ns,
+    },
     lists::{KernelChange, KernelDiff, ListOp, Lists, ManualEntry, PersistedLists, RemoveError},
     policy::{self, CompiledPolicy, Policy, SshReach},
     state::{self, Journal, rfc3339, unix_now},
@@ -176,7 +179,8 @@ impl Core {
         for w in &compiled.warnings {
             warn!(warning = %w, "policy");
         }
-        std::fs::create_dir_all(&opts.state_dir).map_err(|e| OpError::Runtime(format!("state dir {}: {e}", opts.state_dir.display())))?;
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|e| OpError::Runtime(format!("state dir {}: {e}", opts.state_dir.display())))?;
         let now = unix_now();
         // Lists: the snapshot, then every journalled change after it.
         let mut persisted: PersistedLists = state::read_json(&opts.state_dir.join("lists.json"))
@@ -186,7 +190,8 @@ impl Core {
         for op in Journal::replay::<ListOp>(&journal_path).map_err(|e| OpError::Runtime(e.to_string()))? {
             persisted.apply(op);
         }
-        let journal = Journal::open(&journal_path).map_err(|e| OpError::Runtime(format!("{}: {e}", journal_path.display())))?;
+        let journal =
+            Journal::open(&journal_path).map_err(|e| OpError::Runtime(format!("{}: {e}", journal_path.display())))?;
         let ban_records: Vec<BanRecord> = state::read_json(&opts.state_dir.join("bans.json"))
             .map_err(|e| OpError::Runtime(e.to_string()))?
             .unwrap_or_default();
@@ -236,7 +241,11 @@ impl Core {
                 if *kind == ListKind::Allow || !have.contains_key(net) { diff.early.push(c) } else { diff.late.push(c) }
             }
         }
-        diff.late.extend(have.iter().filter(|(n, _)| !want.contains_key(n)).map(|(n, k)| KernelChange { net: *n, value: None, before: Some(*k) }));
+        diff.late.extend(have.iter().filter(|(n, _)| !want.contains_key(n)).map(|(n, k)| KernelChange {
+            net: *n,
+            value: None,
+            before: Some(*k),
+        }));
         for c in &diff.early {
             core.dp.source_write(c)?;
         }
@@ -257,24 +266,31 @@ impl Core {
         for rec in core.bans.records() {
             let key = key_of(&rec.source);
             if core.dp.ban_get(&key)?.is_none() {
-                core.dp.ban_insert(&key, &BanEntry {
-                    expires_ns: unix_to_mono(rec.expires, now_mono, now),
-                    rate_pps: rec.rate_pps,
-                    class: 0,
-                    level: rec.level,
-                    flags: if rec.source.addr().is_ipv6() { common::BAN_IPV6 } else { 0 },
-                    _pad: 0,
-                })?;
+                core.dp.ban_insert(
+                    &key,
+                    &BanEntry {
+                        expires_ns: unix_to_mono(rec.expires, now_mono, now),
+                        rate_pps: rec.rate_pps,
+                        class: 0,
+                        level: rec.level,
+                        flags: if rec.source.addr().is_ipv6() { common::BAN_IPV6 } else { 0 },
+                        _pad: 0,
+                    },
+                )?;
             }
         }
 
-        let remembered: Option<AttachmentState> = state::read_json(&core.state_dir.join("attachment.json")).ok().flatten();
+        let remembered: Option<AttachmentState> =
+            state::read_json(&core.state_dir.join("attachment.json")).ok().flatten();
         let attachment = core.dp.attach(&opts.iface, opts.xdp_mode, remembered.as_ref().map(|a| a.mode))?;
         if attachment.adopted {
             core.attached_since = remembered.map_or(now, |a| a.since);
             info!(iface = %opts.iface, program_id = attachment.program_id, "adopted the attached program without detaching");
         } else {
-            let _ = state::write_json(&core.state_dir.join("attachment.json"), &AttachmentState { mode: attachment.mode, since: now });
+            let _ = state::write_json(
+                &core.state_dir.join("attachment.json"),
+                &AttachmentState { mode: attachment.mode, since: now },
+            );
             info!(iface = %opts.iface, mode = attachment.mode.as_str(), program_id = attachment.program_id, "attached");
         }
         core.attachment = Some(attachment);
@@ -328,7 +344,8 @@ impl Core {
 
     /// Write the whole manual list state and empty the journal.
     fn snapshot_lists(&mut self) -> Result<(), OpError> {
-        let err = |e: std::io::Error| OpError::Runtime(format!("persisting lists in {}: {e}", self.state_dir.display()));
+        let err =
+            |e: std::io::Error| OpError::Runtime(format!("persisting lists in {}: {e}", self.state_dir.display()));
         state::write_json_compact(&self.state_dir.join("lists.json"), &self.lists.persisted()).map_err(err)?;
         self.journal.reset().map_err(|e| OpError::Runtime(format!("resetting the list journal: {e}")))
     }
@@ -488,15 +505,20 @@ impl Core {
         self.install(policy, compiled)?;
         self.policy_path = path;
         self.pending = confirm_within.map(|d| Pending { previous, deadline: Instant::now() + d });
-        let mut text = format!("policy {} applied (sha256 {}, generation {})", self.policy.path, &sha[..12], self.dp.generation());
+        let mut text =
+            format!("policy {} applied (sha256 {}, generation {})", self.policy.path, &sha[..12], self.dp.generation());
         if let Some(d) = confirm_within {
-            let _ = write!(text, "; it rolls back in {} unless `voipwall confirm` arrives", humantime::format_duration(d));
+            let _ =
+                write!(text, "; it rolls back in {} unless `voipwall confirm` arrives", humantime::format_duration(d));
         }
         for w in &self.compiled.warnings {
             let _ = write!(text, "\nwarning: {w}");
         }
         info!(path = %self.policy.path, sha256 = %sha, roles = %roles, generation = self.dp.generation(), confirm_within = ?confirm_within, "policy reloaded");
-        Ok(Reply::new(text, json!({ "path": self.policy.path, "sha256": sha, "generation": self.dp.generation(), "confirm_within_secs": confirm_within.map(|d| d.as_secs_f64()) })))
+        Ok(Reply::new(
+            text,
+            json!({ "path": self.policy.path, "sha256": sha, "generation": self.dp.generation(), "confirm_within_secs": confirm_within.map(|d| d.as_secs_f64()) }),
+        ))
     }
 
     /// `voipwall confirm`.
@@ -541,13 +563,17 @@ impl Core {
             .map(|c| policy::parse_cidr(c).map_err(|(m, h)| OpError::Invalid(format!("{m}; {h}"))))
             .collect::<Result<_, _>>()?;
         if let Some(path) = &req.file {
-            let text = std::fs::read_to_string(path).map_err(|e| OpError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| OpError::Invalid(format!("cannot read {}: {e}", path.display())))?;
             for (i, line) in text.lines().enumerate() {
                 let line = line.split('#').next().unwrap_or("").trim();
                 if line.is_empty() {
                     continue;
                 }
-                out.push(policy::parse_cidr(line).map_err(|(m, h)| OpError::Invalid(format!("{}:{}: {m}; {h}", path.display(), i + 1)))?);
+                out.push(
+                    policy::parse_cidr(line)
+                        .map_err(|(m, h)| OpError::Invalid(format!("{}:{}: {m}; {h}", path.display(), i + 1)))?,
+                );
             }
         }
         if out.is_empty() {
@@ -563,7 +589,9 @@ impl Core {
             None => Ok(None),
             Some(t) => match policy::parse_duration(t) {
                 Ok(d) if !d.is_zero() => Ok(Some(unix_now() + d.as_secs().max(1))),
-                Ok(_) => Err(OpError::Invalid("--ttl must be longer than zero (leave it out for a permanent entry)".into())),
+                Ok(_) => {
+                    Err(OpError::Invalid("--ttl must be longer than zero (leave it out for a permanent entry)".into()))
+                }
                 Err(hint) => Err(OpError::Invalid(format!("--ttl {t:?} is not a duration; {hint}"))),
             },
         }
@@ -577,14 +605,23 @@ impl Core {
             let local = system::local_addrs();
             for net in &nets {
                 if let Some(a) = local.iter().find(|a| net.contains(*a)) {
-                    return Err(OpError::Invalid(format!("{net} holds this host's own address {a}; blocking it would cut the host off (use --force if you mean it)")));
+                    return Err(OpError::Invalid(format!(
+                        "{net} holds this host's own address {a}; blocking it would cut the host off (use --force if you mean it)"
+                    )));
                 }
                 if let Some(ip) = req.ssh_client.filter(|ip| net.contains(ip)) {
-                    return Err(OpError::Invalid(format!("{net} holds your SSH client address {ip}; blocking it would cut your session (use --force if you mean it)")));
+                    return Err(OpError::Invalid(format!(
+                        "{net} holds your SSH client address {ip}; blocking it would cut your session (use --force if you mean it)"
+                    )));
                 }
             }
         }
-        let entry = ManualEntry { reason: req.reason.as_deref().map(Into::into), who: who.into(), created: unix_now(), expires };
+        let entry = ManualEntry {
+            reason: req.reason.as_deref().map(Into::into),
+            who: who.into(),
+            created: unix_now(),
+            expires,
+        };
         let saved = self.lists.checkpoint(nets.iter().map(|n| (kind, *n)).collect::<Vec<_>>());
         let diff = self.lists.add_manual(kind, &nets, entry.clone());
         if self.snapshot_due(nets.len()) {
@@ -607,7 +644,9 @@ impl Core {
             };
             let result = result
                 .map_err(|e| OpError::Runtime(format!("persisting lists in {}: {e}", self.state_dir.display())))
-                .and_then(|()| self.journal.reset().map_err(|e| OpError::Runtime(format!("resetting the list journal: {e}"))));
+                .and_then(|()| {
+                    self.journal.reset().map_err(|e| OpError::Runtime(format!("resetting the list journal: {e}")))
+                });
             if let Err(e) = result {
                 // Not durable, so not done: take the change back.
                 self.revert(&diff, saved);
@@ -629,7 +668,10 @@ impl Core {
         let shown = summarize(&nets);
         info!(action = verb, cidrs = %shown, count = nets.len(), ttl = ?req.ttl, reason = ?req.reason, who = %who, "list change");
         let list: Vec<String> = nets.iter().take(1000).map(ToString::to_string).collect();
-        Ok(Reply::new(format!("{verb} {shown} {until}"), json!({ "action": verb, "count": nets.len(), "cidrs": list, "expires": expires })))
+        Ok(Reply::new(
+            format!("{verb} {shown} {until}"),
+            json!({ "action": verb, "count": nets.len(), "cidrs": list, "expires": expires }),
+        ))
     }
 
     /// `voipwall unblock` / `voipwall disallow`.
@@ -649,7 +691,8 @@ impl Core {
                 Err(RemoveError::Absent) if !unban.is_empty() => {}
                 Err(RemoveError::Absent) => {
                     self.lists.rollback(saved);
-                    let what = if kind == ListKind::Block { "neither blocked nor banned" } else { "not on the allow list" };
+                    let what =
+                        if kind == ListKind::Block { "neither blocked nor banned" } else { "not on the allow list" };
                     return Err(OpError::Invalid(format!("{net} is {what}; `voipwall list` shows the entries")));
                 }
                 Err(e @ RemoveError::PolicyOnly) => {
@@ -659,7 +702,8 @@ impl Core {
             }
             unbans.extend(unban);
         }
-        if kind == ListKind::Allow && !req.force
+        if kind == ListKind::Allow
+            && !req.force
             && let Some(ip) = req.ssh_client
         {
             let (allow, block) = self.all_lists();
@@ -698,7 +742,10 @@ impl Core {
         if !unbans.is_empty() {
             let _ = write!(text, " (lifted {} ban{})", unbans.len(), if unbans.len() == 1 { "" } else { "s" });
         }
-        Ok(Reply::new(text, json!({ "action": verb, "cidrs": list, "unbanned": unbans.iter().map(ToString::to_string).collect::<Vec<_>>() })))
+        Ok(Reply::new(
+            text,
+            json!({ "action": verb, "cidrs": list, "unbanned": unbans.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+        ))
     }
 
     /// A ban event from the kernel.
@@ -722,7 +769,14 @@ impl Core {
             return;
         }
         *self.bans_total.entry((class.clone(), ev.level)).or_default() += 1;
-        self.bans.insert(BanRecord { source, class, level: ev.level, rate_pps: ev.rate_pps, created: now, expires: until });
+        self.bans.insert(BanRecord {
+            source,
+            class,
+            level: ev.level,
+            rate_pps: ev.rate_pps,
+            created: now,
+            expires: until,
+        });
         self.bans_dirty = true;
     }
 
@@ -741,7 +795,8 @@ impl Core {
             }
             self.bans_dirty = true;
         }
-        if had_bans && self.bans.is_empty()
+        if had_bans
+            && self.bans.is_empty()
             && let Err(e) = self.dp.clear_bans_present()
         {
             error!(error = %e, "clearing the bans-present flag failed");
@@ -808,7 +863,15 @@ impl Core {
                 .collect();
             let _ = writeln!(text, "banned ({}):", rows.len());
             for b in self.bans.records() {
-                let _ = writeln!(text, "  {:<43} auto           until {}  class {} level {}  {} pps", b.source.to_string(), rfc3339(b.expires), b.class, b.level, b.rate_pps);
+                let _ = writeln!(
+                    text,
+                    "  {:<43} auto           until {}  class {} level {}  {} pps",
+                    b.source.to_string(),
+                    rfc3339(b.expires),
+                    b.class,
+                    b.level,
+                    b.rate_pps
+                );
             }
             data.insert("banned".into(), Value::Array(rows));
         }
@@ -832,7 +895,14 @@ impl Core {
                 if x.packets == 0 {
                     continue;
                 }
-                let _ = writeln!(text, "{:<11} {:<20} {:>9} {:>13}", verdict::NAMES[v as usize], reason::NAMES[r as usize], x.packets, x.bytes);
+                let _ = writeln!(
+                    text,
+                    "{:<11} {:<20} {:>9} {:>13}",
+                    verdict::NAMES[v as usize],
+                    reason::NAMES[r as usize],
+                    x.packets,
+                    x.bytes
+                );
                 rows.push(json!({ "verdict": verdict::NAMES[v as usize], "reason": reason::NAMES[r as usize], "packets": x.packets, "bytes": x.bytes }));
             }
         }
@@ -840,7 +910,11 @@ impl Core {
         let _ = writeln!(text, "\nrule                                   pass       drop  would_drop");
         for (id, counts) in rules.iter().enumerate().skip(1) {
             let name = &self.compiled.rule_names[id];
-            let _ = writeln!(text, "{:<36} {:>8} {:>10} {:>11}", name, counts[0].packets, counts[1].packets, counts[2].packets);
+            let _ = writeln!(
+                text,
+                "{:<36} {:>8} {:>10} {:>11}",
+                name, counts[0].packets, counts[1].packets, counts[2].packets
+            );
             rule_rows.push(json!({ "rule": name, "pass": counts[0].packets, "drop": counts[1].packets, "would_drop": counts[2].packets }));
         }
         Ok(Reply::new(text, json!({ "counters": rows, "rules": rule_rows })))
@@ -857,7 +931,8 @@ impl Core {
             .map(|(k, st)| {
                 let class = self.compiled.class_name(k.class as u8);
                 // A window older than two seconds is a source that went quiet.
-                let pps = if now.saturating_sub(st.window_start_ns) > 2_000_000_000 { 0 } else { observed_pps(&st, now) };
+                let pps =
+                    if now.saturating_sub(st.window_start_ns) > 2_000_000_000 { 0 } else { observed_pps(&st, now) };
                 (source_of(&k.addr, prefix), class, pps, st.window_packets)
             })
             .collect();
@@ -867,7 +942,10 @@ impl Core {
         for (s, c, pps, _) in &rows {
             let _ = writeln!(text, "{:<43} {:<14} {:>10}", s.to_string(), c, pps);
         }
-        let data: Vec<Value> = rows.iter().map(|(s, c, pps, w)| json!({ "source": s, "class": c, "pps": pps, "window_packets": w })).collect();
+        let data: Vec<Value> = rows
+            .iter()
+            .map(|(s, c, pps, w)| json!({ "source": s, "class": c, "pps": pps, "window_packets": w }))
+            .collect();
         Ok(Reply::new(text, json!({ "sources": data })))
     }
 
@@ -895,11 +973,8 @@ impl Core {
     pub fn status(&self) -> Result<Reply, OpError> {
         let a = self.attachment.as_ref();
         let dry = self.compiled.config.flags & POLICY_DRY_RUN != 0;
-        let fill: Vec<Value> = self
-            .map_fill()
-            .into_iter()
-            .map(|(m, e, c)| json!({ "map": m, "entries": e, "capacity": c }))
-            .collect();
+        let fill: Vec<Value> =
+            self.map_fill().into_iter().map(|(m, e, c)| json!({ "map": m, "entries": e, "capacity": c })).collect();
         let data = json!({
             "iface": self.iface,
             "attached": a.is_some(),
@@ -924,20 +999,39 @@ impl Core {
         let _ = writeln!(text, "interface      {}", self.iface);
         match a {
             Some(a) => {
-                let _ = writeln!(text, "xdp            attached ({} mode, program id {}{}) since {}", a.mode.as_str(), a.program_id, if a.adopted { ", adopted" } else { "" }, rfc3339(self.attached_since));
+                let _ = writeln!(
+                    text,
+                    "xdp            attached ({} mode, program id {}{}) since {}",
+                    a.mode.as_str(),
+                    a.program_id,
+                    if a.adopted { ", adopted" } else { "" },
+                    rfc3339(self.attached_since)
+                );
             }
             None => {
                 let _ = writeln!(text, "xdp            NOT attached");
             }
         }
         let _ = writeln!(text, "policy         {} (sha256 {})", self.policy.path, self.policy.sha256);
-        let _ = writeln!(text, "roles          {}", if self.policy.roles.is_empty() { "-".into() } else { self.policy.roles.join(", ") });
+        let _ = writeln!(
+            text,
+            "roles          {}",
+            if self.policy.roles.is_empty() { "-".into() } else { self.policy.roles.join(", ") }
+        );
         let _ = writeln!(text, "generation     {}", self.dp.generation());
         let _ = writeln!(text, "dry run        {}", if dry { "yes (nothing is dropped)" } else { "no" });
         if let Some(p) = &self.pending {
-            let _ = writeln!(text, "pending        reload rolls back in {:.0}s unless confirmed", p.deadline.saturating_duration_since(Instant::now()).as_secs_f64());
+            let _ = writeln!(
+                text,
+                "pending        reload rolls back in {:.0}s unless confirmed",
+                p.deadline.saturating_duration_since(Instant::now()).as_secs_f64()
+            );
         }
-        let _ = writeln!(text, "reloads        ok {} / error {} / rolled back {}", self.reloads.ok, self.reloads.error, self.reloads.rolled_back);
+        let _ = writeln!(
+            text,
+            "reloads        ok {} / error {} / rolled back {}",
+            self.reloads.ok, self.reloads.error, self.reloads.rolled_back
+        );
         let _ = writeln!(text, "maps           entries / capacity");
         for (m, e, c) in self.map_fill() {
             let _ = writeln!(text, "  {:<13} {:>9} / {}", m, e.map_or("-".to_string(), |e| e.to_string()), c);
@@ -949,6 +1043,9 @@ impl Core {
     pub fn policy_show(&self) -> Reply {
         let mut text = format!("# {} (sha256 {})\n", self.policy.path, self.policy.sha256);
         text.push_str(&self.policy.text);
-        Reply::new(text, json!({ "path": self.policy.path, "sha256": self.policy.sha256, "policy": serde_json::to_value(&self.policy).expect("serializable"), "rules": self.compiled.rule_names[1..].to_vec() }))
+        Reply::new(
+            text,
+            json!({ "path": self.policy.path, "sha256": self.policy.sha256, "policy": serde_json::to_value(&self.policy).expect("serializable"), "rules": self.compiled.rule_names[1..].to_vec() }),
+        )
     }
 }

@@ -12,7 +12,11 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use common::{BanEvent, reason, verdict};
-use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}, sync::watch};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -107,7 +111,8 @@ async fn serve(
     program_id: Option<u32>,
 ) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let listener = control::bind(&socket).map_err(|e| RunError::runtime(format!("control socket {}: {e}", socket.display())))?;
+    let listener =
+        control::bind(&socket).map_err(|e| RunError::runtime(format!("control socket {}: {e}", socket.display())))?;
     info!(socket = %socket.display(), "control socket ready");
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(control::serve(listener, core.clone(), stop_rx.clone())));

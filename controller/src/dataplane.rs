@@ -16,20 +16,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, PerCpuArray, RingBuf,
-        lpm_trie::Key,
-    },
+    maps::{Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
     },
 };
 use common::{
-    BanEntry, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GENERATIONS, MAX_CLASSES,
-    PORT_PROTOS, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState,
-    GATE_MORE, SipPeer, SipScratch, UaMatcher, PROTO_SLOT_TCP, PROTO_SLOT_UDP, SOURCE_ALLOW, SOURCE_BLOCK, SourceKey, active, flow_port_bit, class_index, counter_index, maps, port_index, programs, reason,
-    rule_counter_index, stat, verdict,
+    BanEntry, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GATE_MORE, GENERATIONS, MAX_CLASSES, PORT_PROTOS,
+    PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState,
+    SOURCE_ALLOW, SOURCE_BLOCK, SipPeer, SipScratch, SourceKey, UaMatcher, active, class_index, counter_index,
+    flow_port_bit, maps, port_index, programs, reason, rule_counter_index, stat, verdict,
 };
 use ipnet::IpNet;
 
@@ -74,14 +71,7 @@ pub enum DataplaneError {
     #[error(
         "pinned map {path} belongs to an incompatible voipwall (key {found_key} / value {found_value} bytes, expected {want_key} / {want_value}); stop that daemon and remove {dir} to start fresh"
     )]
-    Incompatible {
-        path: PathBuf,
-        dir: PathBuf,
-        found_key: u32,
-        found_value: u32,
-        want_key: u32,
-        want_value: u32,
-    },
+    Incompatible { path: PathBuf, dir: PathBuf, found_key: u32, found_value: u32, want_key: u32, want_value: u32 },
     #[error("attaching to {iface} failed: {detail}")]
     Attach { iface: String, detail: String },
     #[error("pinning under {path} failed: {detail}")]
@@ -274,7 +264,14 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(map: &MapData, keys: &[K], values: &[V
         };
         // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; `keys` and `values` hold
         // `count` elements of the map's key and value sizes and outlive the call.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
         // The kernel reports in `count` how many it processed, also on error.
         done += (attr.count as usize).min(keys.len() - done);
         if r < 0 {
@@ -303,19 +300,13 @@ impl Dataplane {
         let caps = &opts.capacity;
         let mut adopted_maps = false;
         if let Some(dir) = &opts.pin_dir {
-            std::fs::create_dir_all(dir).map_err(|e| DataplaneError::Pin {
-                path: dir.clone(),
-                detail: e.to_string(),
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DataplaneError::Pin { path: dir.clone(), detail: e.to_string() })?;
             adopted_maps = dir.join(maps::ACTIVE).exists();
             check_pinned_layout(dir)?;
         }
         let pin_paths: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
-            Some(dir) => maps::ALL
-                .iter()
-                .chain([AYA_LOGS].iter())
-                .map(|n| (*n, dir.join(n)))
-                .collect(),
+            Some(dir) => maps::ALL.iter().chain([AYA_LOGS].iter()).map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
         };
         let mut loader = EbpfLoader::new();
@@ -391,10 +382,8 @@ impl Dataplane {
         for generation in 0..GENERATIONS {
             for slot in 0..PORT_PROTOS {
                 for port in 0..=u16::MAX {
-                    let rule = self
-                        .ports
-                        .get(&port_index(generation, slot, port), 0)
-                        .map_err(map_err(maps::PORTS, "read"))?;
+                    let rule =
+                        self.ports.get(&port_index(generation, slot, port), 0).map_err(map_err(maps::PORTS, "read"))?;
                     self.shadow_ports[generation as usize][((slot as usize) << 16) | port as usize] = rule;
                 }
             }
@@ -433,9 +422,7 @@ impl Dataplane {
                 let i = ((slot as usize) << 16) | port as usize;
                 let want = compiled.ports[i];
                 if shadow[i] != want {
-                    self.ports
-                        .set(port_index(next, slot, port), want, 0)
-                        .map_err(map_err(maps::PORTS, "write"))?;
+                    self.ports.set(port_index(next, slot, port), want, 0).map_err(map_err(maps::PORTS, "write"))?;
                     shadow[i] = want;
                 }
             }
@@ -475,9 +462,7 @@ impl Dataplane {
             new_v6.push(key);
         }
         self.shadow_sets[next as usize] = (new_v4, new_v6);
-        self.policy
-            .set(next, compiled.config, 0)
-            .map_err(map_err(maps::POLICY, "write"))?;
+        self.policy.set(next, compiled.config, 0).map_err(map_err(maps::POLICY, "write"))?;
         // The flip: one 4-byte array store.
         self.active.set(active::GENERATION, next, 0).map_err(map_err(maps::ACTIVE, "flip"))?;
         self.generation = next;
@@ -541,7 +526,8 @@ impl Dataplane {
                 i += 1;
                 continue;
             }
-            let end = changes[i..].iter().take(RUN).position(|c| !new_v4(c)).map_or((i + RUN).min(changes.len()), |p| i + p);
+            let end =
+                changes[i..].iter().take(RUN).position(|c| !new_v4(c)).map_or((i + RUN).min(changes.len()), |p| i + p);
             let done = self.insert_run_v4(&changes[i..end]).map_err(|(n, e)| (i + n, e))?;
             debug_assert_eq!(done, end - i);
             i = end;
@@ -552,7 +538,13 @@ impl Dataplane {
     /// New IPv4 entries, batched: raise the gate's "more" bits first, insert, then write the
     /// gate for wide entries (the same order as [`Self::source_write`]).
     fn insert_run_v4(&mut self, run: &[KernelChange]) -> std::result::Result<usize, (usize, DataplaneError)> {
-        let nets: Vec<ipnet::Ipv4Net> = run.iter().map(|c| match c.net { IpNet::V4(n) => n, IpNet::V6(_) => unreachable!("IPv4 run") }).collect();
+        let nets: Vec<ipnet::Ipv4Net> = run
+            .iter()
+            .map(|c| match c.net {
+                IpNet::V4(n) => n,
+                IpNet::V6(_) => unreachable!("IPv4 run"),
+            })
+            .collect();
         let mut raised = Vec::new();
         for n in &nets {
             if n.prefix_len() > 16 {
@@ -576,7 +568,9 @@ impl Dataplane {
                 // Not supported by this kernel (or failed part way): the rest one by one.
                 tracing::debug!(error = %e, inserted, "batched insert stopped; inserting the rest one by one");
                 for (n, (net, v)) in (inserted..).zip(nets[inserted..].iter().zip(&values[inserted..])) {
-                    if let Err(e2) = self.sources_v4.insert(&ipv4_key(net), v, 0).map_err(map_err(maps::SOURCES_V4, "insert")) {
+                    if let Err(e2) =
+                        self.sources_v4.insert(&ipv4_key(net), v, 0).map_err(map_err(maps::SOURCES_V4, "insert"))
+                    {
                         result = Err((n, e2));
                         break;
                     }
@@ -654,8 +648,12 @@ impl Dataplane {
     fn trie_write(&mut self, change: &KernelChange) -> Result<()> {
         let value = change.value.map(source_value);
         let r = match (change.net, value) {
-            (IpNet::V4(n), Some(v)) => self.sources_v4.insert(&ipv4_key(&n), v, 0).map_err(map_err(maps::SOURCES_V4, "insert")),
-            (IpNet::V6(n), Some(v)) => self.sources_v6.insert(&ipv6_key(&n), v, 0).map_err(map_err(maps::SOURCES_V6, "insert")),
+            (IpNet::V4(n), Some(v)) => {
+                self.sources_v4.insert(&ipv4_key(&n), v, 0).map_err(map_err(maps::SOURCES_V4, "insert"))
+            }
+            (IpNet::V6(n), Some(v)) => {
+                self.sources_v6.insert(&ipv6_key(&n), v, 0).map_err(map_err(maps::SOURCES_V6, "insert"))
+            }
             (IpNet::V4(n), None) => self.sources_v4.remove(&ipv4_key(&n)).map_err(map_err(maps::SOURCES_V4, "remove")),
             (IpNet::V6(n), None) => self.sources_v6.remove(&ipv6_key(&n)).map_err(map_err(maps::SOURCES_V6, "remove")),
         };
@@ -726,26 +724,17 @@ impl Dataplane {
 
     /// Every ban in the table (walks it: startup and tests only).
     pub fn bans(&self) -> Result<Vec<(SourceKey, BanEntry)>> {
-        self.bans
-            .iter()
-            .map(|r| r.map_err(map_err(maps::BANS, "iterate")))
-            .collect()
+        self.bans.iter().map(|r| r.map_err(map_err(maps::BANS, "iterate"))).collect()
     }
 
     /// Every tracked rate bucket (walks it: `voipwall top` only).
     pub fn rates(&self) -> Result<Vec<(RateKey, RateState)>> {
-        self.rates
-            .iter()
-            .map(|r| r.map_err(map_err(maps::RATES, "iterate")))
-            .collect()
+        self.rates.iter().map(|r| r.map_err(map_err(maps::RATES, "iterate"))).collect()
     }
 
     /// Every recorded outgoing flow (tests and diagnostics).
     pub fn flows(&self) -> Result<Vec<(FlowKey, u64)>> {
-        self.flows
-            .iter()
-            .map(|r| r.map_err(map_err(maps::FLOWS, "iterate")))
-            .collect()
+        self.flows.iter().map(|r| r.map_err(map_err(maps::FLOWS, "iterate"))).collect()
     }
 
     /// Record a flow as if the egress program had, port bit included (tests and benchmarks).
@@ -759,10 +748,7 @@ impl Dataplane {
 
     /// Every remembered first fragment (tests).
     pub fn frags(&self) -> Result<Vec<(FragKey, FragState)>> {
-        self.frags
-            .iter()
-            .map(|r| r.map_err(map_err(maps::FRAGS, "iterate")))
-            .collect()
+        self.frags.iter().map(|r| r.map_err(map_err(maps::FRAGS, "iterate"))).collect()
     }
 
     /// Sum the per-CPU verdict/reason counters.
@@ -770,10 +756,7 @@ impl Dataplane {
         let mut out = Counters::default();
         for v in 0..verdict::COUNT {
             for r in 0..reason::COUNT {
-                let values = self
-                    .counters
-                    .get(&counter_index(v, r), 0)
-                    .map_err(map_err(maps::COUNTERS, "read"))?;
+                let values = self.counters.get(&counter_index(v, r), 0).map_err(map_err(maps::COUNTERS, "read"))?;
                 let slot = &mut out.by_verdict[v as usize][r as usize];
                 for c in values.iter() {
                     slot.packets += c.packets;
@@ -859,33 +842,20 @@ impl Dataplane {
         let prog: &SchedClassifier = program(&self.ebpf, programs::EGRESS)?;
         let mut out = vec![0u8; data.len() + 256];
         let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(data),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..Default::default()
-            })
+            .test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), repeat: 1, ..Default::default() })
             .map_err(|e| DataplaneError::Program { name: programs::EGRESS, detail: format!("test_run: {e}") })?;
         Ok(r.return_value as i32)
     }
 
     /// Map and program names present in the loaded object (for the object check).
     pub fn object_names(&self) -> (Vec<String>, Vec<String>) {
-        (
-            self.map_names.clone(),
-            self.ebpf.programs().map(|(n, _)| n.to_string()).collect(),
-        )
+        (self.map_names.clone(), self.ebpf.programs().map(|(n, _)| n.to_string()).collect())
     }
 
     /// Attach (or adopt) the XDP program and the TC egress program on `iface`. With a pin
     /// folder, links are pinned there and a later daemon adopts them without a gap;
     /// `remembered` is the mode a previous daemon recorded (bpf_link info does not say it).
-    pub fn attach(
-        &mut self,
-        iface: &str,
-        mode: XdpModeChoice,
-        remembered: Option<AttachedMode>,
-    ) -> Result<Attachment> {
+    pub fn attach(&mut self, iface: &str, mode: XdpModeChoice, remembered: Option<AttachedMode>) -> Result<Attachment> {
         let attach_err = |detail: String| DataplaneError::Attach { iface: iface.to_string(), detail };
         if let Some(dir) = self.pin_dir.clone() {
             let xdp_pin = dir.join(paths::XDP_LINK_PIN);
@@ -919,14 +889,26 @@ impl Dataplane {
                     return Err(e);
                 }
             };
-            return Ok(Attachment { iface: iface.to_string(), mode, program_id, adopted: false, xdp: Some(xdp), tc: Some(tc) });
+            return Ok(Attachment {
+                iface: iface.to_string(),
+                mode,
+                program_id,
+                adopted: false,
+                xdp: Some(xdp),
+                tc: Some(tc),
+            });
         }
         let (xdp, mode, program_id) = self.attach_xdp(iface, mode, None)?;
         let tc = self.attach_tc(iface, None)?;
         Ok(Attachment { iface: iface.to_string(), mode, program_id, adopted: false, xdp: Some(xdp), tc: Some(tc) })
     }
 
-    fn attach_xdp(&mut self, iface: &str, choice: XdpModeChoice, pin: Option<&Path>) -> Result<(LinkHandle, AttachedMode, u32)> {
+    fn attach_xdp(
+        &mut self,
+        iface: &str,
+        choice: XdpModeChoice,
+        pin: Option<&Path>,
+    ) -> Result<(LinkHandle, AttachedMode, u32)> {
         let attach_err = |detail: String| DataplaneError::Attach { iface: iface.to_string(), detail };
         let prog: &mut Xdp = program_mut(&mut self.ebpf, programs::INGRESS)?;
         let tries: &[(XdpMode, AttachedMode)] = match choice {
@@ -939,11 +921,15 @@ impl Dataplane {
             match prog.attach(iface, flags) {
                 Ok(id) => {
                     let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
-                    let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| attach_err(format!("not a bpf_link: {e}")))?;
+                    let fd: FdLink = link
+                        .try_into()
+                        .map_err(|e: aya::programs::links::LinkError| attach_err(format!("not a bpf_link: {e}")))?;
                     let program_id = fd.info().map(|i| i.program_id()).map_err(|e| attach_err(e.to_string()))?;
                     let handle = match pin {
                         Some(path) => {
-                            let pinned = fd.pin(path).map_err(|e| DataplaneError::Pin { path: path.to_path_buf(), detail: e.to_string() })?;
+                            let pinned = fd
+                                .pin(path)
+                                .map_err(|e| DataplaneError::Pin { path: path.to_path_buf(), detail: e.to_string() })?;
                             LinkHandle::Pinned(pinned, path.to_path_buf())
                         }
                         None => LinkHandle::Owned(fd),
@@ -961,10 +947,14 @@ impl Dataplane {
         let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, programs::EGRESS)?;
         let id = prog.attach(iface, TcAttachType::Egress).map_err(|e| attach_err(format!("tc egress: {e}")))?;
         let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
-        let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| attach_err(format!("tc egress is not a bpf_link (kernel < 6.6?): {e}")))?;
+        let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+            attach_err(format!("tc egress is not a bpf_link (kernel < 6.6?): {e}"))
+        })?;
         Ok(match pin {
             Some(path) => {
-                let pinned = fd.pin(path).map_err(|e| DataplaneError::Pin { path: path.to_path_buf(), detail: e.to_string() })?;
+                let pinned = fd
+                    .pin(path)
+                    .map_err(|e| DataplaneError::Pin { path: path.to_path_buf(), detail: e.to_string() })?;
                 LinkHandle::Pinned(pinned, path.to_path_buf())
             }
             None => LinkHandle::Owned(fd),
@@ -1048,9 +1038,7 @@ fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut 
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::Program { name, detail: "missing from the object".into() })?;
+    let p = ebpf.program_mut(name).ok_or(DataplaneError::Program { name, detail: "missing from the object".into() })?;
     p.try_into().map_err(|e: aya::programs::ProgramError| DataplaneError::Program { name, detail: e.to_string() })
 }
 
@@ -1058,9 +1046,7 @@ fn program<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a T>
 where
     &'a T: TryFrom<&'a aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf
-        .program(name)
-        .ok_or(DataplaneError::Program { name, detail: "missing from the object".into() })?;
+    let p = ebpf.program(name).ok_or(DataplaneError::Program { name, detail: "missing from the object".into() })?;
     p.try_into().map_err(|e: aya::programs::ProgramError| DataplaneError::Program { name, detail: e.to_string() })
 }
 

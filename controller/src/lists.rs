@@ -79,7 +79,11 @@ impl Serialize for PersistedLists {
         }
         let out: Vec<Group> = groups
             .into_iter()
-            .map(|((list, reason, who, created, expires), cidrs)| Group { list, entry: ManualEntry { reason, who, created, expires }, cidrs })
+            .map(|((list, reason, who, created, expires), cidrs)| Group {
+                list,
+                entry: ManualEntry { reason, who, created, expires },
+                cidrs,
+            })
             .collect();
         out.serialize(s)
     }
@@ -244,14 +248,16 @@ impl Lists {
             }
         }
         let kernel = l.kernel();
-        l.kernel_counts = (kernel.keys().filter(|n| n.addr().is_ipv4()).count(), kernel.keys().filter(|n| n.addr().is_ipv6()).count());
+        l.kernel_counts = (
+            kernel.keys().filter(|n| n.addr().is_ipv4()).count(),
+            kernel.keys().filter(|n| n.addr().is_ipv6()).count(),
+        );
         l
     }
 
     pub fn persisted(&self) -> PersistedLists {
-        let pick = |m: &BTreeMap<IpNet, Sources>| {
-            m.iter().filter_map(|(n, s)| s.manual.clone().map(|e| (*n, e))).collect()
-        };
+        let pick =
+            |m: &BTreeMap<IpNet, Sources>| m.iter().filter_map(|(n, s)| s.manual.clone().map(|e| (*n, e))).collect();
         PersistedLists { allow: pick(&self.allow), block: pick(&self.block) }
     }
 
@@ -376,11 +382,7 @@ impl Lists {
 
     /// Everything the kernel trie must hold.
     pub fn kernel(&self) -> BTreeMap<IpNet, ListKind> {
-        self.allow
-            .keys()
-            .chain(self.block.keys())
-            .filter_map(|n| self.value(n).map(|v| (*n, v)))
-            .collect()
+        self.allow.keys().chain(self.block.keys()).filter_map(|n| self.value(n).map(|v| (*n, v))).collect()
     }
 
     /// CIDRs of a list (policy and manual).
@@ -519,7 +521,8 @@ mod tests {
         l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("10.1.2.0/24"), net("192.168.0.0/16")]);
         l.set_policy(ListKind::Allow, &[net("10.1.0.0/16"), net("10.1.2.3/32"), net("172.16.0.0/12")]);
         l.add_manual(ListKind::Block, &[net("172.16.5.0/24")], manual(None));
-        for a in ["10.2.0.1", "10.1.9.9", "10.1.2.4", "10.1.2.3", "192.168.1.1", "172.16.5.1", "172.17.0.1", "8.8.8.8"] {
+        for a in ["10.2.0.1", "10.1.9.9", "10.1.2.4", "10.1.2.3", "192.168.1.1", "172.16.5.1", "172.17.0.1", "8.8.8.8"]
+        {
             assert_eq!(lookup(&l, a), semantics(&l, a), "{a}");
         }
         assert_eq!(l.kernel()[&net("10.1.2.0/24")], ListKind::Allow, "a block inside an allow is written as allow");
@@ -637,7 +640,8 @@ mod tests {
     #[test]
     fn a_change_on_a_large_list_touches_only_what_it_affects() {
         let mut l = Lists::default();
-        let many: Vec<IpNet> = (0..20_000u32).map(|i| IpNet::V4(Ipv4Net::new((0x0b00_0000 + (i << 8)).into(), 24).unwrap())).collect();
+        let many: Vec<IpNet> =
+            (0..20_000u32).map(|i| IpNet::V4(Ipv4Net::new((0x0b00_0000 + (i << 8)).into(), 24).unwrap())).collect();
         l.set_policy(ListKind::Block, &many);
         let d = l.add_manual(ListKind::Allow, &[net("11.0.1.0/24")], manual(None));
         assert_eq!(writes(&d.early), vec![set("11.0.1.0/24", ListKind::Allow)], "one entry rewritten");

@@ -8,7 +8,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::{Router, extract::State, http::{StatusCode, header}, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use common::{reason, stat, verdict};
 use prometheus::{
     Encoder as _, TextEncoder,
@@ -80,11 +86,17 @@ fn push(f: &mut MetricFamily, pairs: &[(&str, &str)], value: f64) {
 /// Every metric family, read from the core.
 pub fn gather(core: &Core) -> Vec<MetricFamily> {
     let mut out = Vec::new();
-    let mut packets = family("voipwall_packets_total", "Packets seen by the XDP program, by verdict and reason.", MetricType::COUNTER);
-    let mut bytes = family("voipwall_bytes_total", "Bytes seen by the XDP program, by verdict and reason.", MetricType::COUNTER);
+    let mut packets = family(
+        "voipwall_packets_total",
+        "Packets seen by the XDP program, by verdict and reason.",
+        MetricType::COUNTER,
+    );
+    let mut bytes =
+        family("voipwall_bytes_total", "Bytes seen by the XDP program, by verdict and reason.", MetricType::COUNTER);
     let counters = core.counters();
     for r in 0..reason::COUNT {
-        let verdicts: &[u32] = if reason::is_drop(r) { &[verdict::DROP, verdict::WOULD_DROP] } else { &[verdict::PASS] };
+        let verdicts: &[u32] =
+            if reason::is_drop(r) { &[verdict::DROP, verdict::WOULD_DROP] } else { &[verdict::PASS] };
         for &v in verdicts {
             let c = counters.as_ref().map(|c| c.get(v, r)).unwrap_or_default();
             let l = [("verdict", verdict::NAMES[v as usize]), ("reason", reason::NAMES[r as usize])];
@@ -96,8 +108,13 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     out.push(bytes);
 
     let (policy, compiled) = core.policy();
-    let mut rule_packets = family("voipwall_rule_packets_total", "Packets decided by a policy rule, by verdict (would_drop in dry run).", MetricType::COUNTER);
-    let mut rule_bytes = family("voipwall_rule_bytes_total", "Bytes decided by a policy rule, by verdict.", MetricType::COUNTER);
+    let mut rule_packets = family(
+        "voipwall_rule_packets_total",
+        "Packets decided by a policy rule, by verdict (would_drop in dry run).",
+        MetricType::COUNTER,
+    );
+    let mut rule_bytes =
+        family("voipwall_rule_bytes_total", "Bytes decided by a policy rule, by verdict.", MetricType::COUNTER);
     if let Ok(rules) = core.dataplane().rule_counters(compiled.rule_names.len()) {
         for (id, counts) in rules.iter().enumerate().skip(1) {
             for v in 0..verdict::COUNT {
@@ -110,7 +127,11 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     out.push(rule_packets);
     out.push(rule_bytes);
 
-    let mut bans_total = family("voipwall_bans_total", "Sources banned by the rate limiter, by rate class and level.", MetricType::COUNTER);
+    let mut bans_total = family(
+        "voipwall_bans_total",
+        "Sources banned by the rate limiter, by rate class and level.",
+        MetricType::COUNTER,
+    );
     for name in compiled.class_names.iter().skip(1) {
         for level in [1u8, 2] {
             let n = core.bans_total.get(&(name.clone(), level)).copied().unwrap_or(0);
@@ -128,13 +149,18 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     push(&mut active, &[], core.bans().len() as f64);
     out.push(active);
 
-    let mut lists = family("voipwall_list_entries", "Entries of the block list, allow list and ban table.", MetricType::GAUGE);
+    let mut lists =
+        family("voipwall_list_entries", "Entries of the block list, allow list and ban table.", MetricType::GAUGE);
     push(&mut lists, &[("list", "block")], core.lists().len(ListKind::Block) as f64);
     push(&mut lists, &[("list", "allow")], core.lists().len(ListKind::Allow) as f64);
     push(&mut lists, &[("list", "ban")], core.bans().len() as f64);
     out.push(lists);
 
-    let mut entries = family("voipwall_map_entries", "Entries in a BPF map (maps whose count the controller tracks).", MetricType::GAUGE);
+    let mut entries = family(
+        "voipwall_map_entries",
+        "Entries in a BPF map (maps whose count the controller tracks).",
+        MetricType::GAUGE,
+    );
     let mut capacity = family("voipwall_map_capacity", "Capacity of a BPF map.", MetricType::GAUGE);
     for (map, e, c) in core.map_fill() {
         if let Some(e) = e {
@@ -155,7 +181,8 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     push(&mut info, &[("sha256", &policy.sha256), ("roles", &policy.roles.join(",")), ("path", &policy.path)], 1.0);
     out.push(info);
 
-    let mut generation = family("voipwall_policy_generation", "Active policy generation (flips on every reload).", MetricType::GAUGE);
+    let mut generation =
+        family("voipwall_policy_generation", "Active policy generation (flips on every reload).", MetricType::GAUGE);
     push(&mut generation, &[], core.dataplane().generation() as f64);
     out.push(generation);
 
@@ -168,7 +195,11 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
 
     let stats = core.dataplane().stats().ok();
     let stat_of = |slot: u32| stats.map_or(0, |s| s[slot as usize]) as f64;
-    let mut lost = family("voipwall_events_lost_total", "Ban events the program could not queue (ring buffer full); the bans themselves still apply.", MetricType::COUNTER);
+    let mut lost = family(
+        "voipwall_events_lost_total",
+        "Ban events the program could not queue (ring buffer full); the bans themselves still apply.",
+        MetricType::COUNTER,
+    );
     push(&mut lost, &[], stat_of(stat::EVENTS_LOST));
     out.push(lost);
 
@@ -230,10 +261,7 @@ async fn healthz(State(core): State<Shared>) -> impl IntoResponse {
 
 /// Serve `/metrics` and `/healthz` until `stop` flips.
 pub async fn serve(listener: TcpListener, core: Shared, mut stop: watch::Receiver<bool>) {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .with_state(core);
+    let app = Router::new().route("/metrics", get(metrics_handler)).route("/healthz", get(healthz)).with_state(core);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.changed().await;

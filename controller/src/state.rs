@@ -123,7 +123,11 @@ impl Journal {
         bytes[..complete]
             .split(|&c| c == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))))
+            .map(|l| {
+                serde_json::from_slice(l).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+                })
+            })
             .collect()
     }
 

@@ -73,7 +73,10 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<bool, CheckError> {
         // SAFETY: valid C strings; no data argument.
         let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
         if rc != 0 {
-            return Err(CheckError::Bpffs { path: pin_root.display().to_string(), detail: std::io::Error::last_os_error().to_string() });
+            return Err(CheckError::Bpffs {
+                path: pin_root.display().to_string(),
+                detail: std::io::Error::last_os_error().to_string(),
+            });
         }
         return Ok(true);
     }

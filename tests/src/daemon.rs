@@ -37,7 +37,8 @@ pub struct Env {
 impl Env {
     pub fn new() -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
-        let root = std::env::temp_dir().join(format!("vwtest-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let root =
+            std::env::temp_dir().join(format!("vwtest-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         let pins = root.join("bpffs");
         let state = root.join("state");
         std::fs::create_dir_all(&pins).unwrap();

@@ -38,10 +38,7 @@ impl NetNs {
 
     /// Run a shell command inside the namespace, ignoring failure.
     pub fn sh_quiet(&self, cmd: &str) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .expect("spawn ip netns exec")
+        Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", cmd]).output().expect("spawn ip netns exec")
     }
 
     /// Run `f` on a thread whose network namespace is this one (sockets it opens, interfaces it
@@ -74,9 +71,10 @@ impl Drop for NetNs {
 
 /// A veth pair with one end in each namespace.
 pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {
-    run_ok(Command::new("ip").args([
-        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name,
-    ]));
+    run_ok(
+        Command::new("ip")
+            .args(["link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name]),
+    );
     a.sh(&format!("ip link set {a_if} up"));
     b.sh(&format!("ip link set {b_if} up"));
 }
@@ -113,7 +111,9 @@ impl Pair {
         let server_if = short_if("vs", &server.name);
         let client_if = short_if("vc", &client.name);
         veth(&server, &server_if, &client, &client_if);
-        server.sh(&format!("ip addr add 10.77.{n}.1/24 dev {server_if} && ip -6 addr add fd77:{n}::1/64 dev {server_if} nodad"));
+        server.sh(&format!(
+            "ip addr add 10.77.{n}.1/24 dev {server_if} && ip -6 addr add fd77:{n}::1/64 dev {server_if} nodad"
+        ));
         let mut extra = String::new();
         for host in 2..=9 {
             extra.push_str(&format!("ip addr add 10.77.{n}.{host}/24 dev {client_if} && ip -6 addr add fd77:{n}::{host}/64 dev {client_if} nodad && "));

@@ -13,11 +13,23 @@ pub const ETH_P_8021AD: u16 = 0x88a8;
 /// Transport layer.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Udp { sport: u16, dport: u16 },
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Icmp { icmp_type: u8, code: u8 },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+    },
     /// Any other protocol number, with no header of its own.
-    Raw { proto: u8 },
+    Raw {
+        proto: u8,
+    },
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -352,7 +364,8 @@ pub fn arp() -> Vec<u8> {
 
 fn sum16(data: &[u8], mut sum: u32) -> u32 {
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let word =
+            if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
         sum += word as u32;
     }
     sum

@@ -79,7 +79,9 @@ impl Site {
         // The pbx tells replies from RTP apart: its own ephemeral ports stay out of every RTP
         // range (Linux's default 32768-60999 overlaps 35000-65000). ICMP errors are not rate
         // limited, so a port sweep sees every closed port it reaches.
-        pbx.ns.sh("sysctl -qw net.ipv4.ip_local_port_range='61000 61999' net.ipv4.icmp_ratelimit=0 net.ipv6.icmp.ratelimit=0");
+        pbx.ns.sh(
+            "sysctl -qw net.ipv4.ip_local_port_range='61000 61999' net.ipv4.icmp_ratelimit=0 net.ipv6.icmp.ratelimit=0",
+        );
         pbx.ns.sh_quiet("sysctl -qw net.ipv4.icmp_msgs_per_sec=1000000 net.ipv4.icmp_msgs_burst=1000000");
         let phone = mk("ph", &[2]);
         let carrier = mk("ca", &[3]);
@@ -166,7 +168,9 @@ impl RtpCall {
                         quiet = None;
                     }
                     _ => {
-                        if s2.load(Ordering::Relaxed) && quiet.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(300) {
+                        if s2.load(Ordering::Relaxed)
+                            && quiet.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(300)
+                        {
                             break;
                         }
                     }
@@ -305,7 +309,13 @@ fn recv_timeout(fd: &OwnedFd, ms: i64) {
     let tv = libc::timeval { tv_sec: 0, tv_usec: (ms * 1000) as libc::suseconds_t };
     // SAFETY: setsockopt with a valid timeval.
     unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32);
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
     }
 }
 
@@ -316,7 +326,14 @@ fn send_to_v4(fd: &OwnedFd, data: &[u8], dst: Ipv4Addr, port: u16) {
         sa.sin_family = libc::AF_INET as u16;
         sa.sin_port = port.to_be();
         sa.sin_addr.s_addr = u32::from(dst).to_be();
-        libc::sendto(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), 0, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
     }
 }
 
@@ -342,13 +359,16 @@ pub fn tcp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
                     let ihl = ((buf[0] & 0xf) * 4) as usize;
                     let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
                     let t = &buf[ihl..n as usize];
-                    let (sport, dport, flags) = (u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]), t[13]);
+                    let (sport, dport, flags) =
+                        (u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]), t[13]);
                     if from == dst && dport == SPORT && (flags & 0x12 == 0x12 || flags & 0x04 != 0) {
                         found.insert(sport);
                     }
                     continue;
                 }
-                if d2.load(Ordering::Relaxed) && quiet.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(1500) {
+                if d2.load(Ordering::Relaxed)
+                    && quiet.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(1500)
+                {
                     break;
                 }
             }
@@ -405,14 +425,17 @@ pub fn udp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
                         let inner = &icmp[8..];
                         let iihl = ((inner[0] & 0xf) * 4) as usize;
                         let udp = &inner[iihl..];
-                        let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+                        let (sport, dport) =
+                            (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
                         if sport == SPORT {
                             found.insert(dport);
                         }
                     }
                     continue;
                 }
-                if d2.load(Ordering::Relaxed) && quiet.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(1500) {
+                if d2.load(Ordering::Relaxed)
+                    && quiet.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(1500)
+                {
                     break;
                 }
             }
@@ -428,7 +451,9 @@ pub fn udp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
                         found.insert(from.port());
                     }
                     Err(_) => {
-                        if d3.load(Ordering::Relaxed) && quiet.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(1500) {
+                        if d3.load(Ordering::Relaxed)
+                            && quiet.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(1500)
+                        {
                             break;
                         }
                     }

@@ -39,7 +39,15 @@ impl Kamailio {
     }
 
     /// [`Kamailio::start`] on several ports, with a callee for IPv6 callers (`[addr]:port`).
-    pub fn start_with(ns: &NetNs, dir: &Path, listen: &[&str], ports: &[u16], password: &str, callee: &str, callee6: &str) -> Self {
+    pub fn start_with(
+        ns: &NetNs,
+        dir: &Path,
+        listen: &[&str],
+        ports: &[u16],
+        password: &str,
+        callee: &str,
+        callee6: &str,
+    ) -> Self {
         require("kamailio");
         let mut listens = String::new();
         for a in listen {

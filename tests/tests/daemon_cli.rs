@@ -128,7 +128,13 @@ fn bad_input_exits_2_and_changes_nothing() {
         vec!["frobnicate"],
     ] {
         let out = d.cli(&args);
-        assert_eq!(code(&out), 2, "voipwall {} must exit 2; stderr: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            code(&out),
+            2,
+            "voipwall {} must exit 2; stderr: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.stderr.is_empty(), "voipwall {}: says what is wrong", args.join(" "));
     }
     // Nothing changed: one blocked entry, still enforced.
@@ -191,7 +197,8 @@ fn stats_top_status_policy_show_and_roles() {
     std::thread::sleep(Duration::from_millis(300));
 
     let stats = d.json(&["stats"]);
-    let closed = stats["counters"].as_array().unwrap().iter().find(|c| c["reason"] == "port_closed").expect("port_closed row");
+    let closed =
+        stats["counters"].as_array().unwrap().iter().find(|c| c["reason"] == "port_closed").expect("port_closed row");
     assert_eq!(closed["verdict"], "drop");
     assert!(closed["packets"].as_u64().unwrap() >= 3, "{closed}");
     let sip = stats["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "voip-edge/sip").expect("rule row");
@@ -248,7 +255,11 @@ fn policy_check_rejects_every_broken_file_naming_its_line() {
         let out = Command::new(binary()).args(["policy", "check"]).arg(&path).output().unwrap();
         assert_eq!(code(&out), 2, "{} must be rejected with exit 2", path.display());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{}:{line}:", path.display())), "{}: the message names line {line}:\n{err}", path.display());
+        assert!(
+            err.contains(&format!("{}:{line}:", path.display())),
+            "{}: the message names line {line}:\n{err}",
+            path.display()
+        );
         assert!(err.contains("help:"), "{}: says what to write instead:\n{err}", path.display());
         n += 1;
     }

@@ -52,7 +52,13 @@ fn kill_9_keeps_filtering_and_the_restart_adopts_without_detaching() {
     let id_before = Daemon::attached_program_id(&pair).expect("attached");
 
     // A steady allowed flow and a blocked sender, across kill -9 and restart.
-    let good = Flow::start(&pair.client, &format!("{}:40001", pair.client_v4(2)), &pair.server, &format!("{}:5060", pair.server_v4()), 500);
+    let good = Flow::start(
+        &pair.client,
+        &format!("{}:40001", pair.client_v4(2)),
+        &pair.server,
+        &format!("{}:5060", pair.server_v4()),
+        500,
+    );
     std::thread::sleep(Duration::from_millis(500));
     d.kill9();
     assert_eq!(Daemon::attached_program_id(&pair), Some(id_before), "still attached after kill -9");
@@ -71,7 +77,12 @@ fn kill_9_keeps_filtering_and_the_restart_adopts_without_detaching() {
     std::thread::sleep(Duration::from_millis(300));
     let (sent, got) = good.finish();
     let lost = missing(sent, &got);
-    assert!(lost.is_empty(), "the allowed flow lost {} of {sent} packets across kill -9 and restart: {:?}", lost.len(), &lost[..lost.len().min(20)]);
+    assert!(
+        lost.is_empty(),
+        "the allowed flow lost {} of {sent} packets across kill -9 and restart: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
     assert!(!udp_reaches(&pair, 3, 12000), "still blocked after the restart");
     assert_eq!(d.json(&["list", "blocked"])["blocked"][0]["cidr"], format!("{}/32", pair.client_v4(3)));
 
@@ -87,7 +98,10 @@ fn keep_attached_leaves_the_program_and_bans_survive_a_restart() {
     }
     let pair = Pair::new();
     let env = Env::new();
-    let policy = env.write("p.toml", "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 20, burst = 20, ban = \"1h\" }]\n");
+    let policy = env.write(
+        "p.toml",
+        "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 20, burst = 20, ban = \"1h\" }]\n",
+    );
     let d = Daemon::start(&pair, &env, &["--metrics", "off", "--keep-attached", "--policy", policy.to_str().unwrap()]);
     d.ok(&["block", &pair.client_v4(3), "--ttl", "1h", "--reason", "persist me"]);
     d.ok(&["allow", &pair.client_v4(4)]);
@@ -127,7 +141,13 @@ fn reload_under_a_steady_flow_drops_nothing_both_policies_allow() {
     let a = env.write("a.toml", POLICY_A);
     let b = env.write("b.toml", POLICY_B);
     let d = Daemon::start(&pair, &env, &["--metrics", "off", "--policy", a.to_str().unwrap()]);
-    let flow = Flow::start(&pair.client, &format!("{}:40001", pair.client_v4(2)), &pair.server, &format!("{}:5060", pair.server_v4()), 2000);
+    let flow = Flow::start(
+        &pair.client,
+        &format!("{}:40001", pair.client_v4(2)),
+        &pair.server,
+        &format!("{}:5060", pair.server_v4()),
+        2000,
+    );
     std::thread::sleep(Duration::from_millis(300));
     let mut generations = Vec::new();
     for i in 0..6 {
@@ -139,7 +159,12 @@ fn reload_under_a_steady_flow_drops_nothing_both_policies_allow() {
     let (sent, got) = flow.finish();
     let lost = missing(sent, &got);
     assert!(sent > 2000, "the flow ran ({sent} sent)");
-    assert!(lost.is_empty(), "{} of {sent} packets lost during 6 reloads: {:?}", lost.len(), &lost[..lost.len().min(20)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {sent} packets lost during 6 reloads: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
     assert!(generations.windows(2).all(|w| w[0] != w[1]), "every reload flipped the generation: {generations:?}");
     // The reloads took effect: B opened 7000/udp, A closes it again.
     d.ok(&["reload", "--policy", b.to_str().unwrap()]);
@@ -160,7 +185,8 @@ fn a_broken_reload_keeps_the_running_policy() {
     let a = env.write("a.toml", POLICY_A);
     let d = Daemon::start(&pair, &env, &["--metrics", "off", "--policy", a.to_str().unwrap()]);
     let sha = d.json(&["status"])["policy"]["sha256"].clone();
-    std::fs::write(&a, "roles = [\"voip-edge\"]\n[[rule]]\nname = \"x\"\nproto = \"udp\"\nports = [\"70000\"]\n").unwrap();
+    std::fs::write(&a, "roles = [\"voip-edge\"]\n[[rule]]\nname = \"x\"\nproto = \"udp\"\nports = [\"70000\"]\n")
+        .unwrap();
     let out = d.cli(&["reload"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

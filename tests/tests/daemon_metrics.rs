@@ -45,10 +45,7 @@ fn get(s: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     want.sort();
     let fam = s.get(name).unwrap_or_else(|| panic!("no metric {name}"));
-    fam.iter()
-        .filter(|(k, _)| want.iter().all(|w| k.split(',').any(|p| p == w)))
-        .map(|(_, v)| *v)
-        .sum()
+    fam.iter().filter(|(k, _)| want.iter().all(|w| k.split(',').any(|p| p == w))).map(|(_, v)| *v).sum()
 }
 
 fn scrape(pair: &Pair) -> String {
@@ -98,7 +95,8 @@ fn quiet_pair() -> (Pair, Injector, [u8; 4]) {
         ns.sh(&format!("sysctl -qw net.ipv6.conf.{iface}.disable_ipv6=1"));
     }
     let inj = Injector::open(&pair.client, &pair.client_if, mac_of(&pair.server, &pair.server_if));
-    let host: [u8; 4] = pair.server_v4().split('.').map(|o| o.parse().unwrap()).collect::<Vec<u8>>().try_into().unwrap();
+    let host: [u8; 4] =
+        pair.server_v4().split('.').map(|o| o.parse().unwrap()).collect::<Vec<u8>>().try_into().unwrap();
     (pair, inj, host)
 }
 
@@ -139,9 +137,13 @@ fn injected_traffic_moves_exactly_the_right_counters() {
     let v6 = Packet::udp6("2001:db8::10", 1, "2001:db8::1", 9999).ext(Ext::HopByHop(0)).bytes();
     sent.send(&inj, "port_closed", &v6, 1);
     // SIP checks: a scanner's User-Agent; INVITEs over their method limit (burst 2).
-    let scan = Packet::udp4([192, 0, 2, 13], 5060, host, 5060).payload(b"REGISTER sip:x SIP/2.0\r\nUser-Agent: friendly-scanner\r\n\r\n").bytes();
+    let scan = Packet::udp4([192, 0, 2, 13], 5060, host, 5060)
+        .payload(b"REGISTER sip:x SIP/2.0\r\nUser-Agent: friendly-scanner\r\n\r\n")
+        .bytes();
     sent.send(&inj, "sip_user_agent", &scan, 3);
-    let invite = Packet::udp4([192, 0, 2, 12], 5060, host, 5060).payload(b"INVITE sip:x SIP/2.0\r\nUser-Agent: Yealink\r\n\r\n").bytes();
+    let invite = Packet::udp4([192, 0, 2, 12], 5060, host, 5060)
+        .payload(b"INVITE sip:x SIP/2.0\r\nUser-Agent: Yealink\r\n\r\n")
+        .bytes();
     sent.send(&inj, "port_open", &invite, 2);
     sent.send(&inj, "sip_method_rate_limited", &invite, 2);
     // A flood: burst 10 passes, the 11th crosses level 1 and bans, 2 more hit the ban.
@@ -162,7 +164,10 @@ fn injected_traffic_moves_exactly_the_right_counters() {
         if reason == "return_traffic" {
             continue;
         }
-        assert_eq!(dp as u64, want_p, "voipwall_packets_total{{verdict={verdict},reason={reason}}} moved {dp}, expected {want_p}\n{text}");
+        assert_eq!(
+            dp as u64, want_p,
+            "voipwall_packets_total{{verdict={verdict},reason={reason}}} moved {dp}, expected {want_p}\n{text}"
+        );
         assert_eq!(db as u64, want_b, "voipwall_bytes_total{{reason={reason}}} moved {db}, expected {want_b}");
     }
     let delta = |name: &str, l: &[(&str, &str)]| get(&after, name, l) - get(&before, name, l);
@@ -172,10 +177,22 @@ fn injected_traffic_moves_exactly_the_right_counters() {
     assert_eq!(get(&after, "voipwall_list_entries", &[("list", "block")]), 1.0);
     assert_eq!(get(&after, "voipwall_list_entries", &[("list", "allow")]), 1.0);
     assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "pass")]), 19.0);
-    assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "drop")]), 6.0, "rate limit, User-Agent and method-limit drops on the SIP rule");
+    assert_eq!(
+        delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "drop")]),
+        6.0,
+        "rate limit, User-Agent and method-limit drops on the SIP rule"
+    );
     assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "ssh-admins"), ("verdict", "drop")]), 3.0);
-    assert_eq!(get(&after, "voipwall_map_entries", &[("map", "RATES")]), 6.0, "(source, class) buckets: SIP peer, flooder, echo source, the scanner, the INVITE sender in signaling and in sip-INVITE");
-    assert_eq!(delta("voipwall_bans_total", &[("class", "sip-user-agent"), ("level", "1")]), 0.0, "ua_ban = 0 drops without banning");
+    assert_eq!(
+        get(&after, "voipwall_map_entries", &[("map", "RATES")]),
+        6.0,
+        "(source, class) buckets: SIP peer, flooder, echo source, the scanner, the INVITE sender in signaling and in sip-INVITE"
+    );
+    assert_eq!(
+        delta("voipwall_bans_total", &[("class", "sip-user-agent"), ("level", "1")]),
+        0.0,
+        "ua_ban = 0 drops without banning"
+    );
     assert!(get(&after, "voipwall_map_capacity", &[("map", "SOURCES_V4")]) > 0.0);
     assert_eq!(get(&after, "voipwall_xdp_attached", &[("iface", &pair.server_if)]), 1.0);
     assert_eq!(get(&after, "voipwall_build_info", &[]), 1.0);
@@ -194,14 +211,26 @@ fn injected_traffic_moves_exactly_the_right_counters() {
     assert_eq!(delta("voipwall_packets_total", &[("verdict", "would_drop"), ("reason", "port_closed")]), 2.0);
     assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "ssh-admins"), ("verdict", "would_drop")]), 1.0);
     assert_eq!(delta("voipwall_packets_total", &[("verdict", "drop"), ("reason", "port_closed")]), 0.0);
-    assert_eq!(delta("voipwall_policy_reloads_total", &[("result", "ok")]), 0.0, "the reload happened before this window");
+    assert_eq!(
+        delta("voipwall_policy_reloads_total", &[("result", "ok")]),
+        0.0,
+        "the reload happened before this window"
+    );
     assert_eq!(get(&after, "voipwall_policy_reloads_total", &[("result", "ok")]), 1.0);
 
     // Health.
     let code = pair.server.sh("curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:9947/healthz");
     assert_eq!(code, "200");
     let log = d.log_text();
-    assert!(log.contains("banned") && log.contains("source=192.0.2.20/32") && log.contains("class=signaling") && log.contains("level=1") && log.contains("rate_pps=") && log.contains("until="), "ban log line has source, class, level, rate and expiry:\n{log}");
+    assert!(
+        log.contains("banned")
+            && log.contains("source=192.0.2.20/32")
+            && log.contains("class=signaling")
+            && log.contains("level=1")
+            && log.contains("rate_pps=")
+            && log.contains("until="),
+        "ban log line has source, class, level, rate and expiry:\n{log}"
+    );
     assert!(log.contains("policy reloaded"), "reloads are logged");
 }
 
@@ -213,7 +242,11 @@ fn promtool_accepts_the_live_output_and_the_dashboard_queries_only_real_metrics(
     let (pair, inj, host) = quiet_pair();
     let env = Env::new();
     let policy = env.write("p.toml", POLICY);
-    let d = Daemon::start(&pair, &env, &["--metrics", "127.0.0.1:9947", "--policy", policy.to_str().unwrap(), "--log-format", "json"]);
+    let d = Daemon::start(
+        &pair,
+        &env,
+        &["--metrics", "127.0.0.1:9947", "--policy", policy.to_str().unwrap(), "--log-format", "json"],
+    );
     // Populate every family: a ban, rule counters, a reload of each outcome.
     for _ in 0..12 {
         inj.send(&Packet::udp4([192, 0, 2, 20], 5060, host, 5060).bytes());
@@ -222,7 +255,11 @@ fn promtool_accepts_the_live_output_and_the_dashboard_queries_only_real_metrics(
     std::thread::sleep(Duration::from_millis(500));
     let text = scrape(&pair);
     let path = env.write("metrics.txt", &text);
-    let out = Command::new("promtool").args(["check", "metrics"]).stdin(std::fs::File::open(&path).unwrap()).output().expect("promtool (Debian package prometheus)");
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .expect("promtool (Debian package prometheus)");
     assert!(
         out.status.success(),
         "promtool check metrics failed ({}):\n{}{}\n{text}",
@@ -235,7 +272,10 @@ fn promtool_accepts_the_live_output_and_the_dashboard_queries_only_real_metrics(
     for family in voipwall::metrics::FAMILIES {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} is declared in /metrics");
     }
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json")).unwrap()).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
     let mut exprs = Vec::new();
     collect_exprs(&dashboard, &mut exprs);
     assert!(exprs.len() >= 10, "{exprs:?}");
@@ -245,11 +285,21 @@ fn promtool_accepts_the_live_output_and_the_dashboard_queries_only_real_metrics(
         while let Some(at) = rest.find("voipwall_") {
             let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             rest = &rest[at + name.len()..];
-            assert!(exported.contains_key(&name), "the dashboard queries {name}, which /metrics does not export (in `{e}`)");
+            assert!(
+                exported.contains_key(&name),
+                "the dashboard queries {name}, which /metrics does not export (in `{e}`)"
+            );
             used.push(name);
         }
     }
-    for needed in ["voipwall_packets_total", "voipwall_bans_total", "voipwall_active_bans", "voipwall_map_entries", "voipwall_policy_reloads_total", "voipwall_xdp_attached"] {
+    for needed in [
+        "voipwall_packets_total",
+        "voipwall_bans_total",
+        "voipwall_active_bans",
+        "voipwall_map_entries",
+        "voipwall_policy_reloads_total",
+        "voipwall_xdp_attached",
+    ] {
         assert!(used.iter().any(|u| u == needed), "the dashboard shows {needed}");
     }
 
@@ -344,6 +394,7 @@ fn a_real_prometheus_scrapes_the_daemon() {
     }
     // And PromQL over the series works (rate/increase across scrapes).
     std::thread::sleep(Duration::from_secs(2));
-    let inc = query(&pair, "sum(increase(voipwall_packets_total{reason=\"port_closed\"}[1m]))").expect("increase() result");
+    let inc =
+        query(&pair, "sum(increase(voipwall_packets_total{reason=\"port_closed\"}[1m]))").expect("increase() result");
     assert!(inc >= 25.0, "increase over the last minute is {inc}");
 }

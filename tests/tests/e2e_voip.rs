@@ -58,7 +58,15 @@ impl Pbx {
         let mut p = Self { echo: Vec::new(), kamailio: None, d: Some(d), env, site };
         if services {
             let (v4, v6) = (p.site.pbx.ip().to_string(), p.site.pbx.ip6().to_string());
-            p.kamailio = Some(Kamailio::start_with(&p.site.pbx.ns, &p.env.root, &[&v4, &v6], &SIP_PORTS, PASSWORD, &format!("{v4}:5070"), &format!("[{v6}]:5072")));
+            p.kamailio = Some(Kamailio::start_with(
+                &p.site.pbx.ns,
+                &p.env.root,
+                &[&v4, &v6],
+                &SIP_PORTS,
+                PASSWORD,
+                &format!("{v4}:5070"),
+                &format!("[{v6}]:5072"),
+            ));
             p.start_echo(media);
         }
         p
@@ -80,7 +88,12 @@ impl Pbx {
         for (ip, sip, mp, name) in [(&v4, "5070", media, "echo4"), (&v6, "5072", media + 10, "echo6")] {
             let log = self.env.root.join(format!("{name}-{media}.log"));
             let mp = mp.to_string();
-            self.echo.push(Sipp::spawn(&self.site.pbx.ns, &["-sn", "uas", "-i", ip, "-p", sip, "-mi", ip, "-mp", &mp, "-rtp_echo", "-m", "100"], Duration::from_secs(170), &log));
+            self.echo.push(Sipp::spawn(
+                &self.site.pbx.ns,
+                &["-sn", "uas", "-i", ip, "-p", sip, "-mi", ip, "-mp", &mp, "-rtp_echo", "-m", "100"],
+                Duration::from_secs(170),
+                &log,
+            ));
         }
         std::thread::sleep(Duration::from_millis(400));
     }
@@ -98,10 +111,33 @@ impl Pbx {
         let (target, local) = self.endpoints(v6, port);
         let out = Sipp::run(
             &self.site.phone.ns,
-            &[&target, "-sf", asset("register.xml").to_str().unwrap(), "-s", "100", "-au", "100", "-ap", PASSWORD, "-i", &local, "-p", "5062", "-m", "1", "-recv_timeout", "3000"],
+            &[
+                &target,
+                "-sf",
+                asset("register.xml").to_str().unwrap(),
+                "-s",
+                "100",
+                "-au",
+                "100",
+                "-ap",
+                PASSWORD,
+                "-i",
+                &local,
+                "-p",
+                "5062",
+                "-m",
+                "1",
+                "-recv_timeout",
+                "3000",
+            ],
             Duration::from_secs(10),
         );
-        assert_eq!(out.status.code(), Some(0), "the phone registers on {target}:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "the phone registers on {target}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     fn endpoints(&self, v6: bool, port: u16) -> (String, String) {
@@ -127,7 +163,27 @@ impl Pbx {
             let sipp = s.spawn(|| {
                 Sipp::run(
                     &self.site.phone.ns,
-                    &[&target, "-sf", call.to_str().unwrap(), "-s", "100", "-au", "100", "-ap", PASSWORD, "-i", &local, "-p", "5064", "-m", "1", "-d", &ms, "-recv_timeout", "5000"],
+                    &[
+                        &target,
+                        "-sf",
+                        call.to_str().unwrap(),
+                        "-s",
+                        "100",
+                        "-au",
+                        "100",
+                        "-ap",
+                        PASSWORD,
+                        "-i",
+                        &local,
+                        "-p",
+                        "5064",
+                        "-m",
+                        "1",
+                        "-d",
+                        &ms,
+                        "-recv_timeout",
+                        "5000",
+                    ],
                     Duration::from_secs(secs + 15),
                 )
             });
@@ -137,7 +193,12 @@ impl Pbx {
             during(self);
             let out = sipp.join().unwrap();
             let stats = rtp.finish();
-            assert_eq!(out.status.code(), Some(0), "the call to {target} completes:\n{}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "the call to {target} completes:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             stats
         })
     }
@@ -147,7 +208,12 @@ impl Pbx {
 fn assert_rtp(what: &str, s: &RtpStats, max_loss_pct: f64) {
     eprintln!("figure: {what}: RTP {} sent, {} echoed back, loss {:.2}%", s.sent, s.received, s.loss_pct());
     assert!(s.sent >= 100, "{what}: the call carried media ({s:?})");
-    assert!(s.loss_pct() < max_loss_pct || (max_loss_pct == 0.0 && s.lost.is_empty()), "{what}: RTP loss {:.2}% (lost {:?})", s.loss_pct(), s.lost);
+    assert!(
+        s.loss_pct() < max_loss_pct || (max_loss_pct == 0.0 && s.lost.is_empty()),
+        "{what}: RTP loss {:.2}% (lost {:?})",
+        s.loss_pct(),
+        s.lost
+    );
 }
 
 /// Scenario 1: with the default policy (IPv4 and IPv6) and with each built-in role that carries
@@ -206,7 +272,14 @@ fn wait_for_ban(d: &Daemon, ip: &str, since: Instant, limit: Duration) -> Option
 /// One flood of scenario 2 from `src`: 20 000 REGISTERs/s for 1.5 s; (sent, ban latency and
 /// class, requests Kamailio received from `src`).
 fn register_flood(p: &Pbx, src: &str) -> (u64, Option<(Duration, String)>, usize) {
-    let flood = Flood::start(&p.site.attacker.ns, &[src.to_string()], &format!("{}:5060", p.site.pbx.ip()), &register_flood_text(&p.site), 20_000, Duration::from_millis(1500));
+    let flood = Flood::start(
+        &p.site.attacker.ns,
+        &[src.to_string()],
+        &format!("{}:5060", p.site.pbx.ip()),
+        &register_flood_text(&p.site),
+        20_000,
+        Duration::from_millis(1500),
+    );
     let banned = wait_for_ban(p.d(), src, flood.started, Duration::from_millis(1400));
     // The flood runs its full course: the ban, not the sender, has to stop it.
     while flood.started.elapsed() < Duration::from_millis(1600) {
@@ -240,11 +313,16 @@ fn e2e_2_register_flood_is_banned_while_a_call_goes_on() {
     });
     for (what, (sent, banned, seen)) in floods {
         let (latency, class) = banned.unwrap_or_else(|| panic!("{what}: the flooding source is banned"));
-        eprintln!("figure: REGISTER flood ({what}): {sent} sent at 20000/s for 1.5 s, banned after {latency:?} by {class}, Kamailio received {seen}");
+        eprintln!(
+            "figure: REGISTER flood ({what}): {sent} sent at 20000/s for 1.5 s, banned after {latency:?} by {class}, Kamailio received {seen}"
+        );
         assert!(latency < Duration::from_secs(1), "{what}: banned within one second, took {latency:?}");
         // Level 1 of `signaling`: burst 1000, then 500/s until the ban.
         let allowed = 1000 + (500.0 * latency.as_secs_f64()).ceil() as usize;
-        assert!(seen <= allowed, "{what}: Kamailio received {seen} requests from the attacker; the burst allows {allowed}");
+        assert!(
+            seen <= allowed,
+            "{what}: Kamailio received {seen} requests from the attacker; the burst allows {allowed}"
+        );
         assert!(sent > 20_000, "{what}: the flood kept going after the ban ({sent} sent)");
         if what.contains("off") {
             assert_eq!(class, "signaling", "the level-1 rate ban fires");
@@ -264,28 +342,53 @@ fn e2e_3_port_sweep_finds_only_open_ports() {
     let p = Pbx::start(None, false, 0);
     let (_, compiled) = voipwall::policy::default_policy();
     let expect = |slot| -> BTreeSet<u16> {
-        (1..=u16::MAX).filter(|&port| {
-            let r = compiled.port(slot, port);
-            r.flags & PORT_OPEN != 0 && r.sets == 0
-        }).collect()
+        (1..=u16::MAX)
+            .filter(|&port| {
+                let r = compiled.port(slot, port);
+                r.flags & PORT_OPEN != 0 && r.sets == 0
+            })
+            .collect()
     };
     let (want_tcp, want_udp) = (expect(PROTO_SLOT_TCP), expect(PROTO_SLOT_UDP));
     let t = Instant::now();
     let tcp = tcp_sweep(&p.site.attacker.ns, p.site.attacker.ip(), p.site.pbx.ip(), 20_000);
     let udp = udp_sweep(&p.site.attacker.ns, p.site.attacker.ip(), p.site.pbx.ip(), 20_000);
-    eprintln!("figure: port sweep ({:?}): TCP {} reachable of 65535 (policy opens {}), UDP {} (policy opens {})", t.elapsed(), tcp.len(), want_tcp.len(), udp.len(), want_udp.len());
+    eprintln!(
+        "figure: port sweep ({:?}): TCP {} reachable of 65535 (policy opens {}), UDP {} (policy opens {})",
+        t.elapsed(),
+        tcp.len(),
+        want_tcp.len(),
+        udp.len(),
+        want_udp.len()
+    );
     let show = |s: &BTreeSet<u16>| s.iter().take(20).map(ToString::to_string).collect::<Vec<_>>().join(",");
-    assert_eq!(tcp, want_tcp, "TCP: extra {} / missing {}", show(&tcp.difference(&want_tcp).copied().collect()), show(&want_tcp.difference(&tcp).copied().collect()));
-    assert_eq!(udp, want_udp, "UDP: extra {} / missing {}", show(&udp.difference(&want_udp).copied().collect()), show(&want_udp.difference(&udp).copied().collect()));
+    assert_eq!(
+        tcp,
+        want_tcp,
+        "TCP: extra {} / missing {}",
+        show(&tcp.difference(&want_tcp).copied().collect()),
+        show(&want_tcp.difference(&tcp).copied().collect())
+    );
+    assert_eq!(
+        udp,
+        want_udp,
+        "UDP: extra {} / missing {}",
+        show(&udp.difference(&want_udp).copied().collect()),
+        show(&want_udp.difference(&udp).copied().collect())
+    );
 }
 
 /// An OPTIONS from `ns`/`src` to `dst`; whether any answer came back.
 fn options_answered(ns: &tests::netns::NetNs, src: &str, dst: &str) -> bool {
-    let sock = ns.enter(|| UdpSocket::bind(if src.contains(':') { format!("[{src}]:0") } else { format!("{src}:0") })).unwrap();
+    let sock = ns
+        .enter(|| UdpSocket::bind(if src.contains(':') { format!("[{src}]:0") } else { format!("{src}:0") }))
+        .unwrap();
     let port = sock.local_addr().unwrap().port();
     let host = if src.contains(':') { format!("[{src}]") } else { src.to_string() };
     sock.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
-    let msg = format!("OPTIONS sip:ping@{dst} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};rport;branch=z9hG4bK-opt\r\nFrom: <sip:carrier@{host}>;tag=1\r\nTo: <sip:ping@{dst}>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+    let msg = format!(
+        "OPTIONS sip:ping@{dst} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};rport;branch=z9hG4bK-opt\r\nFrom: <sip:carrier@{host}>;tag=1\r\nTo: <sip:ping@{dst}>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
     let target: std::net::SocketAddr = dst.parse().unwrap();
     let mut buf = [0u8; 2048];
     (0..2).any(|_| {
@@ -314,14 +417,19 @@ fn e2e_4_carrier_only_port() {
     let pbx4 = format!("{}:5080", p.site.pbx.ip());
     let pbx6 = format!("[{}]:5080", p.site.pbx.ip6());
     assert!(options_answered(&p.site.carrier.ns, p.site.carrier.ip(), &pbx4), "the carrier gets an answer on 5080");
-    assert!(options_answered(&p.site.carrier.ns, p.site.carrier.ip6(), &pbx6), "the carrier gets an answer on 5080 over IPv6");
+    assert!(
+        options_answered(&p.site.carrier.ns, p.site.carrier.ip6(), &pbx6),
+        "the carrier gets an answer on 5080 over IPv6"
+    );
     for (who, h) in [("phone", &p.site.phone), ("attacker", &p.site.attacker), ("admin", &p.site.admin)] {
         assert!(!options_answered(&h.ns, h.ip(), &pbx4), "{who} gets no answer on 5080");
         assert!(!options_answered(&h.ns, h.ip6(), &pbx6), "{who} gets no answer on 5080 over IPv6");
         assert!(options_answered(&h.ns, h.ip(), &format!("{}:5060", p.site.pbx.ip())), "{who} still reaches 5060");
     }
     let seen = p.k().method_from("OPTIONS", p.site.attacker.ip());
-    eprintln!("figure: carrier-only 5080: carrier answered (IPv4 and IPv6), phone/attacker/admin silent; Kamailio saw {seen} OPTIONS from the attacker (its 5060 probes only)");
+    eprintln!(
+        "figure: carrier-only 5080: carrier answered (IPv4 and IPv6), phone/attacker/admin silent; Kamailio saw {seen} OPTIONS from the attacker (its 5060 probes only)"
+    );
     assert_eq!(seen, 1, "only the attacker's 5060 probe reached Kamailio");
 }
 
@@ -335,7 +443,14 @@ fn e2e_5_block_during_a_flood_cuts_it_fast() {
     // The flood goes to an RTP port (police only, 50 000/s per source: no ban interferes).
     let sink = Sink::start(&p.site.pbx.ns, &format!("{}:12000", p.site.pbx.ip()));
     let sources = p.site.attacker.v4.clone();
-    let flood = Flood::start(&p.site.attacker.ns, &sources, &format!("{}:12000", p.site.pbx.ip()), "junk {n}", 3000, Duration::from_secs(4));
+    let flood = Flood::start(
+        &p.site.attacker.ns,
+        &sources,
+        &format!("{}:12000", p.site.pbx.ip()),
+        "junk {n}",
+        3000,
+        Duration::from_secs(4),
+    );
     std::thread::sleep(Duration::from_millis(1000));
     let (_, before) = sink.last_from(&sources);
     assert!(before > 1000, "the flood arrives before the block ({before} datagrams)");
@@ -346,7 +461,10 @@ fn e2e_5_block_during_a_flood_cuts_it_fast() {
     let (last, total) = sink.last_from(&sources);
     let sent = flood.finish();
     let cut = last.unwrap().saturating_duration_since(t0);
-    eprintln!("figure: block during a 3000/s flood from {} addresses: `voipwall block` returned in {cli:?}, last datagram {cut:?} after the command started; {total} of {sent} arrived", sources.len());
+    eprintln!(
+        "figure: block during a 3000/s flood from {} addresses: `voipwall block` returned in {cli:?}, last datagram {cut:?} after the command started; {total} of {sent} arrived",
+        sources.len()
+    );
     assert!(cut <= Duration::from_millis(100), "the flood was cut {cut:?} after `voipwall block` started");
 }
 
@@ -382,7 +500,14 @@ fn e2e_7_kill_9_during_a_call() {
     let mut p = Pbx::start(None, true, 10000);
     p.register(false, 5060);
     let attacker = p.site.attacker.ip().to_string();
-    let flood = Flood::start(&p.site.attacker.ns, std::slice::from_ref(&attacker), &format!("{}:5060", p.site.pbx.ip()), &register_flood_text(&p.site), 20_000, Duration::from_secs(1));
+    let flood = Flood::start(
+        &p.site.attacker.ns,
+        std::slice::from_ref(&attacker),
+        &format!("{}:5060", p.site.pbx.ip()),
+        &register_flood_text(&p.site),
+        20_000,
+        Duration::from_secs(1),
+    );
     let banned = wait_for_ban(p.d(), &attacker, flood.started, Duration::from_secs(3));
     flood.finish();
     let (_, class) = banned.expect("the attacker is banned first");
@@ -393,16 +518,20 @@ fn e2e_7_kill_9_during_a_call() {
         std::thread::sleep(Duration::from_millis(1500));
         p.d().signal(libc::SIGKILL);
         std::thread::sleep(Duration::from_millis(500));
-        probe_reached = options_answered(&p.site.attacker.ns, p.site.attacker.ip(), &format!("{}:5060", p.site.pbx.ip()));
+        probe_reached =
+            options_answered(&p.site.attacker.ns, p.site.attacker.ip(), &format!("{}:5060", p.site.pbx.ip()));
     });
     // Reap the killed daemon (its handle's drop finds it already gone), then restart.
     drop(p.d.take());
     let d = Daemon::start_on(&p.site.pbx.ns, &p.site.pbx.iface, &p.env, &["--metrics", "off"]);
     let adopted = d.log_text().contains("adopted the attached program without detaching");
-    let still = d.json(&["list", "banned"])["banned"].as_array().unwrap().iter().any(|r| r["cidr"] == format!("{attacker}/32"));
+    let still =
+        d.json(&["list", "banned"])["banned"].as_array().unwrap().iter().any(|r| r["cidr"] == format!("{attacker}/32"));
     let seen_after = p.k().requests_from(&attacker);
     p.d = Some(d);
-    eprintln!("figure: kill -9 mid-call: attacker (banned as {class}) probe answered: {probe_reached}; Kamailio saw {seen_before} -> {seen_after} from it; restarted daemon adopted: {adopted}; ban still listed: {still}");
+    eprintln!(
+        "figure: kill -9 mid-call: attacker (banned as {class}) probe answered: {probe_reached}; Kamailio saw {seen_before} -> {seen_after} from it; restarted daemon adopted: {adopted}; ban still listed: {still}"
+    );
     assert!(!probe_reached, "the banned attacker stays banned with no daemon");
     assert_eq!(seen_before, seen_after, "nothing from the attacker reached Kamailio while the daemon was down");
     assert!(adopted, "the restarted daemon adopts the pinned program and maps");
@@ -419,13 +548,18 @@ fn e2e_8_fragmented_invite_is_answered() {
     }
     let p = Pbx::start(None, true, 10000);
     for v6 in [false, true] {
-        let (src, dst) = if v6 { (p.site.phone.ip6().to_string(), format!("[{}]:5060", p.site.pbx.ip6())) } else { (p.site.phone.ip().to_string(), format!("{}:5060", p.site.pbx.ip())) };
+        let (src, dst) = if v6 {
+            (p.site.phone.ip6().to_string(), format!("[{}]:5060", p.site.pbx.ip6()))
+        } else {
+            (p.site.phone.ip().to_string(), format!("{}:5060", p.site.pbx.ip()))
+        };
         let bind = if v6 { format!("[{src}]:5098") } else { format!("{src}:5098") };
         let sock = p.site.phone.ns.enter(|| UdpSocket::bind(&bind)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let pad = "x".repeat(60);
         let extra: String = (0..45).map(|i| format!("X-Pad-{i}: {pad}\r\n")).collect();
-        let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 20000 RTP/AVP 0\r\n";
+        let sdp =
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 20000 RTP/AVP 0\r\n";
         let host = if v6 { format!("[{src}]") } else { src.clone() };
         let msg = format!(
             "INVITE sip:200@voip SIP/2.0\r\nVia: SIP/2.0/UDP {host}:5098;branch=z9hG4bK-big{v6}\r\nFrom: <sip:100@voip>;tag=big\r\nTo: <sip:200@voip>\r\nCall-ID: big-invite-{v6}\r\nCSeq: 1 INVITE\r\nContact: <sip:100@{host}:5098>\r\nMax-Forwards: 70\r\nUser-Agent: voipwall-test-phone\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
@@ -434,9 +568,17 @@ fn e2e_8_fragmented_invite_is_answered() {
         assert!(msg.len() > 3000, "{}", msg.len());
         sock.send_to(msg.as_bytes(), dst.parse::<std::net::SocketAddr>().unwrap()).unwrap();
         let mut buf = [0u8; 4096];
-        let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no answer to a {}-byte INVITE over {}: {e}", msg.len(), if v6 { "IPv6" } else { "IPv4" }));
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+            panic!("no answer to a {}-byte INVITE over {}: {e}", msg.len(), if v6 { "IPv6" } else { "IPv4" })
+        });
         let answer = String::from_utf8_lossy(&buf[..n]);
-        eprintln!("figure: {}-byte INVITE over {} ({} fragments at 1500 MTU): answered `{}`", msg.len(), if v6 { "IPv6" } else { "IPv4" }, msg.len().div_ceil(1400), answer.lines().next().unwrap_or(""));
+        eprintln!(
+            "figure: {}-byte INVITE over {} ({} fragments at 1500 MTU): answered `{}`",
+            msg.len(),
+            if v6 { "IPv6" } else { "IPv4" },
+            msg.len().div_ceil(1400),
+            answer.lines().next().unwrap_or("")
+        );
         assert!(answer.starts_with("SIP/2.0 407"), "Kamailio challenges the INVITE: {answer}");
     }
     assert_eq!(p.k().method_from("INVITE", p.site.phone.ip()), 1);

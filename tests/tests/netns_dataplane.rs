@@ -99,10 +99,14 @@ fn open_port_reachable_closed_port_dropped_and_counted() {
     // TCP: 5061 is open, 80 is closed.
     let listener = p.server.enter(|| TcpListener::bind(format!("{}:5061", p.server_v4()))).unwrap();
     let _closed_listener = p.server.enter(|| TcpListener::bind(format!("{}:80", p.server_v4()))).unwrap();
-    let ok = p.client.enter(|| TcpStream::connect_timeout(&format!("{}:5061", p.server_v4()).parse().unwrap(), Duration::from_secs(2)));
+    let ok = p.client.enter(|| {
+        TcpStream::connect_timeout(&format!("{}:5061", p.server_v4()).parse().unwrap(), Duration::from_secs(2))
+    });
     assert!(ok.is_ok(), "TCP 5061 reachable: {ok:?}");
     drop(listener);
-    let refused = p.client.enter(|| TcpStream::connect_timeout(&format!("{}:80", p.server_v4()).parse().unwrap(), Duration::from_millis(500)));
+    let refused = p.client.enter(|| {
+        TcpStream::connect_timeout(&format!("{}:80", p.server_v4()).parse().unwrap(), Duration::from_millis(500))
+    });
     assert!(refused.is_err(), "TCP 80 must time out, the SYN is dropped");
 
     // IPv6 too.
@@ -158,7 +162,10 @@ fn flood_above_level_one_is_banned_while_another_source_is_served() {
             from_flooder += 1;
         }
     }
-    assert!(from_flooder <= 110, "at most the burst (100) plus refill gets through, got {from_flooder} in {flood_time:?}");
+    assert!(
+        from_flooder <= 110,
+        "at most the burst (100) plus refill gets through, got {from_flooder} in {flood_time:?}"
+    );
     let bans = s.dp.bans().unwrap();
     assert_eq!(bans.len(), 1, "one ban: {bans:?}");
     assert_eq!(bans[0].1.level, 1);

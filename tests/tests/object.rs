@@ -13,10 +13,16 @@ fn object_passes_the_verifier_and_declares_every_common_name() {
     let h = Harness::new(DEFAULT_POLICY);
     let (map_names, program_names) = h.dp.object_names();
     for name in maps::ALL {
-        assert!(map_names.iter().any(|n| n == name), "map {name} from common is missing in the object; it has {map_names:?}");
+        assert!(
+            map_names.iter().any(|n| n == name),
+            "map {name} from common is missing in the object; it has {map_names:?}"
+        );
     }
     for name in programs::ALL {
-        assert!(program_names.iter().any(|n| n == name), "program {name} from common is missing; object has {program_names:?}");
+        assert!(
+            program_names.iter().any(|n| n == name),
+            "program {name} from common is missing; object has {program_names:?}"
+        );
     }
     for name in &map_names {
         assert!(

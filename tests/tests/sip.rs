@@ -4,7 +4,9 @@
 
 use common::{BAN_DRY_RUN, addr::v4_mapped, sip, stat};
 use tests::{
-    Harness, XDP_DROP, XDP_PASS, bench::paths::invite_1400, bpf_available,
+    Harness, XDP_DROP, XDP_PASS,
+    bench::paths::invite_1400,
+    bpf_available,
     packet::{Packet, TCP_ACK},
 };
 
@@ -68,7 +70,12 @@ fn harness(policy: &str) -> Option<Harness> {
 #[test]
 fn listed_user_agents_drop_wherever_the_header_is() {
     let Some(h) = harness(POLICY) else { return };
-    h.expect("a phone's REGISTER", &udp(PHONE, &register_with("User-Agent: Yealink SIP-T46S 66.86.0.15", 3)), XDP_PASS, "port_open");
+    h.expect(
+        "a phone's REGISTER",
+        &udp(PHONE, &register_with("User-Agent: Yealink SIP-T46S 66.86.0.15", 3)),
+        XDP_PASS,
+        "port_open",
+    );
     for at in [0, 4, 9] {
         let msg = register_with("User-Agent: friendly-scanner", at);
         h.expect(&format!("scanner UA as header {at}"), &udp(SCANNER, &msg), XDP_DROP, "sip_user_agent");
@@ -84,14 +91,17 @@ fn listed_user_agents_drop_wherever_the_header_is() {
     }
     // Every method is scanned, not only REGISTER.
     for method in ["INVITE", "OPTIONS", "SUBSCRIBE"] {
-        let msg = request(method, &["Via: SIP/2.0/UDP 192.0.2.66", "User-Agent: friendly-scanner", "Content-Length: 0"], "");
+        let msg =
+            request(method, &["Via: SIP/2.0/UDP 192.0.2.66", "User-Agent: friendly-scanner", "Content-Length: 0"], "");
         h.expect(method, &udp(SCANNER, &msg), XDP_DROP, "sip_user_agent");
     }
     // A bare LF line end still ends the request line.
     let lf = b"OPTIONS sip:x SIP/2.0\nUser-Agent: sipvicious\n\n";
     h.expect("LF line ends", &udp(SCANNER, lf), XDP_DROP, "sip_user_agent");
     // IPv6 source.
-    let v6 = Packet::udp6("2001:db8:66::1", 5060, HOST6, 5060).payload(&register_with("User-Agent: friendly-scanner", 2)).bytes();
+    let v6 = Packet::udp6("2001:db8:66::1", 5060, HOST6, 5060)
+        .payload(&register_with("User-Agent: friendly-scanner", 2))
+        .bytes();
     h.expect("IPv6 scanner", &v6, XDP_DROP, "sip_user_agent");
 }
 
@@ -111,16 +121,25 @@ fn other_headers_folds_and_bodies_do_not_confuse_the_scan() {
         h.expect(what, &udp(PHONE, &register_with(line, 3)), XDP_PASS, "port_open");
     }
     // A continuation line of another header is not a header, whatever it says.
-    let folded = request("REGISTER", &["Via: SIP/2.0/UDP 192.0.2.20", "Subject: hello", " User-Agent: friendly-scanner", "User-Agent: Yealink"], "");
+    let folded = request(
+        "REGISTER",
+        &["Via: SIP/2.0/UDP 192.0.2.20", "Subject: hello", " User-Agent: friendly-scanner", "User-Agent: Yealink"],
+        "",
+    );
     h.expect("folded line starting with User-Agent", &udp(PHONE, &folded), XDP_PASS, "port_open");
     // But a User-Agent value folded over two lines is one value.
-    let folded_ua = request("REGISTER", &["Via: SIP/2.0/UDP 192.0.2.66", "User-Agent: Mozilla", "\tsipvicious", "Content-Length: 0"], "");
+    let folded_ua = request(
+        "REGISTER",
+        &["Via: SIP/2.0/UDP 192.0.2.66", "User-Agent: Mozilla", "\tsipvicious", "Content-Length: 0"],
+        "",
+    );
     h.expect("User-Agent value with a continuation line", &udp(SCANNER, &folded_ua), XDP_DROP, "sip_user_agent");
     // Only the first User-Agent counts (RFC 3261 allows one).
     let two = request("REGISTER", &["User-Agent: Yealink", "User-Agent: friendly-scanner"], "");
     h.expect("second User-Agent", &udp(PHONE, &two), XDP_PASS, "port_open");
     // The body is not headers.
-    let body = request("MESSAGE", &["Content-Type: text/plain", "Content-Length: 30"], "User-Agent: friendly-scanner\r\n");
+    let body =
+        request("MESSAGE", &["Content-Type: text/plain", "Content-Length: 30"], "User-Agent: friendly-scanner\r\n");
     h.expect("User-Agent text in the body", &udp(PHONE, &body), XDP_PASS, "port_open");
     // Near-miss values.
     h.expect("near miss", &udp(PHONE, &register_with("User-Agent: sipvic ious / friend ly", 2)), XDP_PASS, "port_open");
@@ -146,12 +165,27 @@ fn the_window_bounds_the_scan() {
     h.expect("window just past the pattern", &udp(SCANNER, &msg), XDP_DROP, "sip_user_agent");
     // Patterns can be anchored, and the list replaced.
     h.reload(&POLICY.replace("ua_ban = \"0\"", "ua_ban = \"0\"\nua_block = [\"^evil\", \"dialer-x\"]"));
-    h.expect("anchored, at the start", &udp(SCANNER, &register_with("User-Agent: EvilPhone 1.0", 1)), XDP_DROP, "sip_user_agent");
-    h.expect("anchored, later in the value", &udp(PHONE, &register_with("User-Agent: NotEvil 1.0", 1)), XDP_PASS, "port_open");
+    h.expect(
+        "anchored, at the start",
+        &udp(SCANNER, &register_with("User-Agent: EvilPhone 1.0", 1)),
+        XDP_DROP,
+        "sip_user_agent",
+    );
+    h.expect(
+        "anchored, later in the value",
+        &udp(PHONE, &register_with("User-Agent: NotEvil 1.0", 1)),
+        XDP_PASS,
+        "port_open",
+    );
     h.expect("replaced list", &udp(PHONE, &register_with("User-Agent: friendly-scanner", 1)), XDP_PASS, "port_open");
     h.expect("new pattern", &udp(SCANNER, &register_with("User-Agent: acme dialer-x", 1)), XDP_DROP, "sip_user_agent");
     h.reload(&POLICY.replace("ua_ban = \"0\"", "ua_ban = \"0\"\nua_block = []"));
-    h.expect("empty list: no User-Agent check", &udp(SCANNER, &register_with("User-Agent: friendly-scanner", 1)), XDP_PASS, "port_open");
+    h.expect(
+        "empty list: no User-Agent check",
+        &udp(SCANNER, &register_with("User-Agent: friendly-scanner", 1)),
+        XDP_PASS,
+        "port_open",
+    );
 }
 
 #[test]
@@ -170,7 +204,10 @@ fn truncated_and_non_sip_payloads_pass_untouched() {
     for (what, payload) in [
         ("CRLF keep-alive", b"\r\n\r\n".to_vec()),
         ("empty", Vec::new()),
-        ("STUN binding request", vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+        (
+            "STUN binding request",
+            vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        ),
         ("binary junk", (0..400u32).map(|i| (i * 37 % 251) as u8).collect()),
         ("HTTP on the SIP port", b"GET / HTTP/1.1\r\nUser-Agent: friendly-scanner\r\n\r\n".to_vec()),
         ("request line without SIP/2.0", b"REGISTER sip:x HTTP/1.1\r\nUser-Agent: sipvicious\r\n\r\n".to_vec()),
@@ -181,7 +218,8 @@ fn truncated_and_non_sip_payloads_pass_untouched() {
         h.expect(what, &udp(SCANNER, &payload), XDP_PASS, "port_open");
     }
     // Non-SIP ports are not inspected at all (RTP on voip-edge).
-    let rtp = Packet::udp4(SCANNER, 40000, HOST, 12000).payload(&register_with("User-Agent: friendly-scanner", 0)).bytes();
+    let rtp =
+        Packet::udp4(SCANNER, 40000, HOST, 12000).payload(&register_with("User-Agent: friendly-scanner", 0)).bytes();
     h.expect("SIP text on an RTP port", &rtp, XDP_PASS, "port_open");
 }
 
@@ -213,7 +251,12 @@ fn a_user_agent_match_can_ban_and_dry_run_only_reports() {
     assert_eq!(events[0].addr, v4_mapped(SCANNER));
     let entry = h.dp.ban_get(&v4_mapped(SCANNER)).unwrap().expect("ban inserted");
     assert_eq!(entry.class, sip::CLASS_USER_AGENT);
-    h.expect("the allow list bypasses the check", &udp(ALLOWED, &register_with("User-Agent: friendly-scanner", 1)), XDP_PASS, "allow_list");
+    h.expect(
+        "the allow list bypasses the check",
+        &udp(ALLOWED, &register_with("User-Agent: friendly-scanner", 1)),
+        XDP_PASS,
+        "allow_list",
+    );
 
     let mut dry = Harness::new(&POLICY.replace("ua_ban = \"0\"", "ua_ban = \"1h\"\n[options]\ndry_run = true"));
     dry.expect("dry run: would drop", &scan, XDP_PASS, "sip_user_agent");
@@ -226,7 +269,9 @@ fn a_user_agent_match_can_ban_and_dry_run_only_reports() {
 
 #[test]
 fn method_limits_cut_a_registration_storm_but_not_calls() {
-    let policy = format!("{POLICY}\n[sip.methods]\nREGISTER = {{ pps = 1, burst = 5 }}\nOPTIONS = {{ levels = [{{ pps = 1, burst = 2, ban = \"10m\" }}] }}\n");
+    let policy = format!(
+        "{POLICY}\n[sip.methods]\nREGISTER = {{ pps = 1, burst = 5 }}\nOPTIONS = {{ levels = [{{ pps = 1, burst = 2, ban = \"10m\" }}] }}\n"
+    );
     let Some(mut h) = harness(&policy) else { return };
     let reg = udp(PHONE, &register_with("User-Agent: Yealink", 1));
     for i in 0..5 {
@@ -239,9 +284,19 @@ fn method_limits_cut_a_registration_storm_but_not_calls() {
         h.expect(&format!("INVITE {i}: no INVITE limit"), &invite, XDP_PASS, "port_open");
         h.expect(&format!("BYE {i}: in-dialog methods untouched"), &bye, XDP_PASS, "port_open");
     }
-    h.expect("responses are not requests", &udp(PHONE, b"SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\n\r\n"), XDP_PASS, "port_open");
+    h.expect(
+        "responses are not requests",
+        &udp(PHONE, b"SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\n\r\n"),
+        XDP_PASS,
+        "port_open",
+    );
     h.expect("REGISTER still over", &reg, XDP_DROP, "sip_method_rate_limited");
-    h.expect("another phone's REGISTER", &udp([192, 0, 2, 21], &register_with("User-Agent: Yealink", 1)), XDP_PASS, "port_open");
+    h.expect(
+        "another phone's REGISTER",
+        &udp([192, 0, 2, 21], &register_with("User-Agent: Yealink", 1)),
+        XDP_PASS,
+        "port_open",
+    );
     // OPTIONS: a level with a ban.
     let opt = udp(SCANNER, &request("OPTIONS", &["User-Agent: Yealink"], ""));
     h.expect("OPTIONS 1", &opt, XDP_PASS, "port_open");
@@ -255,7 +310,10 @@ fn method_limits_cut_a_registration_storm_but_not_calls() {
 
 /// A response the host's SIP server sends to `to` (egress, from 5060).
 fn response(to: [u8; 4], status: &str) -> Vec<u8> {
-    let text = format!("SIP/2.0 {status}\r\nVia: SIP/2.0/UDP {}.{}.{}.{}:5060\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n", to[0], to[1], to[2], to[3]);
+    let text = format!(
+        "SIP/2.0 {status}\r\nVia: SIP/2.0/UDP {}.{}.{}.{}:5060\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+        to[0], to[1], to[2], to[3]
+    );
     Packet::udp4(HOST, 5060, to, 5060).payload(text.as_bytes()).bytes()
 }
 
@@ -270,7 +328,13 @@ fn egress_reads_responses_and_bans_after_failed_authentications() {
     let Some(mut h) = harness(&policy) else { return };
     let client = [192, 0, 2, 30];
     let key = v4_mapped(client);
-    let with_auth = udp(client, &register_with("Authorization: Digest username=\"100\", realm=\"voip\", nonce=\"abc\", uri=\"sip:voip\", response=\"0123\"", 3));
+    let with_auth = udp(
+        client,
+        &register_with(
+            "Authorization: Digest username=\"100\", realm=\"voip\", nonce=\"abc\", uri=\"sip:voip\", response=\"0123\"",
+            3,
+        ),
+    );
     let egress = |h: &Harness, status: &str| {
         assert_eq!(h.dp.test_run_egress(&response(client, status)).unwrap(), -1, "egress never drops (TC_ACT_UNSPEC)");
     };
@@ -343,7 +407,10 @@ fn egress_reads_responses_and_bans_after_failed_authentications() {
 
 #[test]
 fn the_detection_period_resets_the_counts() {
-    let policy = POLICY.replace("ua_ban = \"0\"", "ua_ban = \"0\"\ndetection_period = \"1s\"\nfailed_auth = { count = 2, ban = \"1h\" }");
+    let policy = POLICY.replace(
+        "ua_ban = \"0\"",
+        "ua_ban = \"0\"\ndetection_period = \"1s\"\nfailed_auth = { count = 2, ban = \"1h\" }",
+    );
     let Some(mut h) = harness(&policy) else { return };
     let client = [192, 0, 2, 40];
     h.dp.test_run_egress(&response(client, "403 Forbidden")).unwrap();

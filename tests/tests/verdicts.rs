@@ -71,16 +71,44 @@ fn parsing_layers() {
         ("LLDP passes", lldp, XDP_PASS, "non_ip"),
         ("802.1Q tagged SIP", base().vlan(ETH_P_8021Q, 100).bytes(), XDP_PASS, "port_open"),
         ("QinQ tagged SIP", base().vlan(ETH_P_8021AD, 10).vlan(ETH_P_8021Q, 100).bytes(), XDP_PASS, "port_open"),
-        ("QinQ tagged closed port", Packet::udp4(PEER, 1, HOST, 9999).vlan(ETH_P_8021AD, 10).vlan(ETH_P_8021Q, 100).bytes(), XDP_DROP, "port_closed"),
-        ("three tags hide the payload", base().vlan(ETH_P_8021AD, 1).vlan(ETH_P_8021Q, 2).vlan(ETH_P_8021Q, 3).bytes(), XDP_DROP, "malformed"),
-        ("VLAN-tagged ARP", { let mut f = arp(); f.splice(12..12, [0x81, 0x00, 0x00, 0x64]); f }, XDP_PASS, "non_ip"),
+        (
+            "QinQ tagged closed port",
+            Packet::udp4(PEER, 1, HOST, 9999).vlan(ETH_P_8021AD, 10).vlan(ETH_P_8021Q, 100).bytes(),
+            XDP_DROP,
+            "port_closed",
+        ),
+        (
+            "three tags hide the payload",
+            base().vlan(ETH_P_8021AD, 1).vlan(ETH_P_8021Q, 2).vlan(ETH_P_8021Q, 3).bytes(),
+            XDP_DROP,
+            "malformed",
+        ),
+        (
+            "VLAN-tagged ARP",
+            {
+                let mut f = arp();
+                f.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+                f
+            },
+            XDP_PASS,
+            "non_ip",
+        ),
         ("IPv4 with 4 option bytes (IHL 6)", base().ipv4_options(&[0x94, 0x04, 0, 0]).bytes(), XDP_PASS, "port_open"),
         ("IPv4 with 40 option bytes (IHL 15)", base().ipv4_options(&[1; 40]).bytes(), XDP_PASS, "port_open"),
-        ("IPv4 options to a closed port", Packet::udp4(PEER, 1, HOST, 9999).ipv4_options(&[1; 12]).bytes(), XDP_DROP, "port_closed"),
+        (
+            "IPv4 options to a closed port",
+            Packet::udp4(PEER, 1, HOST, 9999).ipv4_options(&[1; 12]).bytes(),
+            XDP_DROP,
+            "port_closed",
+        ),
         ("IPv6 SIP", Packet::udp6(PEER6, 5060, HOST6, 5060).bytes(), XDP_PASS, "port_open"),
         (
             "IPv6 hop-by-hop + routing + destination options",
-            Packet::udp6(PEER6, 5060, HOST6, 5060).ext(Ext::HopByHop(0)).ext(Ext::Routing(1)).ext(Ext::DestOpts(2)).bytes(),
+            Packet::udp6(PEER6, 5060, HOST6, 5060)
+                .ext(Ext::HopByHop(0))
+                .ext(Ext::Routing(1))
+                .ext(Ext::DestOpts(2))
+                .bytes(),
             XDP_PASS,
             "port_open",
         ),
@@ -90,7 +118,12 @@ fn parsing_layers() {
             XDP_DROP,
             "port_closed",
         ),
-        ("IPv6 atomic fragment", Packet::udp6(PEER6, 5060, HOST6, 5060).ext(Ext::AtomicFragment).bytes(), XDP_PASS, "port_open"),
+        (
+            "IPv6 atomic fragment",
+            Packet::udp6(PEER6, 5060, HOST6, 5060).ext(Ext::AtomicFragment).bytes(),
+            XDP_PASS,
+            "port_open",
+        ),
         (
             "IPv6 with 6 extension headers (the bound)",
             (0..6).fold(Packet::udp6(PEER6, 5060, HOST6, 5060), |p, _| p.ext(Ext::DestOpts(0))).bytes(),
@@ -103,8 +136,18 @@ fn parsing_layers() {
             XDP_DROP,
             "malformed",
         ),
-        ("GRE is not a VoIP protocol", Packet::new(Ip::v4(PEER, HOST), L4::Raw { proto: 47 }).bytes(), XDP_DROP, "protocol_closed"),
-        ("SCTP over IPv6", Packet::new(Ip::v6(PEER6, HOST6), L4::Raw { proto: 132 }).bytes(), XDP_DROP, "protocol_closed"),
+        (
+            "GRE is not a VoIP protocol",
+            Packet::new(Ip::v4(PEER, HOST), L4::Raw { proto: 47 }).bytes(),
+            XDP_DROP,
+            "protocol_closed",
+        ),
+        (
+            "SCTP over IPv6",
+            Packet::new(Ip::v6(PEER6, HOST6), L4::Raw { proto: 132 }).bytes(),
+            XDP_DROP,
+            "protocol_closed",
+        ),
     ];
     for (what, frame, action, reason) in cases {
         h.expect(what, &frame, action, reason);
@@ -156,9 +199,21 @@ fn packets_cut_at_every_header_boundary_are_malformed() {
         ("IPv4/UDP", sip(PEER), vec![14, 34, 42]),
         ("IPv4/TCP", Packet::tcp4(PEER, 1000, HOST, 5061, TCP_SYN).bytes(), vec![14, 34, 54]),
         ("IPv4/ICMP", Packet::icmp4(PEER, HOST, 8).bytes(), vec![14, 34, 42]),
-        ("802.1Q/IPv4 with options/UDP", Packet::udp4(PEER, 5060, HOST, 5060).vlan(ETH_P_8021Q, 7).ipv4_options(&[1; 8]).bytes(), vec![14, 18, 46, 54]),
-        ("QinQ/IPv6/UDP", Packet::udp6(PEER6, 5060, HOST6, 5060).vlan(ETH_P_8021AD, 1).vlan(ETH_P_8021Q, 2).bytes(), vec![14, 18, 22, 62, 70]),
-        ("IPv6/hop-by-hop/dest-opts/TCP", Packet::tcp6(PEER6, 1, HOST6, 5061, TCP_SYN).ext(Ext::HopByHop(0)).ext(Ext::DestOpts(1)).bytes(), vec![14, 54, 62, 78, 98]),
+        (
+            "802.1Q/IPv4 with options/UDP",
+            Packet::udp4(PEER, 5060, HOST, 5060).vlan(ETH_P_8021Q, 7).ipv4_options(&[1; 8]).bytes(),
+            vec![14, 18, 46, 54],
+        ),
+        (
+            "QinQ/IPv6/UDP",
+            Packet::udp6(PEER6, 5060, HOST6, 5060).vlan(ETH_P_8021AD, 1).vlan(ETH_P_8021Q, 2).bytes(),
+            vec![14, 18, 22, 62, 70],
+        ),
+        (
+            "IPv6/hop-by-hop/dest-opts/TCP",
+            Packet::tcp6(PEER6, 1, HOST6, 5061, TCP_SYN).ext(Ext::HopByHop(0)).ext(Ext::DestOpts(1)).bytes(),
+            vec![14, 54, 62, 78, 98],
+        ),
         ("IPv6/ICMPv6", Packet::icmp6(PEER6, HOST6, 128).bytes(), vec![14, 54, 62]),
     ];
     let mut checked = 0;
@@ -195,7 +250,12 @@ fn allow_list_bypasses_everything() {
     h.expect("allowed source to a closed port", &Packet::udp4(ALLOWED, 1, HOST, 9999).bytes(), XDP_PASS, "allow_list");
     h.expect("allowed source, denied ICMP type", &Packet::icmp4(ALLOWED, HOST, 5).bytes(), XDP_PASS, "allow_list");
     h.expect("allowed IPv6 source", &Packet::tcp6(ALLOWED6, 1, HOST6, 80, TCP_SYN).bytes(), XDP_PASS, "allow_list");
-    h.expect("allow entry inside a blocked range wins", &Packet::udp4(ALLOWED_IN_BLOCKED, 1, HOST, 5060).bytes(), XDP_PASS, "allow_list");
+    h.expect(
+        "allow entry inside a blocked range wins",
+        &Packet::udp4(ALLOWED_IN_BLOCKED, 1, HOST, 5060).bytes(),
+        XDP_PASS,
+        "allow_list",
+    );
     // Rate limits do not apply: 100 back-to-back SIP packets (burst is 20).
     for i in 0..100 {
         h.expect(&format!("allowed flood packet {i}"), &sip(ALLOWED), XDP_PASS, "allow_list");
@@ -218,7 +278,12 @@ fn block_list_and_bans_drop() {
     let ban = |expires_ns| BanEntry { expires_ns, rate_pps: 0, class: 0, level: 0, flags: 0, _pad: 0 };
     h.dp.ban_insert(&v4_mapped(src), &ban(now + 60_000_000_000)).unwrap();
     h.expect("banned source", &sip(src), XDP_DROP, "banned");
-    h.expect("banned source to a closed port counts as banned", &Packet::udp4(src, 1, HOST, 9999).bytes(), XDP_DROP, "banned");
+    h.expect(
+        "banned source to a closed port counts as banned",
+        &Packet::udp4(src, 1, HOST, 9999).bytes(),
+        XDP_DROP,
+        "banned",
+    );
     h.dp.ban_insert(&v4_mapped(src), &ban(now.saturating_sub(1_000_000_000))).unwrap();
     h.expect("expired ban", &sip(src), XDP_PASS, "port_open");
     assert!(h.dp.ban_get(&v4_mapped(src)).unwrap().is_some(), "the program ignores, not deletes, an expired ban");
@@ -238,8 +303,18 @@ fn return_traffic_needs_a_flow_the_host_opened() {
     let syn = Packet::tcp4(HOST, 45000, server, 443, TCP_SYN).bytes();
     assert_eq!(h.dp.test_run_egress(&syn).unwrap(), -1, "egress never drops (TC_ACT_UNSPEC)");
     h.expect("SYN-ACK of the host's connection", &reply, XDP_PASS, "return_traffic");
-    h.expect("same port, other remote", &Packet::tcp4([93, 184, 216, 35], 443, HOST, 45000, TCP_ACK).bytes(), XDP_DROP, "port_closed");
-    h.expect("same remote, other port", &Packet::tcp4(server, 443, HOST, 45001, TCP_ACK).bytes(), XDP_DROP, "port_closed");
+    h.expect(
+        "same port, other remote",
+        &Packet::tcp4([93, 184, 216, 35], 443, HOST, 45000, TCP_ACK).bytes(),
+        XDP_DROP,
+        "port_closed",
+    );
+    h.expect(
+        "same remote, other port",
+        &Packet::tcp4(server, 443, HOST, 45001, TCP_ACK).bytes(),
+        XDP_DROP,
+        "port_closed",
+    );
 
     // A non-SYN segment from a closed port (an RST the host sends in dry run) opens nothing.
     let rst_src = [192, 0, 2, 99];
@@ -277,7 +352,14 @@ fn return_traffic_times_out() {
     let server = [93, 184, 216, 34];
     let reply = Packet::udp4(server, 123, HOST, 33123).bytes();
     // A flow last seen 5 s ago (the timeout is 1 s).
-    let key = FlowKey { remote: v4_mapped(server), local: v4_mapped(HOST), remote_port: 123, local_port: 33123, proto: 17, _pad: [0; 3] };
+    let key = FlowKey {
+        remote: v4_mapped(server),
+        local: v4_mapped(HOST),
+        remote_port: 123,
+        local_port: 33123,
+        proto: 17,
+        _pad: [0; 3],
+    };
     h.dp.flow_insert(&key, monotonic_ns() - 5_000_000_000).unwrap();
     h.expect("stale flow", &reply, XDP_DROP, "port_closed");
     h.dp.flow_insert(&key, monotonic_ns()).unwrap();
@@ -327,8 +409,18 @@ fn icmp_classes() {
     for i in 0..3 {
         h.expect(&format!("ICMPv6 echo request {i}"), &Packet::icmp6(PEER6, HOST6, 128).bytes(), XDP_PASS, "icmp");
     }
-    h.expect("ICMPv6 echo request over the limit", &Packet::icmp6(PEER6, HOST6, 128).bytes(), XDP_DROP, "icmp_rate_limited");
-    h.expect("ICMPv4 carried over IPv6 is not ICMPv6", &Packet::new(Ip::v6(PEER6, HOST6), L4::Raw { proto: 1 }).bytes(), XDP_DROP, "protocol_closed");
+    h.expect(
+        "ICMPv6 echo request over the limit",
+        &Packet::icmp6(PEER6, HOST6, 128).bytes(),
+        XDP_DROP,
+        "icmp_rate_limited",
+    );
+    h.expect(
+        "ICMPv4 carried over IPv6 is not ICMPv6",
+        &Packet::new(Ip::v6(PEER6, HOST6), L4::Raw { proto: 1 }).bytes(),
+        XDP_DROP,
+        "protocol_closed",
+    );
 }
 
 #[test]
@@ -346,9 +438,24 @@ fn port_policy() {
     h.expect("just past RTP", &Packet::udp4(PEER, 1, HOST, 65001).bytes(), XDP_DROP, "port_closed");
     h.expect("self-care web", &Packet::tcp4(PEER, 1, HOST, 8445, TCP_SYN).bytes(), XDP_PASS, "port_open");
     h.expect("SSH from an admin", &Packet::tcp4(ADMIN, 50000, HOST, 22, TCP_SYN).bytes(), XDP_PASS, "port_open");
-    h.expect("SSH from an IPv6 admin", &Packet::tcp6("2001:db8:ad::5", 50000, HOST6, 22, TCP_SYN).bytes(), XDP_PASS, "port_open");
-    h.expect("SSH from a stranger", &Packet::tcp4(PEER, 50000, HOST, 22, TCP_SYN).bytes(), XDP_DROP, "source_not_allowed");
-    h.expect("SSH from an IPv6 stranger", &Packet::tcp6(PEER6, 50000, HOST6, 22, TCP_SYN).bytes(), XDP_DROP, "source_not_allowed");
+    h.expect(
+        "SSH from an IPv6 admin",
+        &Packet::tcp6("2001:db8:ad::5", 50000, HOST6, 22, TCP_SYN).bytes(),
+        XDP_PASS,
+        "port_open",
+    );
+    h.expect(
+        "SSH from a stranger",
+        &Packet::tcp4(PEER, 50000, HOST, 22, TCP_SYN).bytes(),
+        XDP_DROP,
+        "source_not_allowed",
+    );
+    h.expect(
+        "SSH from an IPv6 stranger",
+        &Packet::tcp6(PEER6, 50000, HOST6, 22, TCP_SYN).bytes(),
+        XDP_DROP,
+        "source_not_allowed",
+    );
     assert_eq!(h.rule_packets("ssh-admins"), [2, 2, 0], "per-rule counters [pass, drop, would_drop]");
     assert_eq!(h.rule_packets("voip-edge/rtp-portaswitch"), [1, 0, 0]);
     assert_eq!(h.rule_packets("voip-edge/sip"), [1, 0, 0]);
@@ -372,7 +479,10 @@ fn rate_level_one_bans_with_one_event() {
     let ban = h.dp.ban_get(&v4_mapped(attacker)).unwrap().expect("ban inserted by the program");
     assert_eq!(ban.level, 1);
     let now = monotonic_ns();
-    assert!(ban.expires_ns > now + 3500 * 1_000_000_000 && ban.expires_ns <= now + 3600 * 1_000_000_000 + 1_000_000_000, "1h ban: {ban:?}");
+    assert!(
+        ban.expires_ns > now + 3500 * 1_000_000_000 && ban.expires_ns <= now + 3600 * 1_000_000_000 + 1_000_000_000,
+        "1h ban: {ban:?}"
+    );
     let events = h.drain_events();
     assert_eq!(events.len(), 1, "exactly one event: {events:?}");
     let e = events[0];
@@ -434,7 +544,10 @@ fn ban_expiry_lets_the_source_back() {
     if !bpf_available() {
         return;
     }
-    let policy = POLICY.replace(r#"levels = [{ pps = 5, burst = 20, ban = "1h" }, { pps = 20, burst = 40, ban = "1h" }]"#, r#"levels = [{ pps = 5, burst = 20, ban = "1s" }]"#);
+    let policy = POLICY.replace(
+        r#"levels = [{ pps = 5, burst = 20, ban = "1h" }, { pps = 20, burst = 40, ban = "1h" }]"#,
+        r#"levels = [{ pps = 5, burst = 20, ban = "1s" }]"#,
+    );
     assert_ne!(policy, POLICY);
     let h = Harness::new(&policy);
     let src = [192, 0, 2, 68];
@@ -467,12 +580,22 @@ fn fragments_inherit_their_first_fragments_verdict() {
 
     let orphan = Packet::udp4(PEER, 5060, HOST, 5060).payload(&[0; 3000]).fragments(1480, 4244);
     h.expect("non-first fragment without its first", &orphan[1], XDP_DROP, "fragment_orphan");
-    h.expect("the same id from another source is another datagram", &Packet::udp4(ADMIN, 5060, HOST, 5060).payload(&[0; 3000]).fragments(1480, 4242)[1], XDP_DROP, "fragment_orphan");
+    h.expect(
+        "the same id from another source is another datagram",
+        &Packet::udp4(ADMIN, 5060, HOST, 5060).payload(&[0; 3000]).fragments(1480, 4242)[1],
+        XDP_DROP,
+        "fragment_orphan",
+    );
 
     let v6 = Packet::udp6(PEER6, 5060, HOST6, 5060).payload(&[b'y'; 3000]).fragments(1232, 777);
     h.expect("IPv6 first fragment", &v6[0], XDP_PASS, "port_open");
     h.expect("IPv6 second fragment", &v6[1], XDP_PASS, "port_open");
-    h.expect("IPv6 orphan", &Packet::udp6(PEER6, 5060, HOST6, 5060).payload(&[0; 3000]).fragments(1232, 778)[2], XDP_DROP, "fragment_orphan");
+    h.expect(
+        "IPv6 orphan",
+        &Packet::udp6(PEER6, 5060, HOST6, 5060).payload(&[0; 3000]).fragments(1232, 778)[2],
+        XDP_DROP,
+        "fragment_orphan",
+    );
 
     // A first fragment too short to hold the transport header (RFC 1858's tiny fragment).
     let mut tiny = Packet::tcp4(PEER, 1, HOST, 5061, TCP_SYN).payload(b"").bytes();
@@ -482,8 +605,18 @@ fn fragments_inherit_their_first_fragments_verdict() {
     h.expect("tiny first fragment", &tiny, XDP_DROP, "malformed");
 
     // Allow and block lists apply to later fragments directly.
-    h.expect("blocked source, later fragment", &Packet::udp4(BLOCKED, 5060, HOST, 5060).payload(&[0; 3000]).fragments(1480, 1)[1], XDP_DROP, "block_list");
-    h.expect("allowed source, later fragment", &Packet::udp4(ALLOWED, 5060, HOST, 5060).payload(&[0; 3000]).fragments(1480, 1)[1], XDP_PASS, "allow_list");
+    h.expect(
+        "blocked source, later fragment",
+        &Packet::udp4(BLOCKED, 5060, HOST, 5060).payload(&[0; 3000]).fragments(1480, 1)[1],
+        XDP_DROP,
+        "block_list",
+    );
+    h.expect(
+        "allowed source, later fragment",
+        &Packet::udp4(ALLOWED, 5060, HOST, 5060).payload(&[0; 3000]).fragments(1480, 1)[1],
+        XDP_PASS,
+        "allow_list",
+    );
 }
 
 #[test]
@@ -537,7 +670,12 @@ fn reload_flips_generations() {
     assert_ne!(h.dp.generation(), gen0);
     h.expect("5060 closed after reload", &sip(PEER), XDP_DROP, "port_closed");
     h.expect("9999 open after reload", &Packet::udp4(PEER, 1, HOST, 9999).bytes(), XDP_PASS, "port_open");
-    h.expect("sets of the old generation are gone", &Packet::tcp4(ADMIN, 1, HOST, 22, TCP_SYN).bytes(), XDP_PASS, "port_open");
+    h.expect(
+        "sets of the old generation are gone",
+        &Packet::tcp4(ADMIN, 1, HOST, 22, TCP_SYN).bytes(),
+        XDP_PASS,
+        "port_open",
+    );
     h.reload(POLICY);
     h.expect("and back", &sip(PEER), XDP_PASS, "port_open");
     h.expect("admin set restored", &Packet::tcp4(PEER, 1, HOST, 22, TCP_SYN).bytes(), XDP_DROP, "source_not_allowed");
@@ -660,7 +798,8 @@ fn the_bans_present_flag_never_hides_a_ban() {
     let mut h = Harness::new(POLICY);
     let src = [192, 0, 2, 90];
     let far = monotonic_ns() + 60_000_000_000;
-    h.dp.ban_insert(&v4_mapped(src), &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 0, flags: 0, _pad: 0 }).unwrap();
+    h.dp.ban_insert(&v4_mapped(src), &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 0, flags: 0, _pad: 0 })
+        .unwrap();
     h.expect("banned", &sip(src), XDP_DROP, "banned");
     h.dp.clear_bans_present().unwrap();
     h.expect("a clear with a ban in the table keeps it enforced", &sip(src), XDP_DROP, "banned");

@@ -3,10 +3,7 @@
 //! ban, raises the "bans may exist" flag and reports the event.
 
 use aya_log_ebpf::warn;
-use common::{
-    BAN_DRY_RUN, BAN_IPV6, BanEntry, BanEvent, POLICY_DRY_RUN, PolicyConfig, SourceKey, active,
-    stat,
-};
+use common::{BAN_DRY_RUN, BAN_IPV6, BanEntry, BanEvent, POLICY_DRY_RUN, PolicyConfig, SourceKey, active, stat};
 
 use crate::maps::{ACTIVE, BANS, EVENTS, bump};
 

@@ -8,17 +8,12 @@
 //! when scans reach it) do not open doors.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use common::{
-    FlowKey, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, active, flow_port_bit,
-    port_index, stat,
-};
+use common::{FlowKey, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, active, flow_port_bit, port_index, stat};
 
 use crate::{
     clock,
     maps::{ACTIVE, FLOW_PORTS, FLOWS, POLICY, PORTS, bump},
-    parse::{
-        FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_SYN, parse,
-    },
+    parse::{FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     sip,
 };
 

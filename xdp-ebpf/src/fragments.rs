@@ -14,13 +14,7 @@ use crate::{
 
 #[inline(always)]
 fn key(pkt: &Packet) -> FragKey {
-    FragKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        id: pkt.frag_id,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    }
+    FragKey { src: pkt.src, dst: pkt.dst, id: pkt.frag_id, proto: pkt.proto, _pad: [0; 3] }
 }
 
 /// Remember what the first fragment got.
@@ -51,8 +45,7 @@ pub fn inherit(pkt: &Packet, cfg: &PolicyConfig) -> Decision {
     };
     // SAFETY: value pointer from a successful lookup.
     let state = unsafe { &mut *state };
-    if clock::now().saturating_sub(state.seen_ns) > cfg.frag_timeout_ns
-        || state.fragments >= MAX_FRAGMENTS_PER_DATAGRAM
+    if clock::now().saturating_sub(state.seen_ns) > cfg.frag_timeout_ns || state.fragments >= MAX_FRAGMENTS_PER_DATAGRAM
     {
         return Decision::of(reason::FRAGMENT_ORPHAN);
     }

@@ -11,17 +11,11 @@ use crate::{parse::Packet, rate, verdict::Decision};
 
 #[inline(always)]
 pub fn decide(pkt: &Packet, source: &SourceKey, generation: u32, cfg: &PolicyConfig) -> Decision {
-    let class = if pkt.ipv6 {
-        classify_v6(pkt.icmp_type)
-    } else {
-        classify_v4(pkt.icmp_type)
-    };
+    let class = if pkt.ipv6 { classify_v6(pkt.icmp_type) } else { classify_v4(pkt.icmp_type) };
     match class {
         IcmpClass::Pass => Decision::of(reason::ICMP),
         IcmpClass::Echo => {
-            if cfg.echo_class != 0
-                && rate::over_limit(source, cfg.echo_class as u8, generation, cfg, pkt.ipv6)
-            {
+            if cfg.echo_class != 0 && rate::over_limit(source, cfg.echo_class as u8, generation, cfg, pkt.ipv6) {
                 Decision::of(reason::ICMP_RATE_LIMITED)
             } else {
                 Decision::of(reason::ICMP)

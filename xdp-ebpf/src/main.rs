@@ -29,8 +29,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use common::{
-    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK,
-    SourceKey, active, addr::mask_prefix, reason,
+    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SourceKey, active,
+    addr::mask_prefix, reason,
 };
 
 use crate::{
@@ -111,11 +111,7 @@ fn transport(
 /// configured prefix (one attacker owns a whole /64).
 #[inline(always)]
 pub fn source_key(pkt: &parse::Packet, cfg: &PolicyConfig) -> SourceKey {
-    if pkt.ipv6 {
-        mask_prefix(pkt.src, cfg.ipv6_prefix)
-    } else {
-        pkt.src
-    }
+    if pkt.ipv6 { mask_prefix(pkt.src, cfg.ipv6_prefix) } else { pkt.src }
 }
 
 #[cfg(not(test))]

@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use common::{
-    BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey,
-    FragState, GENERATIONS, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
-    RateKey, RateState, SipPeer, SipScratch, SourceKey, UaMatcher, active, capacity, stat,
+    BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey, FragState, GENERATIONS,
+    PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState, SipPeer, SipScratch,
+    SourceKey, UaMatcher, active, capacity, stat,
 };
 
 #[map]
@@ -27,12 +27,10 @@ pub static CLASSES: Array<RateClass> = Array::with_max_entries(CLASSES_ENTRIES, 
 // LPM tries must be created with BPF_F_NO_PREALLOC (kernel requirement), so their capacity costs
 // nothing until entries exist.
 #[map]
-pub static SETS_V4: LpmTrie<[u8; 8], u64> =
-    LpmTrie::with_max_entries(capacity::SETS, BPF_F_NO_PREALLOC);
+pub static SETS_V4: LpmTrie<[u8; 8], u64> = LpmTrie::with_max_entries(capacity::SETS, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static SETS_V6: LpmTrie<[u8; 20], u64> =
-    LpmTrie::with_max_entries(capacity::SETS, BPF_F_NO_PREALLOC);
+pub static SETS_V6: LpmTrie<[u8; 20], u64> = LpmTrie::with_max_entries(capacity::SETS, BPF_F_NO_PREALLOC);
 
 // One trie per family for both lists: one lookup answers "allowed, blocked or neither".
 #[map]
@@ -55,15 +53,13 @@ pub static FLOW_PORTS: Array<u64> = Array::with_max_entries(FLOW_PORT_WORDS, 0);
 pub static BANS: LruHashMap<SourceKey, BanEntry> = LruHashMap::with_max_entries(capacity::BANS, 0);
 
 #[map]
-pub static RATES: LruHashMap<RateKey, RateState> =
-    LruHashMap::with_max_entries(capacity::RATES, 0);
+pub static RATES: LruHashMap<RateKey, RateState> = LruHashMap::with_max_entries(capacity::RATES, 0);
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
 
 #[map]
-pub static FRAGS: LruHashMap<FragKey, FragState> =
-    LruHashMap::with_max_entries(capacity::FRAGS, 0);
+pub static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(capacity::FRAGS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
@@ -72,8 +68,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_ENTRIES, 0);
 
 #[map]
-pub static RULE_COUNTERS: PerCpuArray<Counter> =
-    PerCpuArray::with_max_entries(RULE_COUNTERS_ENTRIES, 0);
+pub static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_COUNTERS_ENTRIES, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -85,8 +80,7 @@ pub static SIP_UA: Array<UaMatcher> = Array::with_max_entries(GENERATIONS, 0);
 pub static SIP_SCRATCH: PerCpuArray<SipScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-pub static SIP_PEERS: LruHashMap<SourceKey, SipPeer> =
-    LruHashMap::with_max_entries(capacity::SIP_PEERS, 0);
+pub static SIP_PEERS: LruHashMap<SourceKey, SipPeer> = LruHashMap::with_max_entries(capacity::SIP_PEERS, 0);
 
 /// Add one to a `STATS` slot (per CPU, so no atomics).
 #[inline(always)]

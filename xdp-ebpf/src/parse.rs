@@ -229,14 +229,8 @@ fn parse_ipv4(frame: &Frame, l3: usize, pkt: &mut Packet) -> Result<(), ()> {
 fn parse_ipv6(frame: &Frame, l3: usize, pkt: &mut Packet) -> Result<(), ()> {
     let ip: *const Ipv6Hdr = ptr_at(frame, l3)?;
     // SAFETY: a whole Ipv6Hdr is inside the frame; only integer fields are read.
-    let (vcf0, payload_len, src, dst) = unsafe {
-        (
-            (*ip).vcf[0],
-            u16::from_be_bytes((*ip).payload_len) as usize,
-            (*ip).src_addr,
-            (*ip).dst_addr,
-        )
-    };
+    let (vcf0, payload_len, src, dst) =
+        unsafe { ((*ip).vcf[0], u16::from_be_bytes((*ip).payload_len) as usize, (*ip).src_addr, (*ip).dst_addr) };
     // SAFETY: byte 6 (next header) is inside the checked header.
     let mut next = unsafe { *(ip as *const u8).add(6) };
     if vcf0 >> 4 != 6 {
@@ -296,10 +290,7 @@ fn parse_ipv6(frame: &Frame, l3: usize, pkt: &mut Packet) -> Result<(), ()> {
 
 #[inline(always)]
 const fn is_ipv6_ext_header(next: u8) -> bool {
-    matches!(
-        next,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
-    )
+    matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT)
 }
 
 /// TCP, UDP, ICMP and ICMPv6 headers; other protocols carry nothing we read.
@@ -329,12 +320,7 @@ fn parse_l4(frame: &Frame, off: usize, pkt: &mut Packet) -> Result<(), ()> {
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(frame, off)?;
             // SAFETY: a whole UdpHdr is inside the frame.
-            let (sport, dport) = unsafe {
-                (
-                    u16::from_be_bytes((*udp).src),
-                    u16::from_be_bytes((*udp).dst),
-                )
-            };
+            let (sport, dport) = unsafe { (u16::from_be_bytes((*udp).src), u16::from_be_bytes((*udp).dst)) };
             pkt.sport = sport;
             pkt.dport = dport;
             pkt.payload_off = (off + UdpHdr::LEN) as u16;

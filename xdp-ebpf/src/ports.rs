@@ -68,8 +68,8 @@ fn in_sets(pkt: &Packet, generation: u32, sets: u64) -> bool {
     let mask = if pkt.ipv6 {
         let s = pkt.src;
         let data = [
-            gen_be[0], gen_be[1], gen_be[2], gen_be[3], s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-            s[7], s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15],
+            gen_be[0], gen_be[1], gen_be[2], gen_be[3], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9],
+            s[10], s[11], s[12], s[13], s[14], s[15],
         ];
         SETS_V6.get(Key::new(32 + 128, data)).copied()
     } else {

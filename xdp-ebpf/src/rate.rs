@@ -5,8 +5,9 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use common::{
-    PolicyConfig, RateKey, RateState, SourceKey, class_index, stat,
+    PolicyConfig, RateKey, RateState, SourceKey, class_index,
     rate::{RateDecision, charge, observe, observed_pps},
+    stat,
 };
 
 use crate::{
@@ -20,20 +21,11 @@ use crate::{
 /// Not inlined: a BPF-to-BPF call gives the rate path its own stack frame, which keeps the
 /// program under the verifier's 512-byte combined stack limit.
 #[inline(never)]
-pub fn over_limit(
-    source: &SourceKey,
-    class: u8,
-    generation: u32,
-    cfg: &PolicyConfig,
-    ipv6: bool,
-) -> bool {
+pub fn over_limit(source: &SourceKey, class: u8, generation: u32, cfg: &PolicyConfig, ipv6: bool) -> bool {
     let Some(limits) = CLASSES.get(class_index(generation, class as u32)) else {
         return false;
     };
-    let key = RateKey {
-        addr: *source,
-        class: class as u32,
-    };
+    let key = RateKey { addr: *source, class: class as u32 };
     let state = match RATES.get_ptr_mut(&key) {
         Some(state) => state,
         None => {

@@ -27,9 +27,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use common::{
-    POLICY_DRY_RUN, PolicyConfig, SIP_AUTH_WATCH, SIP_UA_BLOCK, SOURCE_ALLOW, SipPeer, SourceKey, UaMatcher,
-    reason, stat,
+    POLICY_DRY_RUN, PolicyConfig, SIP_AUTH_WATCH, SIP_UA_BLOCK, SOURCE_ALLOW, SipPeer, SourceKey, UaMatcher, reason,
     sip::{self, W_AUTHORIZ, W_PROXY_AU, W_SIP_VERSION, W_THORIZAT, W_USER_AGE, fold8},
+    stat,
 };
 
 use crate::{
@@ -127,13 +127,7 @@ fn after_colon(buf: Buf, at: u32, end: u32) -> u32 {
 /// `xdp` is the program's context (for `bpf_xdp_load_bytes`), `frame_len` the frame's length.
 /// Not inlined: its own stack frame keeps the program under the 512-byte stack limit.
 #[inline(never)]
-pub fn inspect(
-    xdp: *mut xdp_md,
-    frame_len: u32,
-    pkt: &Packet,
-    generation: u32,
-    cfg: &PolicyConfig,
-) -> u32 {
+pub fn inspect(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &PolicyConfig) -> u32 {
     // Recomputed rather than passed: BPF calls take at most five arguments.
     let source = &crate::source_key(pkt, cfg);
     let off = pkt.payload_off as u32;
@@ -228,12 +222,7 @@ fn scan_request(buf: Buf, n: u32, cfg: &PolicyConfig) -> bool {
     let mut ctx = LineLoop { buf, n, want_auth: (cfg.sip_flags & SIP_AUTH_WATCH != 0) as u32, not_sip: 0, _pad: 0 };
     // SAFETY: `line_step` is a BPF subprogram taking (index, ctx); `ctx` outlives the call.
     unsafe {
-        bpf_loop(
-            STEPS,
-            line_step as *const () as *mut c_void,
-            &mut ctx as *mut LineLoop as *mut c_void,
-            0,
-        );
+        bpf_loop(STEPS, line_step as *const () as *mut c_void, &mut ctx as *mut LineLoop as *mut c_void, 0);
     }
     ctx.not_sip == 0 && buf.get(LINES) > 0
 }
@@ -371,12 +360,7 @@ fn ua_blocked(buf: Buf, n: u32, start: u32, generation: u32) -> bool {
     let mut ctx = UaLoop { buf, matcher: m as *const UaMatcher, n, matched: 0 };
     // SAFETY: as in `scan_request`.
     unsafe {
-        bpf_loop(
-            sip::UA_VALUE_MAX,
-            ua_step as *const () as *mut c_void,
-            &mut ctx as *mut UaLoop as *mut c_void,
-            0,
-        );
+        bpf_loop(sip::UA_VALUE_MAX, ua_step as *const () as *mut c_void, &mut ctx as *mut UaLoop as *mut c_void, 0);
     }
     ctx.matched != 0
 }

@@ -105,7 +105,9 @@ fn nightly_sysroot() -> Result<PathBuf> {
         _ => {
             step("installing the nightly toolchain (minimal profile)");
             run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
-            Ok(PathBuf::from(output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?.trim()))
+            Ok(PathBuf::from(
+                output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?.trim(),
+            ))
         }
     }
 }
@@ -128,10 +130,12 @@ fn nightly_libllvm() -> Result<(PathBuf, u32)> {
         .with_context(|| format!("listing {}", lib.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| {
-            let n = n.to_string_lossy();
-            n.starts_with("libLLVM.so.") && n.contains("-rust-")
-        }))
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("libLLVM.so.") && n.contains("-rust-")
+            })
+        })
         .with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib.display()))?;
     let name = found.file_name().expect("file").to_string_lossy().into_owned();
     let major: u32 = name
@@ -175,7 +179,14 @@ fn bpf_linker() -> Result<()> {
         Path::new(&soname).display()
     ));
     run(Command::new(env!("CARGO"))
-        .args(["install", "--force", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--no-default-features", "--features", &format!("llvm-{major}")])
+        .args([
+            "install",
+            "--force",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
         .env("LLVM_PREFIX", &prefix))?;
     if !bpf_linker_ok() {
         bail!("bpf-linker was installed but does not run; check that {} is on PATH", cargo_bin().display());
@@ -198,7 +209,10 @@ fn require_root(need: Need) -> Result<()> {
 
 fn bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf"))
+    {
         step("bpffs on /sys/fs/bpf: mounted");
         return Ok(());
     }
@@ -207,7 +221,11 @@ fn bpffs() -> Result<()> {
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn debian_packages(pkgs: &[(&str, &str)]) -> Result<()> {
@@ -226,13 +244,14 @@ fn debian_packages(pkgs: &[(&str, &str)]) -> Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         let _ = std::fs::set_permissions(policy_rc, std::fs::Permissions::from_mode(0o755));
     }
-    let result = run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive")).and_then(|()| {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null()))
-    });
+    let result = run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))
+        .and_then(|()| {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null()))
+        });
     if placed {
         let _ = std::fs::remove_file(policy_rc);
     }

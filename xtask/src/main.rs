@@ -79,7 +79,11 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "--release", "-p", "controller"])?;
             let bin = root.join("target/release/voipwall");
             step(&format!("running {} --iface {iface} run {}", bin.display(), args.join(" ")));
-            let status = Command::new(&bin).args(["--iface", &iface, "run"]).args(&args).status().context("starting voipwall")?;
+            let status = Command::new(&bin)
+                .args(["--iface", &iface, "run"])
+                .args(&args)
+                .status()
+                .context("starting voipwall")?;
             if !status.success() {
                 bail!("voipwall exited with {status}");
             }

@@ -9,8 +9,8 @@
 use std::{collections::HashMap, net::IpAddr, ops::Range};
 
 use common::{
-    MAX_RULES, MAX_SETS, PORT_OPEN, PORT_SIP, POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP,
-    PolicyConfig, PortRule, RateClass, SIP_AUTH_WATCH, SIP_UA_BLOCK, rate::level, sip as ksip,
+    MAX_RULES, MAX_SETS, POLICY_DRY_RUN, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, PortRule,
+    RateClass, SIP_AUTH_WATCH, SIP_UA_BLOCK, rate::level, sip as ksip,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
@@ -83,28 +83,42 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     let mut errors: Vec<CompileError> = Vec::new();
     let rules = &policy.rules;
     if rules.len() >= MAX_RULES as usize {
-        errors.push((None, format!("{} rules (with the roles' rules); at most {} fit", rules.len(), MAX_RULES - 1), "merge rules or drop roles".into()));
+        errors.push((
+            None,
+            format!("{} rules (with the roles' rules); at most {} fit", rules.len(), MAX_RULES - 1),
+            "merge rules or drop roles".into(),
+        ));
         return Err(errors);
     }
 
     // Rate classes: the echo class first, then every limit a rule uses, by name.
     let mut class_names = vec![String::new(), "icmp-echo".to_string()];
-    let mut used: Vec<&str> = rules
-        .iter()
-        .filter(|r| r.action == Action::Open)
-        .filter_map(|r| r.limit.as_deref())
-        .collect();
+    let mut used: Vec<&str> =
+        rules.iter().filter(|r| r.action == Action::Open).filter_map(|r| r.limit.as_deref()).collect();
     used.sort_unstable();
     used.dedup();
     class_names.extend(used.iter().map(|s| s.to_string()));
     let first_method_class = class_names.len();
     class_names.extend(policy.sip.methods.keys().map(|m| format!("sip-{m}")));
     if class_names.len() > ksip::FIRST_RESERVED_CLASS as usize {
-        errors.push((None, format!("{} rate classes in use (limits named by rules, ICMP echo, [sip.methods]); at most {}", class_names.len() - 1, ksip::FIRST_RESERVED_CLASS - 1), "reuse limits across rules".into()));
+        errors.push((
+            None,
+            format!(
+                "{} rate classes in use (limits named by rules, ICMP echo, [sip.methods]); at most {}",
+                class_names.len() - 1,
+                ksip::FIRST_RESERVED_CLASS - 1
+            ),
+            "reuse limits across rules".into(),
+        ));
         return Err(errors);
     }
-    let class_id: HashMap<&str, u8> =
-        class_names.iter().enumerate().skip(2).take(first_method_class - 2).map(|(i, n)| (n.as_str(), i as u8)).collect();
+    let class_id: HashMap<&str, u8> = class_names
+        .iter()
+        .enumerate()
+        .skip(2)
+        .take(first_method_class - 2)
+        .map(|(i, n)| (n.as_str(), i as u8))
+        .collect();
     let mut classes = vec![RateClass::default(); common::MAX_CLASSES as usize];
     classes[1] = rate_class(&[policy.options.icmp_echo]);
     for (name, &id) in &class_id {
@@ -153,7 +167,15 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         rule_sets.push(Some(mask));
     }
     if set_names.len() > MAX_SETS as usize {
-        errors.push((None, format!("{} source sets in use (named sets plus rules with inline CIDRs); at most {}", set_names.len(), MAX_SETS), "put inline CIDRs of several rules into one named set".into()));
+        errors.push((
+            None,
+            format!(
+                "{} source sets in use (named sets plus rules with inline CIDRs); at most {}",
+                set_names.len(),
+                MAX_SETS
+            ),
+            "put inline CIDRs of several rules into one named set".into(),
+        ));
         return Err(errors);
     }
 
@@ -178,29 +200,40 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
                 for port in lo..=hi {
                     let i = ((slot as usize) << SLOT_BITS) | port as usize;
                     match &mut layer[i] {
-                        entry @ None => {
-                            *entry = Some(Acc { rule: idx, sets: rule_sets[idx], class, close })
-                        }
+                        entry @ None => *entry = Some(Acc { rule: idx, sets: rule_sets[idx], class, close }),
                         Some(acc) => {
                             let other = &rules[acc.rule];
                             if (acc.close != close || acc.class != class) && !reported.contains(&(acc.rule, idx)) {
                                 reported.push((acc.rule, idx));
                                 let what = if acc.close != close {
-                                    format!("rule `{}` opens {port}/{} and rule `{}` closes it", if acc.close { &rule.name } else { &other.name }, slot_name(slot), if acc.close { &other.name } else { &rule.name })
+                                    format!(
+                                        "rule `{}` opens {port}/{} and rule `{}` closes it",
+                                        if acc.close { &rule.name } else { &other.name },
+                                        slot_name(slot),
+                                        if acc.close { &other.name } else { &rule.name }
+                                    )
                                 } else {
                                     format!(
                                         "conflicting rate classes on {port}/{}: rule `{}` says {} and rule `{}` says {}",
                                         slot_name(slot),
                                         other.name,
-                                        other.limit.as_deref().map_or("no limit".to_string(), |l| format!("limit `{l}`")),
+                                        other
+                                            .limit
+                                            .as_deref()
+                                            .map_or("no limit".to_string(), |l| format!("limit `{l}`")),
                                         rule.name,
-                                        rule.limit.as_deref().map_or("no limit".to_string(), |l| format!("limit `{l}`")),
+                                        rule.limit
+                                            .as_deref()
+                                            .map_or("no limit".to_string(), |l| format!("limit `{l}`")),
                                     )
                                 };
                                 let hint = if rule.origin == RuleOrigin::User {
                                     "give both rules the same `limit`, or split their ports".to_string()
                                 } else {
-                                    format!("write a [[rule]] for {port}/{} to decide (a [[rule]] overrides roles)", slot_name(slot))
+                                    format!(
+                                        "write a [[rule]] for {port}/{} to decide (a [[rule]] overrides roles)",
+                                        slot_name(slot)
+                                    )
                                 };
                                 let span = rule.span.clone().or_else(|| other.span.clone());
                                 // A role rule's span is the role's entry in `roles`.
@@ -274,7 +307,8 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     }
 
     if !sip_closed.is_empty() {
-        warnings.push(format!("sip.ports names {} which no rule opens: nothing to inspect there", sip_closed.join(", ")));
+        warnings
+            .push(format!("sip.ports names {} which no rule opens: nothing to inspect there", sip_closed.join(", ")));
     }
 
     let ssh_port = policy.options.ssh_port;
@@ -283,7 +317,9 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         SshReach::Any
     } else {
         let reachable: Vec<String> = (0..set_names.len())
-            .filter(|&b| ssh_entry.flags & PORT_OPEN != 0 && ssh_entry.sets & (1 << b) != 0 && !set_entries[b].is_empty())
+            .filter(|&b| {
+                ssh_entry.flags & PORT_OPEN != 0 && ssh_entry.sets & (1 << b) != 0 && !set_entries[b].is_empty()
+            })
             .map(|b| set_names[b].clone())
             .collect();
         if !reachable.is_empty() {
@@ -304,7 +340,11 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         echo_class: 1,
         sip_window: if policy.sip_ports.is_empty() { 0 } else { policy.sip.ua_window },
         sip_flags: if policy.sip.ua_block.is_empty() { 0 } else { SIP_UA_BLOCK }
-            | if policy.sip.failed_auth.count != 0 || policy.sip.unanswered_challenges.count != 0 { SIP_AUTH_WATCH } else { 0 },
+            | if policy.sip.failed_auth.count != 0 || policy.sip.unanswered_challenges.count != 0 {
+                SIP_AUTH_WATCH
+            } else {
+                0
+            },
         sip_method_class: method_class,
         sip_failed_auth: policy.sip.failed_auth.count,
         sip_unanswered: policy.sip.unanswered_challenges.count,
@@ -406,8 +446,12 @@ impl CompiledPolicy {
             return true;
         }
         let mask = match addr {
-            IpAddr::V4(a) => self.sets_v4.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1),
-            IpAddr::V6(a) => self.sets_v6.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1),
+            IpAddr::V4(a) => {
+                self.sets_v4.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1)
+            }
+            IpAddr::V6(a) => {
+                self.sets_v6.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1)
+            }
         };
         mask.is_some_and(|m| m & entry.sets != 0)
     }

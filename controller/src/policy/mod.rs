@@ -227,11 +227,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: error: {}\n  help: {}",
-            self.file, self.line, self.column, self.message, self.hint
-        )
+        write!(f, "{}:{}:{}: error: {}\n  help: {}", self.file, self.line, self.column, self.message, self.hint)
     }
 }
 
@@ -272,10 +268,8 @@ pub const DEFAULT_POLICY: &str = "# voipwall embedded default policy\nroles = [\
 
 /// Read and validate a policy file.
 pub fn load(path: &Path) -> Result<(Policy, CompiledPolicy), PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
     parse(&path.display().to_string(), &text)
 }
 
@@ -484,7 +478,11 @@ impl Validator<'_> {
         for (name, list) in raw.sets {
             let span = list.span();
             if !valid_name(&name) {
-                self.error(span.clone(), format!("set name `{name}` is not a plain name"), "use letters, digits, '-' and '_'");
+                self.error(
+                    span.clone(),
+                    format!("set name `{name}` is not a plain name"),
+                    "use letters, digits, '-' and '_'",
+                );
             }
             let nets = self.cidrs(list.into_inner(), &format!("sets.{name}"));
             sets.insert(name, nets);
@@ -495,7 +493,11 @@ impl Validator<'_> {
         for (name, raw_limit) in raw.limit {
             let span = raw_limit.span();
             if !valid_name(&name) {
-                self.error(span.clone(), format!("limit name `{name}` is not a plain name"), "use letters, digits, '-' and '_'");
+                self.error(
+                    span.clone(),
+                    format!("limit name `{name}` is not a plain name"),
+                    "use letters, digits, '-' and '_'",
+                );
             }
             if let Some(limit) = self.limit(&name, raw_limit.into_inner(), span) {
                 limits.insert(name, limit);
@@ -625,7 +627,11 @@ impl Validator<'_> {
             if sip::window_in_range(*w.get_ref()) {
                 s.ua_window = *w.get_ref() as u32;
             } else {
-                self.error(w.span(), format!("sip.ua_window = {} is out of range", w.get_ref()), format!("write a byte count from 64 to {}", common::sip::WINDOW_MAX));
+                self.error(
+                    w.span(),
+                    format!("sip.ua_window = {} is out of range", w.get_ref()),
+                    format!("write a byte count from 64 to {}", common::sip::WINDOW_MAX),
+                );
             }
         }
         if let Some(b) = raw.ua_ban {
@@ -637,8 +643,14 @@ impl Validator<'_> {
         if let Some(d) = raw.detection_period {
             match parse_duration(d.get_ref()) {
                 Ok(v) if !v.is_zero() => s.detection_period = v,
-                Ok(_) => self.error(d.span(), "sip.detection_period must be longer than zero", "write a duration such as \"60s\""),
-                Err(hint) => self.error(d.span(), format!("sip.detection_period = \"{}\" is not a duration", d.get_ref()), hint),
+                Ok(_) => self.error(
+                    d.span(),
+                    "sip.detection_period must be longer than zero",
+                    "write a duration such as \"60s\"",
+                ),
+                Err(hint) => {
+                    self.error(d.span(), format!("sip.detection_period = \"{}\" is not a duration", d.get_ref()), hint)
+                }
             }
         }
         for (raw_t, slot, key) in [
@@ -649,13 +661,23 @@ impl Validator<'_> {
                 let t = t.into_inner();
                 match u32::try_from(*t.count.get_ref()) {
                     Ok(c) if c <= 1_000_000 => slot.count = c,
-                    _ => self.error(t.count.span(), format!("sip.{key}.count = {} is out of range", t.count.get_ref()), "write a count from 1 to 1000000, or 0 to turn the check off"),
+                    _ => self.error(
+                        t.count.span(),
+                        format!("sip.{key}.count = {} is out of range", t.count.get_ref()),
+                        "write a count from 1 to 1000000, or 0 to turn the check off",
+                    ),
                 }
                 if let Some(b) = t.ban {
                     match parse_duration(b.get_ref()) {
                         Ok(d) if !d.is_zero() => slot.ban = d,
-                        Ok(_) => self.error(b.span(), format!("sip.{key}.ban must be longer than zero"), "write a duration such as \"1h\" (count = 0 turns the check off)"),
-                        Err(hint) => self.error(b.span(), format!("sip.{key}.ban = \"{}\" is not a duration", b.get_ref()), hint),
+                        Ok(_) => self.error(
+                            b.span(),
+                            format!("sip.{key}.ban must be longer than zero"),
+                            "write a duration such as \"1h\" (count = 0 turns the check off)",
+                        ),
+                        Err(hint) => {
+                            self.error(b.span(), format!("sip.{key}.ban = \"{}\" is not a duration", b.get_ref()), hint)
+                        }
                     }
                 }
             }
@@ -663,7 +685,11 @@ impl Validator<'_> {
         for (method, raw_limit) in raw.methods {
             let span = raw_limit.span();
             if sip::method_index(&method).is_none() {
-                self.error(span, format!("sip.methods.{method}: not a method voipwall limits separately"), "write REGISTER, INVITE, OPTIONS or other (every other method)");
+                self.error(
+                    span,
+                    format!("sip.methods.{method}: not a method voipwall limits separately"),
+                    "write REGISTER, INVITE, OPTIONS or other (every other method)",
+                );
                 continue;
             }
             let raw_limit = raw_limit.into_inner();
@@ -676,7 +702,11 @@ impl Validator<'_> {
                     .level(RawLevel { pps, burst: raw_limit.burst, ban: raw_limit.ban }, span, &what)
                     .map(|l| Limit { levels: vec![l] }),
                 _ => {
-                    self.error(span, format!("{what}: write either pps (with burst and ban) or levels"), "write e.g. REGISTER = { pps = 20, burst = 40, ban = \"10m\" }");
+                    self.error(
+                        span,
+                        format!("{what}: write either pps (with burst and ban) or levels"),
+                        "write e.g. REGISTER = { pps = 20, burst = 40, ban = \"10m\" }",
+                    );
                     None
                 }
             };
@@ -720,7 +750,10 @@ impl Validator<'_> {
         if levels.len() == 2 && levels[1].pps <= levels[0].pps {
             self.error(
                 levels_span,
-                format!("limit `{name}`: level 2 ({} pps) must allow more than level 1 ({} pps)", levels[1].pps, levels[0].pps),
+                format!(
+                    "limit `{name}`: level 2 ({} pps) must allow more than level 1 ({} pps)",
+                    levels[1].pps, levels[0].pps
+                ),
                 "put the lower rate first: level 1 is the early warning, level 2 the hard ceiling",
             );
         }
@@ -731,12 +764,20 @@ impl Validator<'_> {
         let mut ok = true;
         let pps = *raw.pps.get_ref();
         if !(1..=100_000_000).contains(&pps) {
-            self.error(raw.pps.span(), format!("{what}: pps = {pps} is out of range"), "write a rate between 1 and 100000000 packets per second");
+            self.error(
+                raw.pps.span(),
+                format!("{what}: pps = {pps} is out of range"),
+                "write a rate between 1 and 100000000 packets per second",
+            );
             ok = false;
         }
         let burst = match raw.burst {
             Some(b) if !(1..=100_000_000).contains(b.get_ref()) => {
-                self.error(b.span(), format!("{what}: burst = {} is out of range", b.get_ref()), "write a burst between 1 and 100000000 packets, or leave it out (defaults to pps)");
+                self.error(
+                    b.span(),
+                    format!("{what}: burst = {} is out of range", b.get_ref()),
+                    "write a burst between 1 and 100000000 packets, or leave it out (defaults to pps)",
+                );
                 ok = false;
                 0
             }
@@ -768,21 +809,33 @@ impl Validator<'_> {
         let before = self.diags.len();
         let name = raw.name.get_ref().trim().to_string();
         if name.is_empty() || name.contains('/') {
-            self.error(raw.name.span(), format!("rule name `{name}` is empty or contains '/'"), "name the rule, e.g. name = \"sip-from-carriers\" ('/' is reserved for ROLE/RULE)");
+            self.error(
+                raw.name.span(),
+                format!("rule name `{name}` is empty or contains '/'"),
+                "name the rule, e.g. name = \"sip-from-carriers\" ('/' is reserved for ROLE/RULE)",
+            );
         }
         let proto = match raw.proto.get_ref().as_str() {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
             "tcp+udp" | "udp+tcp" => Proto::Both,
             other => {
-                self.error(raw.proto.span(), format!("rule `{name}`: `{other}` is not a protocol"), "write proto = \"udp\", \"tcp\" or \"tcp+udp\"");
+                self.error(
+                    raw.proto.span(),
+                    format!("rule `{name}`: `{other}` is not a protocol"),
+                    "write proto = \"udp\", \"tcp\" or \"tcp+udp\"",
+                );
                 Proto::Both
             }
         };
         let ports_span = raw.ports.span();
         let raw_ports = raw.ports.into_inner();
         if raw_ports.is_empty() {
-            self.error(ports_span, format!("rule `{name}` opens no ports"), "write ports = [\"5060\", \"10000-20000\"]");
+            self.error(
+                ports_span,
+                format!("rule `{name}` opens no ports"),
+                "write ports = [\"5060\", \"10000-20000\"]",
+            );
         }
         let mut ports = Vec::new();
         for p in raw_ports {
@@ -798,7 +851,11 @@ impl Validator<'_> {
                 let lspan = list.span();
                 let list = list.into_inner();
                 if list.is_empty() {
-                    self.error(lspan, format!("rule `{name}`: from = [] would open the ports to nobody"), "leave `from` out to allow any source, or name sets or CIDRs");
+                    self.error(
+                        lspan,
+                        format!("rule `{name}`: from = [] would open the ports to nobody"),
+                        "leave `from` out to allow any source, or name sets or CIDRs",
+                    );
                 }
                 let mut out = Vec::new();
                 for s in list {
@@ -813,7 +870,11 @@ impl Validator<'_> {
                         out.push(SourceRef::Set(text.to_string()));
                     } else {
                         let known = sets.keys().cloned().collect::<Vec<_>>().join(", ");
-                        self.error(sspan, format!("rule `{name}`: unknown set `{text}`"), format!("define it under [sets] or use one of: {known}"));
+                        self.error(
+                            sspan,
+                            format!("rule `{name}`: unknown set `{text}`"),
+                            format!("define it under [sets] or use one of: {known}"),
+                        );
                     }
                 }
                 Some(out)
@@ -826,7 +887,11 @@ impl Validator<'_> {
                     Some(l.get_ref().clone())
                 } else {
                     let known = limits.keys().cloned().collect::<Vec<_>>().join(", ");
-                    self.error(l.span(), format!("rule `{name}`: unknown limit `{}`", l.get_ref()), format!("define [limit.{}] or use one of: {known}", l.get_ref()));
+                    self.error(
+                        l.span(),
+                        format!("rule `{name}`: unknown limit `{}`", l.get_ref()),
+                        format!("define [limit.{}] or use one of: {known}", l.get_ref()),
+                    );
                     None
                 }
             }
@@ -837,13 +902,21 @@ impl Validator<'_> {
                 "open" => Action::Open,
                 "close" => Action::Close,
                 other => {
-                    self.error(a.span(), format!("rule `{name}`: `{other}` is not an action"), "write action = \"open\" (the default) or \"close\"");
+                    self.error(
+                        a.span(),
+                        format!("rule `{name}`: `{other}` is not an action"),
+                        "write action = \"open\" (the default) or \"close\"",
+                    );
                     Action::Open
                 }
             },
         };
         if action == Action::Close && (from.is_some() || limit.is_some()) {
-            self.error(span.clone(), format!("rule `{name}` closes its ports but names `from` or `limit`"), "remove `from` and `limit` from a closing rule");
+            self.error(
+                span.clone(),
+                format!("rule `{name}` closes its ports but names `from` or `limit`"),
+                "remove `from` and `limit` from a closing rule",
+            );
         }
         (self.diags.len() == before).then_some(Rule {
             name,
@@ -862,7 +935,11 @@ impl Validator<'_> {
         if let Some(p) = raw.ipv6_prefix {
             match u8::try_from(*p.get_ref()) {
                 Ok(v) if (1..=128).contains(&v) => o.ipv6_prefix = v,
-                _ => self.error(p.span(), format!("options.ipv6_prefix = {} is out of range", p.get_ref()), "write a prefix length from 1 to 128 (64 is the usual subscriber allocation)"),
+                _ => self.error(
+                    p.span(),
+                    format!("options.ipv6_prefix = {} is out of range", p.get_ref()),
+                    "write a prefix length from 1 to 128 (64 is the usual subscriber allocation)",
+                ),
             }
         }
         if let Some(d) = raw.dry_run {
@@ -871,7 +948,11 @@ impl Validator<'_> {
         if let Some(p) = raw.ssh_port {
             match u16::try_from(*p.get_ref()) {
                 Ok(v) if v >= 1 => o.ssh_port = v,
-                _ => self.error(p.span(), format!("options.ssh_port = {} is not a port", p.get_ref()), "write a port from 1 to 65535"),
+                _ => self.error(
+                    p.span(),
+                    format!("options.ssh_port = {} is not a port", p.get_ref()),
+                    "write a port from 1 to 65535",
+                ),
             }
         }
         for (raw_d, slot, key) in [
@@ -881,8 +962,14 @@ impl Validator<'_> {
             if let Some(d) = raw_d {
                 match parse_duration(d.get_ref()) {
                     Ok(v) if !v.is_zero() => *slot = v,
-                    Ok(_) => self.error(d.span(), format!("options.{key} must be longer than zero"), "write a duration such as \"120s\""),
-                    Err(hint) => self.error(d.span(), format!("options.{key} = \"{}\" is not a duration", d.get_ref()), hint),
+                    Ok(_) => self.error(
+                        d.span(),
+                        format!("options.{key} must be longer than zero"),
+                        "write a duration such as \"120s\"",
+                    ),
+                    Err(hint) => {
+                        self.error(d.span(), format!("options.{key} = \"{}\" is not a duration", d.get_ref()), hint)
+                    }
                 }
             }
         }
@@ -911,7 +998,11 @@ impl Validator<'_> {
             if let Some(v) = v {
                 match u32::try_from(*v.get_ref()) {
                     Ok(n) if (16..=1 << 26).contains(&n) => *slot = n,
-                    _ => self.error(v.span(), format!("capacity.{key} = {} is out of range", v.get_ref()), "write an entry count from 16 to 67108864"),
+                    _ => self.error(
+                        v.span(),
+                        format!("capacity.{key} = {} is out of range", v.get_ref()),
+                        "write an entry count from 16 to 67108864",
+                    ),
                 }
             }
         }
@@ -928,11 +1019,17 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, (String, String)> {
     let text = text.trim();
     let net = if text.contains('/') {
         IpNet::from_str(text).map_err(|_| {
-            (format!("`{text}` is not a CIDR"), "write an address and a prefix length, e.g. \"203.0.113.0/24\" or \"2001:db8::/32\"".to_string())
+            (
+                format!("`{text}` is not a CIDR"),
+                "write an address and a prefix length, e.g. \"203.0.113.0/24\" or \"2001:db8::/32\"".to_string(),
+            )
         })?
     } else {
         let addr = IpAddr::from_str(text).map_err(|_| {
-            (format!("`{text}` is not an IP address or CIDR"), "write e.g. \"203.0.113.10\", \"203.0.113.0/24\" or \"2001:db8::/32\"".to_string())
+            (
+                format!("`{text}` is not an IP address or CIDR"),
+                "write e.g. \"203.0.113.10\", \"203.0.113.0/24\" or \"2001:db8::/32\"".to_string(),
+            )
         })?;
         IpNet::from(addr)
     };
@@ -992,11 +1089,7 @@ mod humantime_serde_secs {
     use serde::Serializer;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        if d.is_zero() {
-            s.serialize_str("0")
-        } else {
-            s.serialize_str(&humantime::format_duration(*d).to_string())
-        }
+        if d.is_zero() { s.serialize_str("0") } else { s.serialize_str(&humantime::format_duration(*d).to_string()) }
     }
 }
 

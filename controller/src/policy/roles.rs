@@ -31,29 +31,16 @@ pub fn builtin_limits() -> Vec<(&'static str, Limit)> {
         (
             "signaling",
             Limit {
-                levels: vec![
-                    Level { pps: 500, burst: 1000, ban: HOUR },
-                    Level { pps: 2000, burst: 2000, ban: HOUR },
-                ],
+                levels: vec![Level { pps: 500, burst: 1000, ban: HOUR }, Level { pps: 2000, burst: 2000, ban: HOUR }],
             },
         ),
         // RTP needs no control protocol and carriers send media from addresses outside their
         // published ranges (../shared/seeds/001_64df50637dcaf0bd.txt), so media is open to all
         // and only policed. One carrier address can carry hundreds of calls at 50 packets/s
         // each (20 ms ptime): 50 000 packets/s per source.
-        (
-            "media",
-            Limit {
-                levels: vec![Level { pps: 50_000, burst: 100_000, ban: Duration::ZERO }],
-            },
-        ),
+        ("media", Limit { levels: vec![Level { pps: 50_000, burst: 100_000, ban: Duration::ZERO }] }),
         // Self-care and admin web front ends: police a single source to 1000 packets/s.
-        (
-            "web",
-            Limit {
-                levels: vec![Level { pps: 1000, burst: 2000, ban: Duration::ZERO }],
-            },
-        ),
+        ("web", Limit { levels: vec![Level { pps: 1000, burst: 2000, ban: Duration::ZERO }] }),
     ]
 }
 
@@ -222,10 +209,7 @@ pub static ROLES: &[Role] = &[
         name: "portaswitch-sip-processing",
         source: PORTAONE,
         summary: "PortaSIP processing node, public interface: RTP proxying",
-        rules: &[
-            PORTASWITCH_SSH,
-            rule("rtp-proxy", Proto::Udp, &[(35000, 65000)], ANY, MEDIA),
-        ],
+        rules: &[PORTASWITCH_SSH, rule("rtp-proxy", Proto::Udp, &[(35000, 65000)], ANY, MEDIA)],
         notes: &[
             "Linux's ephemeral ports (32768-60999) overlap 35000-65000/udp: replies to the host's own UDP queries on those ports are judged as media, not as return traffic.",
         ],
@@ -234,10 +218,7 @@ pub static ROLES: &[Role] = &[
         name: "portaswitch-db",
         source: PORTAONE,
         summary: "PortaSwitch MySQL servers (main DB, replica DB)",
-        rules: &[
-            PORTASWITCH_SSH,
-            rule("mysql", Proto::Tcp, &[(3306, 3307)], CLUSTER, None),
-        ],
+        rules: &[PORTASWITCH_SSH, rule("mysql", Proto::Tcp, &[(3306, 3307)], CLUSTER, None)],
         notes: &["Database clients are the billing, web and PortaSIP servers: the `cluster` set."],
     },
     Role {
@@ -267,10 +248,7 @@ pub static ROLES: &[Role] = &[
         name: "portaswitch-cqtracker",
         source: PORTAONE,
         summary: "PortaSwitch CQTracker node, private interface",
-        rules: &[
-            PORTASWITCH_SSH,
-            rule("cqtracker", Proto::Tcp, &[(17160, 17162)], CLUSTER, None),
-        ],
+        rules: &[PORTASWITCH_SSH, rule("cqtracker", Proto::Tcp, &[(17160, 17162)], CLUSTER, None)],
         notes: &[],
     },
     Role {
@@ -433,8 +411,7 @@ mod tests {
 
     fn open(role: &str, proto: Proto, port: u16) -> Option<&'static RoleRule> {
         find(role)?.rules.iter().find(|r| {
-            (r.proto == proto || r.proto == Proto::Both)
-                && r.ports.iter().any(|&(a, b)| (a..=b).contains(&port))
+            (r.proto == proto || r.proto == Proto::Both) && r.ports.iter().any(|&(a, b)| (a..=b).contains(&port))
         })
     }
 
@@ -469,11 +446,7 @@ mod tests {
     #[test]
     fn every_role_cites_a_seed_or_the_default() {
         for r in ROLES {
-            assert!(
-                r.source.contains("../shared/seeds/") || r.name == "voip-edge",
-                "{} cites no source",
-                r.name
-            );
+            assert!(r.source.contains("../shared/seeds/") || r.name == "voip-edge", "{} cites no source", r.name);
         }
     }
 
@@ -495,7 +468,9 @@ mod tests {
         ] {
             assert!(open("voip-edge", proto, port).is_some(), "{port}/{proto:?}");
         }
-        for (proto, port) in [(Udp, 22), (Udp, 5061), (Udp, 9999), (Udp, 20001), (Udp, 34999), (Tcp, 8441), (Tcp, 8450), (Tcp, 80)] {
+        for (proto, port) in
+            [(Udp, 22), (Udp, 5061), (Udp, 9999), (Udp, 20001), (Udp, 34999), (Tcp, 8441), (Tcp, 8450), (Tcp, 80)]
+        {
             assert!(open("voip-edge", proto, port).is_none(), "{port}/{proto:?} must be closed");
         }
         assert_eq!(open("voip-edge", Udp, 5060).unwrap().limit, Some("signaling"));
@@ -534,8 +509,14 @@ mod tests {
         assert!(open("portaswitch-web", Tcp, 8904).is_some());
         assert_eq!(open("portaswitch-db", Tcp, 3307).unwrap().from, &["cluster"]);
         assert!(open("portaswitch-cluster-private", Udp, 5405).is_some());
-        for r in ROLES.iter().filter(|r| r.name.starts_with("portaswitch-") && r.name != "portaswitch-cluster-private") {
-            assert_eq!(open(r.name, Tcp, 22).map(|r| r.from), Some(&["admins"][..]), "{} lacks SSH from admins", r.name);
+        for r in ROLES.iter().filter(|r| r.name.starts_with("portaswitch-") && r.name != "portaswitch-cluster-private")
+        {
+            assert_eq!(
+                open(r.name, Tcp, 22).map(|r| r.from),
+                Some(&["admins"][..]),
+                "{} lacks SSH from admins",
+                r.name
+            );
         }
     }
 

@@ -149,7 +149,10 @@ impl UaAutomaton {
             for b in body.bytes().map(fold) {
                 if table.class[b as usize] == 0 {
                     if next_class >= UA_CLASSES {
-                        return Err(format!("the User-Agent patterns use more than {} distinct characters", UA_CLASSES - 2));
+                        return Err(format!(
+                            "the User-Agent patterns use more than {} distinct characters",
+                            UA_CLASSES - 2
+                        ));
                     }
                     let c = next_class as u8;
                     table.class[b as usize] = c;
@@ -273,10 +276,26 @@ mod tests {
     #[test]
     fn default_list_matches_the_scanners_and_not_real_phones() {
         let a = auto(&DEFAULT_UA_BLOCK);
-        for ua in ["friendly-scanner", "sipvicious 0.3.4", "SIPVicious", "sipcli/v1.8", "VaxSIPUserAgent/3.1", "pplsip", "PPLSIP", "Friendly-Request"] {
+        for ua in [
+            "friendly-scanner",
+            "sipvicious 0.3.4",
+            "SIPVicious",
+            "sipcli/v1.8",
+            "VaxSIPUserAgent/3.1",
+            "pplsip",
+            "PPLSIP",
+            "Friendly-Request",
+        ] {
             assert!(a.matches(ua.as_bytes()), "{ua}");
         }
-        for ua in ["Yealink SIP-T46S 66.86.0.15", "Grandstream GXP2170 1.0.11.3", "Asterisk PBX 20.5.0", "PolycomVVX-VVX_411-UA/6.4.3", "baresip v1.0.0 (x86_64/linux)", "sipp"] {
+        for ua in [
+            "Yealink SIP-T46S 66.86.0.15",
+            "Grandstream GXP2170 1.0.11.3",
+            "Asterisk PBX 20.5.0",
+            "PolycomVVX-VVX_411-UA/6.4.3",
+            "baresip v1.0.0 (x86_64/linux)",
+            "sipp",
+        ] {
             assert!(!a.matches(ua.as_bytes()), "{ua}");
         }
     }

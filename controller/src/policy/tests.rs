@@ -64,7 +64,11 @@ fn the_issue_example_compiles() {
     assert_eq!(sip.flags, PORT_OPEN | common::PORT_SIP);
     assert_ne!(sip.sets, 0);
     assert_eq!(c.rule_names[sip.rule as usize], "sip-from-carriers");
-    assert_eq!(c.port(PROTO_SLOT_UDP, 15000), common::PortRule { flags: PORT_OPEN, ..sip }, "the same rule, not a SIP port");
+    assert_eq!(
+        c.port(PROTO_SLOT_UDP, 15000),
+        common::PortRule { flags: PORT_OPEN, ..sip },
+        "the same rule, not a SIP port"
+    );
     // RTP of the processing role stays open to any.
     let rtp = c.port(PROTO_SLOT_UDP, 40000);
     assert_eq!((rtp.flags, rtp.sets), (PORT_OPEN, 0));
@@ -245,7 +249,8 @@ levels = [{ pps = 250, burst = 10, ban = "30s" }, { pps = 1000 }]
 
 #[test]
 fn options_reach_the_config() {
-    let (_, c) = ok("[options]\nipv6_prefix = 56\ndry_run = true\nreturn_timeout = \"30s\"\nfragment_timeout = \"2s\"\n");
+    let (_, c) =
+        ok("[options]\nipv6_prefix = 56\ndry_run = true\nreturn_timeout = \"30s\"\nfragment_timeout = \"2s\"\n");
     assert_eq!(c.config.ipv6_prefix, 56);
     assert_eq!(c.config.flags, common::POLICY_DRY_RUN);
     assert_eq!(c.config.return_timeout_ns, 30_000_000_000);
@@ -283,7 +288,6 @@ fn errors_collect_rather_than_stop_at_the_first() {
     assert_eq!((d[0].line, d[1].line), (1, 2));
 }
 
-
 #[test]
 fn sip_ports_default_to_the_roles_plaintext_sip_ports() {
     use common::PORT_SIP;
@@ -302,15 +306,20 @@ fn sip_ports_default_to_the_roles_plaintext_sip_ports() {
     assert_eq!(c.config.sip_method_class, [0; 4], "no method limits by default");
     assert!(c.ua.matches(b"friendly-scanner") && !c.ua.matches(b"Yealink SIP-T46S"));
 
-    let (p, c) = ok("roles = [\"portsip-sbc\", \"portsip-pbx\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
+    let (p, c) =
+        ok("roles = [\"portsip-sbc\", \"portsip-pbx\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
     assert_eq!(p.sip_ports, vec![(5060, 5060), (5063, 5063), (5066, 5066), (5067, 5067)]);
     assert_eq!(p.sip_encrypted_ports, vec![(5061, 5061), (5065, 5065)]);
-    assert!(flagged(&c, PROTO_SLOT_UDP, 5066) && flagged(&c, PROTO_SLOT_TCP, 5067) && flagged(&c, PROTO_SLOT_TCP, 5063));
+    assert!(
+        flagged(&c, PROTO_SLOT_UDP, 5066) && flagged(&c, PROTO_SLOT_TCP, 5067) && flagged(&c, PROTO_SLOT_TCP, 5063)
+    );
     assert!(!flagged(&c, PROTO_SLOT_TCP, 5065), "WSS");
     assert!(!flagged(&c, PROTO_SLOT_TCP, 5066), "5066 is open for UDP only: a closed port is not flagged");
 
     // A [[rule]] opening 5060 makes it a SIP port even in a role without SIP.
-    let (p, c) = ok("roles = [\"portaswitch-sip-processing\"]\n[[rule]]\nname = \"sip-from-carriers\"\nproto = \"udp\"\nports = [\"5060\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
+    let (p, c) = ok(
+        "roles = [\"portaswitch-sip-processing\"]\n[[rule]]\nname = \"sip-from-carriers\"\nproto = \"udp\"\nports = [\"5060\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n",
+    );
     assert_eq!(p.sip_ports, vec![(5060, 5060)]);
     assert!(flagged(&c, PROTO_SLOT_UDP, 5060));
 }
@@ -345,12 +354,17 @@ other = { levels = [{ pps = 100 }, { pps = 200, ban = "1h" }] }
     assert_eq!((inv, opt), (0, 0));
     assert_eq!(c.class_name(reg), "sip-REGISTER");
     assert_eq!(c.class_name(other), "sip-other");
-    assert_eq!(c.classes[reg as usize], compile::rate_class(&[Level { pps: 20, burst: 40, ban: std::time::Duration::from_secs(600) }]));
+    assert_eq!(
+        c.classes[reg as usize],
+        compile::rate_class(&[Level { pps: 20, burst: 40, ban: std::time::Duration::from_secs(600) }])
+    );
     assert!(c.classes[other as usize].levels[1].ban_ns > 0);
     assert_eq!(c.class_name(common::sip::CLASS_FAILED_AUTH), "sip-failed-auth");
     assert!(c.ua.matches(b"EvilPhone") && !c.ua.matches(b"not evil") && c.ua.matches(b"acme dialer 2"));
 
-    let (_, c) = ok("roles = [\"voip-edge\"]\n[sip]\nua_block = []\nfailed_auth = { count = 0 }\nunanswered_challenges = { count = 0 }\n");
+    let (_, c) = ok(
+        "roles = [\"voip-edge\"]\n[sip]\nua_block = []\nfailed_auth = { count = 0 }\nunanswered_challenges = { count = 0 }\n",
+    );
     assert_eq!(c.config.sip_flags, 0, "both checks off");
     assert_eq!(c.config.sip_window, common::sip::WINDOW_DEFAULT, "method limits may still need the request line");
     let (_, c) = ok("roles = [\"portaswitch-db\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
@@ -361,7 +375,8 @@ other = { levels = [{ pps = 100 }, { pps = 200, ban = "1h" }] }
 fn sip_section_errors_name_the_key() {
     let d = err("[sip]\nua_block = [\"x\", \"\"]\n");
     assert!(d[0].message.contains("is empty"), "{d:?}");
-    let long: Vec<String> = (0..14).map(|i| format!("\"{i:02}{}\"", "abcdefghijklmnopqrstuvwxyzabcdefghijklmno")).collect();
+    let long: Vec<String> =
+        (0..14).map(|i| format!("\"{i:02}{}\"", "abcdefghijklmnopqrstuvwxyzabcdefghijklmno")).collect();
     let d = err(&format!("[sip]\nua_block = [{}]\n", long.join(", ")));
     assert!(d[0].message.contains("automaton states"), "{d:?}");
     assert_eq!(d[0].line, 2);

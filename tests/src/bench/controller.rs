@@ -14,7 +14,10 @@ use serde::Serialize;
 use voipwall::{control, core::ListChange, paths};
 
 use crate::{
-    bench::{Mode, Settings, Stat, median_spread, scale::{Rng, block_feed}},
+    bench::{
+        Mode, Settings, Stat, median_spread,
+        scale::{Rng, block_feed},
+    },
     daemon::{Daemon, Env},
     netns::Pair,
 };
@@ -68,7 +71,11 @@ fn maps_mib(pid: u32) -> f64 {
         for e in dir.flatten() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             if text.contains("map_type:") {
-                total += text.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+                total += text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("memlock:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
             }
         }
     }
@@ -134,12 +141,18 @@ pub fn run(settings: &Settings) -> ControllerResults {
         .collect();
     let sock: Vec<f64> = (0..singles)
         .map(|i| {
-            let req = control::Request::Block(ListChange { cidrs: vec![format!("198.51.100.{}/32", i % 250)], ..Default::default() });
+            let req = control::Request::Block(ListChange {
+                cidrs: vec![format!("198.51.100.{}/32", i % 250)],
+                ..Default::default()
+            });
             let t = timed(|| {
                 let r = control::call(&d.socket, &req, Duration::from_secs(30)).expect("socket call");
                 assert!(r.ok, "{:?}", r.error);
             });
-            let undo = control::Request::Unblock(ListChange { cidrs: vec![format!("198.51.100.{}/32", i % 250)], ..Default::default() });
+            let undo = control::Request::Unblock(ListChange {
+                cidrs: vec![format!("198.51.100.{}/32", i % 250)],
+                ..Default::default()
+            });
             control::call(&d.socket, &undo, Duration::from_secs(30)).expect("socket call");
             t
         })
@@ -153,7 +166,12 @@ pub fn run(settings: &Settings) -> ControllerResults {
     let single_secs = timed(|| {
         for i in 0..single_entries {
             let cidr = format!("240.0.{}.{}/32", i / 256, i % 256);
-            let r = control::call(&d.socket, &control::Request::Block(ListChange { cidrs: vec![cidr], ..Default::default() }), Duration::from_secs(30)).expect("socket call");
+            let r = control::call(
+                &d.socket,
+                &control::Request::Block(ListChange { cidrs: vec![cidr], ..Default::default() }),
+                Duration::from_secs(30),
+            )
+            .expect("socket call");
             assert!(r.ok, "{:?}", r.error);
         }
     }) / 1e3;
@@ -168,7 +186,8 @@ pub fn run(settings: &Settings) -> ControllerResults {
     // Fill the rate table through its pin, as a spoofed flood would.
     let rates_pin = paths::pin_dir(&env.pins, &pair.server_if).join(common::maps::RATES);
     let mut rates: HashMap<MapData, RateKey, RateState> =
-        HashMap::try_from(aya::maps::Map::LruHashMap(MapData::from_pin(Path::new(&rates_pin)).expect("RATES pin"))).expect("hash map");
+        HashMap::try_from(aya::maps::Map::LruHashMap(MapData::from_pin(Path::new(&rates_pin)).expect("RATES pin")))
+            .expect("hash map");
     let cap = common::capacity::RATES as u64;
     let want = if settings.mode == Mode::Smoke { 2_000 } else { cap };
     let mut rate_entries = 0u64;

@@ -21,7 +21,10 @@ use voipwall::{
 };
 
 use crate::{
-    bench::{Baseline, Mode, Settings, scale::{Rng, block_feed}},
+    bench::{
+        Baseline, Mode, Settings,
+        scale::{Rng, block_feed},
+    },
     netns::{NetNs, Pair, mac_of},
     packet::Packet,
 };
@@ -41,7 +44,8 @@ pub struct E2eRow {
 const BLOCK_ENTRIES: usize = 10_000;
 
 fn policy_text() -> String {
-    "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 10000000, burst = 100000000, ban = \"1h\" }]\n".to_string()
+    "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 10000000, burst = 100000000, ban = \"1h\" }]\n"
+        .to_string()
 }
 
 fn nft_rules(family_hook: &str, iface: &str, blocks: &[ipnet::IpNet]) -> String {
@@ -81,7 +85,8 @@ fn nft_counter(ns: &NetNs, table: &str, name: &str) -> u64 {
 fn udp_noports(ns: &NetNs) -> u64 {
     let snmp = ns.sh("cat /proc/net/snmp");
     let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
-    let (head, vals) = (lines[0].split_whitespace().collect::<Vec<_>>(), lines[1].split_whitespace().collect::<Vec<_>>());
+    let (head, vals) =
+        (lines[0].split_whitespace().collect::<Vec<_>>(), lines[1].split_whitespace().collect::<Vec<_>>());
     let i = head.iter().position(|h| *h == "NoPorts").expect("NoPorts column");
     vals[i].parse().unwrap_or(0)
 }
@@ -119,7 +124,8 @@ fn generate(pair: &Pair, b: &Baseline, frame: &[u8], frames: u32) -> Duration {
 /// The two traffic mixes: closed-port frames (the drop path) and allowed SIP (the pass path,
 /// which then costs the kernel stack too).
 fn frames(pair: &Pair) -> Vec<(&'static str, Vec<u8>)> {
-    let server: [u8; 4] = pair.server_v4().split('.').map(|o| o.parse().unwrap()).collect::<Vec<u8>>().try_into().unwrap();
+    let server: [u8; 4] =
+        pair.server_v4().split('.').map(|o| o.parse().unwrap()).collect::<Vec<u8>>().try_into().unwrap();
     let dst_mac = mac_of(&pair.server, &pair.server_if);
     let src_mac = mac_of(&pair.client, &pair.client_if);
     let with_macs = |mut f: Vec<u8>| {
@@ -128,8 +134,14 @@ fn frames(pair: &Pair) -> Vec<(&'static str, Vec<u8>)> {
         f
     };
     vec![
-        ("drop: UDP to a closed port", with_macs(Packet::udp4([192, 0, 2, 10], 40000, server, 9999).payload(&[0; 64]).bytes())),
-        ("pass: allowed SIP (then the kernel stack)", with_macs(Packet::udp4([192, 0, 2, 11], 5060, server, 5060).payload(&[b'x'; 200]).bytes())),
+        (
+            "drop: UDP to a closed port",
+            with_macs(Packet::udp4([192, 0, 2, 10], 40000, server, 9999).payload(&[0; 64]).bytes()),
+        ),
+        (
+            "pass: allowed SIP (then the kernel stack)",
+            with_macs(Packet::udp4([192, 0, 2, 11], 5060, server, 5060).payload(&[b'x'; 200]).bytes()),
+        ),
     ]
 }
 
@@ -148,7 +160,8 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
     // NAPI on the receiving veth so redirected frames are accepted without an XDP program.
     pair.server.sh(&format!("ethtool -K {} gro on", pair.server_if));
     {
-        let mut target: Array<_, u32> = Array::try_from(b.ebpf.map_mut("BENCH_TARGET").expect("BENCH_TARGET")).expect("array");
+        let mut target: Array<_, u32> =
+            Array::try_from(b.ebpf.map_mut("BENCH_TARGET").expect("BENCH_TARGET")).expect("array");
         let c = std::ffi::CString::new(pair.client_if.clone()).unwrap();
         let idx = pair.client.enter(|| {
             // SAFETY: valid C string.
@@ -198,10 +211,16 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
             let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity: settings.capacity() }).expect("load");
             dp.apply_policy(&compiled).expect("policy");
             for net in &blocks {
-                dp.source_write(&KernelChange { net: *net, value: Some(voipwall::dataplane::ListKind::Block), before: None }).expect("block");
+                dp.source_write(&KernelChange {
+                    net: *net,
+                    value: Some(voipwall::dataplane::ListKind::Block),
+                    before: None,
+                })
+                .expect("block");
             }
             let iface = pair.server_if.clone();
-            let attachment = pair.server.enter(|| dp.attach(&iface, XdpModeChoice::Native, None)).expect("attach voipwall");
+            let attachment =
+                pair.server.enter(|| dp.attach(&iface, XdpModeChoice::Native, None)).expect("attach voipwall");
             let r = if scenario.starts_with("drop") { reason::PORT_CLOSED } else { reason::PORT_OPEN };
             let v = if scenario.starts_with("drop") { verdict::DROP } else { verdict::PASS };
             let before = dp.counters().expect("counters").get(v, r).packets;
@@ -223,7 +242,13 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
             let handled = nft_counter(&pair.server, hook, counter) - before;
             pair.server.sh(&format!("nft delete table {hook} vwbench"));
             let _ = std::fs::remove_file(&path);
-            record(&mut rows, scenario, &format!("nftables ({} hook)", if hook == "netdev" { "netdev ingress" } else { "inet input" }), handled, d);
+            record(
+                &mut rows,
+                scenario,
+                &format!("nftables ({} hook)", if hook == "netdev" { "netdev ingress" } else { "inet input" }),
+                handled,
+                d,
+            );
         }
     }
     rows

@@ -79,7 +79,18 @@ pub struct Baseline {
 impl Baseline {
     pub fn load() -> Self {
         let mut ebpf = aya::EbpfLoader::new().load(BENCH_OBJECT).expect("loading the benchmark programs");
-        for name in ["bench_empty", "bench_sink", "bench_parse", "bench_lpm", "bench_hash", "bench_lru", "bench_array", "bench_clock", "bench_redirect", "bench_drop"] {
+        for name in [
+            "bench_empty",
+            "bench_sink",
+            "bench_parse",
+            "bench_lpm",
+            "bench_hash",
+            "bench_lru",
+            "bench_array",
+            "bench_clock",
+            "bench_redirect",
+            "bench_drop",
+        ] {
             let prog: &mut Xdp = ebpf.program_mut(name).unwrap_or_else(|| panic!("{name}")).try_into().expect("XDP");
             prog.load().unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));
         }

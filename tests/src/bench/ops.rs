@@ -44,7 +44,8 @@ fn trie_keys() -> impl Iterator<Item = Key<[u8; 4]>> {
 
 pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<OpRow> {
     {
-        let mut lpm: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
+        let mut lpm: LpmTrie<_, [u8; 4], u32> =
+            LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
         for key in trie_keys() {
             lpm.insert(&key, 2, 0).expect("insert");
         }
@@ -63,7 +64,8 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<OpRow> {
         rows.push(OpRow { op: (*what).to_string(), ns, extra_ns: ns.median - e, baseline: (*base).to_string() });
     }
     // Leave the trie empty for the scale section, which fills it with the block feed.
-    let mut lpm: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
+    let mut lpm: LpmTrie<_, [u8; 4], u32> =
+        LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
     for key in trie_keys() {
         lpm.remove(&key).expect("remove");
     }

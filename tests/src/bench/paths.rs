@@ -88,9 +88,12 @@ pub fn invite_1400(ua: &str) -> Vec<u8> {
         headers.push(format!("X-Trace-{i}: {}", "0123456789abcdef".repeat(3)));
     }
     headers.push(format!("User-Agent: {ua}"));
-    let mut sdp = String::from("v=0\r\no=alice 2890844526 2890844526 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 9 18 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n");
+    let mut sdp = String::from(
+        "v=0\r\no=alice 2890844526 2890844526 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 9 18 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
+    );
     // Pad the SDP so the whole datagram payload is 1400 bytes.
-    let fixed: usize = m.len() + headers.iter().map(|h| h.len() + 2).sum::<usize>() + "Content-Length: 0000\r\n\r\n".len();
+    let fixed: usize =
+        m.len() + headers.iter().map(|h| h.len() + 2).sum::<usize>() + "Content-Length: 0000\r\n\r\n".len();
     while fixed + sdp.len() < 1400 {
         sdp.push_str("a=x-pad:0\r\n");
     }
@@ -128,25 +131,77 @@ pub fn cases() -> Vec<Case> {
     let frags = Packet::udp4([192, 0, 2, 50], 5060, HOST, 5060).payload(&[0x80; 3000]).fragments(1480, 7);
     vec![
         Case { name: "allowed SIP, unknown source (warm)", reason: "port_open", frame: sip([192, 0, 2, 10]) },
-        Case { name: "allowed RTP", reason: "port_open", frame: Packet::udp4([192, 0, 2, 11], 40000, HOST, 12000).payload(&[0; 172]).bytes() },
-        Case { name: "closed port", reason: "port_closed", frame: Packet::udp4([192, 0, 2, 12], 1234, HOST, 9999).payload(&[0; 64]).bytes() },
+        Case {
+            name: "allowed RTP",
+            reason: "port_open",
+            frame: Packet::udp4([192, 0, 2, 11], 40000, HOST, 12000).payload(&[0; 172]).bytes(),
+        },
+        Case {
+            name: "closed port",
+            reason: "port_closed",
+            frame: Packet::udp4([192, 0, 2, 12], 1234, HOST, 9999).payload(&[0; 64]).bytes(),
+        },
         Case { name: "block-list hit", reason: "block_list", frame: sip([203, 0, 113, 5]) },
         Case { name: "allow-list hit", reason: "allow_list", frame: sip([198, 51, 100, 10]) },
-        Case { name: "rate-limited drop", reason: "rate_limited", frame: Packet::udp4([192, 0, 2, 14], 1, HOST, 6000).payload(&[0; 64]).bytes() },
-        Case { name: "1400-byte INVITE to an open non-SIP port (plain allowed path)", reason: "port_open", frame: Packet::udp4([192, 0, 2, 16], 5060, HOST, 12000).payload(&invite).bytes() },
-        Case { name: "1400-byte INVITE, User-Agent scan (clean)", reason: "port_open", frame: Packet::udp4([192, 0, 2, 16], 5060, HOST, 5060).payload(&invite).bytes() },
-        Case { name: "1400-byte INVITE, listed User-Agent", reason: "sip_user_agent", frame: Packet::udp4([192, 0, 2, 17], 5060, HOST, 5060).payload(&invite_1400("friendly-scanner")).bytes() },
-        Case { name: "SIP port, 400-byte non-SIP payload", reason: "port_open", frame: Packet::udp4([192, 0, 2, 18], 5060, HOST, 5060).payload(&[0x80; 400]).bytes() },
-        Case { name: "IPv6 allowed SIP", reason: "port_open", frame: Packet::udp6("2001:db8:1::10", 5060, HOST6, 5060).payload(&reg).bytes() },
-        Case { name: "IPv6 closed port", reason: "port_closed", frame: Packet::udp6("2001:db8:1::12", 1234, HOST6, 9999).payload(&[0; 64]).bytes() },
-        Case { name: "IPv6 ext headers, allowed SIP", reason: "port_open", frame: Packet::udp6("2001:db8:1::13", 5060, HOST6, 5060).ext(Ext::HopByHop(0)).ext(Ext::DestOpts(0)).payload(&reg).bytes() },
-        Case { name: "TCP SYN to closed port", reason: "port_closed", frame: Packet::tcp4([192, 0, 2, 15], 40000, HOST, 80, TCP_SYN).bytes() },
+        Case {
+            name: "rate-limited drop",
+            reason: "rate_limited",
+            frame: Packet::udp4([192, 0, 2, 14], 1, HOST, 6000).payload(&[0; 64]).bytes(),
+        },
+        Case {
+            name: "1400-byte INVITE to an open non-SIP port (plain allowed path)",
+            reason: "port_open",
+            frame: Packet::udp4([192, 0, 2, 16], 5060, HOST, 12000).payload(&invite).bytes(),
+        },
+        Case {
+            name: "1400-byte INVITE, User-Agent scan (clean)",
+            reason: "port_open",
+            frame: Packet::udp4([192, 0, 2, 16], 5060, HOST, 5060).payload(&invite).bytes(),
+        },
+        Case {
+            name: "1400-byte INVITE, listed User-Agent",
+            reason: "sip_user_agent",
+            frame: Packet::udp4([192, 0, 2, 17], 5060, HOST, 5060).payload(&invite_1400("friendly-scanner")).bytes(),
+        },
+        Case {
+            name: "SIP port, 400-byte non-SIP payload",
+            reason: "port_open",
+            frame: Packet::udp4([192, 0, 2, 18], 5060, HOST, 5060).payload(&[0x80; 400]).bytes(),
+        },
+        Case {
+            name: "IPv6 allowed SIP",
+            reason: "port_open",
+            frame: Packet::udp6("2001:db8:1::10", 5060, HOST6, 5060).payload(&reg).bytes(),
+        },
+        Case {
+            name: "IPv6 closed port",
+            reason: "port_closed",
+            frame: Packet::udp6("2001:db8:1::12", 1234, HOST6, 9999).payload(&[0; 64]).bytes(),
+        },
+        Case {
+            name: "IPv6 ext headers, allowed SIP",
+            reason: "port_open",
+            frame: Packet::udp6("2001:db8:1::13", 5060, HOST6, 5060)
+                .ext(Ext::HopByHop(0))
+                .ext(Ext::DestOpts(0))
+                .payload(&reg)
+                .bytes(),
+        },
+        Case {
+            name: "TCP SYN to closed port",
+            reason: "port_closed",
+            frame: Packet::tcp4([192, 0, 2, 15], 40000, HOST, 80, TCP_SYN).bytes(),
+        },
         Case { name: "first fragment", reason: "port_open", frame: frags[0].clone() },
         Case { name: "non-first fragment", reason: "port_open", frame: frags[1].clone() },
         // From here on the ban table holds a ban, so every packet also looks it up.
         Case { name: "ban hit", reason: "banned", frame: sip([192, 0, 2, 13]) },
         Case { name: "allowed SIP, bans present", reason: "port_open", frame: sip([192, 0, 2, 10]) },
-        Case { name: "closed port, bans present", reason: "port_closed", frame: Packet::udp4([192, 0, 2, 12], 1234, HOST, 9999).payload(&[0; 64]).bytes() },
+        Case {
+            name: "closed port, bans present",
+            reason: "port_closed",
+            frame: Packet::udp4([192, 0, 2, 12], 1234, HOST, 9999).payload(&[0; 64]).bytes(),
+        },
     ]
 }
 
@@ -173,8 +228,11 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool) {
         let created_before = h.dp.stats().expect("stats")[common::stat::RATES_CREATED as usize];
         if case.name == "ban hit" {
             let far = monotonic_ns() + 86_400_000_000_000;
-            h.dp.ban_insert(&v4_mapped([192, 0, 2, 13]), &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 1, flags: 0, _pad: 0 })
-                .expect("ban insert");
+            h.dp.ban_insert(
+                &v4_mapped([192, 0, 2, 13]),
+                &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 1, flags: 0, _pad: 0 },
+            )
+            .expect("ban insert");
         }
         if case.reason == "rate_limited" {
             // Spend the one-packet burst now: earlier cases took longer than the refill time.
@@ -195,7 +253,13 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool) {
         }
         let ns = median_spread(&ours);
         let empty_ns = median_spread(&empty);
-        rows.push(PathRow { path: case.name.to_string(), reason: case.reason.to_string(), ratio: ns.median / empty_ns.median, ns, empty_ns });
+        rows.push(PathRow {
+            path: case.name.to_string(),
+            reason: case.reason.to_string(),
+            ratio: ns.median / empty_ns.median,
+            ns,
+            empty_ns,
+        });
     }
     (rows, early_untouched)
 }

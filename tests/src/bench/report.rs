@@ -26,7 +26,13 @@ pub struct Machine {
 
 impl Machine {
     pub fn probe() -> Self {
-        let sh = |c: &str| Command::new("sh").args(["-c", c]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let sh = |c: &str| {
+            Command::new("sh")
+                .args(["-c", c])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
         Self {
             kernel: sh("uname -r"),
             cpu: sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
@@ -164,7 +170,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
     let nft = mpps(&r.e2e, "drop", "nftables (netdev");
     t.push(Target {
         target: "XDP drop path >= 5x the packets/s of the nftables equivalent".into(),
-        measured: format!("{drop_x:.2} Mpps vs {nft:.2} Mpps (netdev ingress) = {:.1}x; inet input {:.2} Mpps", drop_x / nft.max(1e-9), mpps(&r.e2e, "drop", "nftables (inet")),
+        measured: format!(
+            "{drop_x:.2} Mpps vs {nft:.2} Mpps (netdev ingress) = {:.1}x; inet input {:.2} Mpps",
+            drop_x / nft.max(1e-9),
+            mpps(&r.e2e, "drop", "nftables (inet")
+        ),
         met: drop_x >= 5.0 * nft,
         note: "Same veth, same generator, same core; the generator's own cost is in every figure.".into(),
     });
@@ -178,20 +188,31 @@ pub fn targets(r: &Results) -> Vec<Target> {
     });
     t.push(Target {
         target: "A CLI block effective in <= 50 ms".into(),
-        measured: format!("{:.1} ms median `voipwall block` (process start to exit; {:.2} ms over the socket)", c.cli_block_ms.median, c.socket_block_ms.median),
+        measured: format!(
+            "{:.1} ms median `voipwall block` (process start to exit; {:.2} ms over the socket)",
+            c.cli_block_ms.median, c.socket_block_ms.median
+        ),
         met: c.cli_block_ms.median <= 50.0,
         note: "The entry is in the kernel before the command returns.".into(),
     });
     t.push(Target {
         target: "A scrape at full maps <= 2x the empty scrape".into(),
-        measured: format!("{:.2} ms vs {:.2} ms = {:.2}x ({} block entries, {} rate buckets)", c.scrape_full_ms.median, c.scrape_empty_ms.median, c.scrape_ratio, c.bulk_entries, c.rate_entries),
+        measured: format!(
+            "{:.2} ms vs {:.2} ms = {:.2}x ({} block entries, {} rate buckets)",
+            c.scrape_full_ms.median, c.scrape_empty_ms.median, c.scrape_ratio, c.bulk_entries, c.rate_entries
+        ),
         met: c.scrape_ratio <= 2.0,
         note: "Scrapes read counters and counts kept as the daemon goes; no map is walked.".into(),
     });
     t
 }
 
-fn line_chart(file: &Path, title: &str, x_desc: &str, series: &[(&str, Vec<(f64, f64)>, RGBColor)]) -> Result<(), Box<dyn std::error::Error>> {
+fn line_chart(
+    file: &Path,
+    title: &str,
+    x_desc: &str,
+    series: &[(&str, Vec<(f64, f64)>, RGBColor)],
+) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(file, (820, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let xmax = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).fold(10.0, f64::max) * 2.0;
@@ -205,10 +226,18 @@ fn line_chart(file: &Path, title: &str, x_desc: &str, series: &[(&str, Vec<(f64,
     chart.configure_mesh().x_desc(x_desc).y_desc("ns per packet").draw()?;
     for (name, pts, color) in series {
         let c = *color;
-        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?.label(*name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -231,7 +260,11 @@ fn bar_chart(file: &Path, title: &str, bars: &[(String, f64)]) -> Result<(), Box
         .x_labels(bars.len() * 2 + 1)
         .x_label_formatter(&|x| {
             let i = (*x - 0.5).round();
-            if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_desc("million frames per second (one core)")
         .draw()?;
@@ -239,7 +272,11 @@ fn bar_chart(file: &Path, title: &str, bars: &[(String, f64)]) -> Result<(), Box
         let color = if bars[i].0.starts_with("voipwall") { RGBColor(200, 60, 40) } else { RGBColor(90, 110, 160) };
         Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)], color.filled())
     }))?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| Text::new(format!("{v:.2}"), (i as f64 + 0.35, *v + ymax * 0.02), ("sans-serif", 14))))?;
+    chart.draw_series(
+        bars.iter()
+            .enumerate()
+            .map(|(i, (_, v))| Text::new(format!("{v:.2}"), (i as f64 + 0.35, *v + ymax * 0.02), ("sans-serif", 14))),
+    )?;
     root.present()?;
     Ok(())
 }
@@ -256,12 +293,32 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
         "Closed-port drop vs block-list size",
         "block-list entries (CIDRs, mixed prefix lengths)",
         &[
-            ("hot source, /16 without entries", r.block_list.iter().map(|p| (p.size as f64, p.hot.median)).collect(), blue),
-            ("hot source, /16 with entries", r.block_list.iter().map(|p| (p.size as f64, p.hot_dense.map_or(0.0, |d| d.median))).collect(), RGBColor(40, 150, 80)),
+            (
+                "hot source, /16 without entries",
+                r.block_list.iter().map(|p| (p.size as f64, p.hot.median)).collect(),
+                blue,
+            ),
+            (
+                "hot source, /16 with entries",
+                r.block_list.iter().map(|p| (p.size as f64, p.hot_dense.map_or(0.0, |d| d.median))).collect(),
+                RGBColor(40, 150, 80),
+            ),
             ("random sources", r.block_list.iter().map(|p| (p.size as f64, p.random.median)).collect(), red),
-            ("bare LPM trie, first hot source", r.block_list.iter().map(|p| (p.size as f64, p.trie_hot.map_or(0.0, |d| d.median))).collect(), RGBColor(150, 90, 180)),
-            ("bare LPM trie, second hot source", r.block_list.iter().map(|p| (p.size as f64, p.trie_dense.map_or(0.0, |d| d.median))).collect(), RGBColor(220, 150, 40)),
-            ("empty program (random-source timing)", r.block_list.iter().map(|p| (p.size as f64, p.empty_random)).collect(), grey),
+            (
+                "bare LPM trie, first hot source",
+                r.block_list.iter().map(|p| (p.size as f64, p.trie_hot.map_or(0.0, |d| d.median))).collect(),
+                RGBColor(150, 90, 180),
+            ),
+            (
+                "bare LPM trie, second hot source",
+                r.block_list.iter().map(|p| (p.size as f64, p.trie_dense.map_or(0.0, |d| d.median))).collect(),
+                RGBColor(220, 150, 40),
+            ),
+            (
+                "empty program (random-source timing)",
+                r.block_list.iter().map(|p| (p.size as f64, p.empty_random)).collect(),
+                grey,
+            ),
         ],
     )?;
     line_chart(
@@ -269,30 +326,72 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
         "Allowed SIP vs tracked sources (rate table)",
         "tracked (source, class) buckets",
         &[
-            ("known sources, random order", r.tracked_known.iter().map(|p| (p.size as f64, p.random.median)).collect(), blue),
-            ("new sources (spoofed flood)", r.tracked_new.iter().map(|p| (p.size as f64, p.random.median)).collect(), red),
+            (
+                "known sources, random order",
+                r.tracked_known.iter().map(|p| (p.size as f64, p.random.median)).collect(),
+                blue,
+            ),
+            (
+                "new sources (spoofed flood)",
+                r.tracked_new.iter().map(|p| (p.size as f64, p.random.median)).collect(),
+                red,
+            ),
             ("empty program", r.tracked_new.iter().map(|p| (p.size as f64, p.empty_random)).collect(), grey),
         ],
     )?;
     for (scenario, file) in [("drop", "e2e-drop.svg"), ("pass", "e2e-pass.svg")] {
-        let bars: Vec<(String, f64)> = r.e2e.iter().filter(|e| e.scenario.starts_with(scenario)).map(|e| (e.filter.clone(), e.mpps)).collect();
-        let title = if scenario == "drop" { "Closed-port drop on a veth, one core" } else { "Allowed SIP through the filter and the stack, one core" };
+        let bars: Vec<(String, f64)> =
+            r.e2e.iter().filter(|e| e.scenario.starts_with(scenario)).map(|e| (e.filter.clone(), e.mpps)).collect();
+        let title = if scenario == "drop" {
+            "Closed-port drop on a veth, one core"
+        } else {
+            "Allowed SIP through the filter and the stack, one core"
+        };
         bar_chart(&dir.join(file), title, &bars)?;
     }
 
-    let rel = |f: &str| format!("{}/{f}", dir.file_name().map_or(".".into(), |d| format!("docs/{}", d.to_string_lossy())));
+    let rel =
+        |f: &str| format!("{}/{f}", dir.file_name().map_or(".".into(), |d| format!("docs/{}", d.to_string_lossy())));
     let m = &r.machine;
     let mut s = String::new();
     let _ = writeln!(s, "# voipwall benchmarks\n");
-    let _ = writeln!(s, "Regenerated by `cargo xtask bench` ({} mode: test_run repeat {}, {} rounds). Every figure is a median with its spread ((max-min)/median), and every cost is also given against a baseline measured in the same run: the empty XDP program for per-packet costs, the same generator and core for end-to-end rates.\n", format!("{:?}", r.settings.mode).to_lowercase(), r.settings.repeat, r.settings.rounds);
-    let _ = writeln!(s, "- machine: {} CPUs, {}\n- kernel: {}\n- commit: {}\n- date: {}\n- eBPF toolchain: {}\n", m.cpus, m.cpu.trim(), m.kernel, m.commit, m.date, m.nightly);
+    let _ = writeln!(
+        s,
+        "Regenerated by `cargo xtask bench` ({} mode: test_run repeat {}, {} rounds). Every figure is a median with its spread ((max-min)/median), and every cost is also given against a baseline measured in the same run: the empty XDP program for per-packet costs, the same generator and core for end-to-end rates.\n",
+        format!("{:?}", r.settings.mode).to_lowercase(),
+        r.settings.repeat,
+        r.settings.rounds
+    );
+    let _ = writeln!(
+        s,
+        "- machine: {} CPUs, {}\n- kernel: {}\n- commit: {}\n- date: {}\n- eBPF toolchain: {}\n",
+        m.cpus,
+        m.cpu.trim(),
+        m.kernel,
+        m.commit,
+        m.date,
+        m.nightly
+    );
     let _ = writeln!(s, "## Targets\n\n| target | measured | met | note |\n| --- | --- | --- | --- |");
     for t in &r.targets {
-        let _ = writeln!(s, "| {} | {} | {} | {} |", t.target, t.measured, if t.met { "yes" } else { "**no**" }, t.note);
+        let _ =
+            writeln!(s, "| {} | {} | {} | {} |", t.target, t.measured, if t.met { "yes" } else { "**no**" }, t.note);
     }
-    let _ = writeln!(s, "\n## 1. Per-path cost (BPF_PROG_TEST_RUN, pinned CPU, alternating with the empty program)\n\n| path | reason asserted | ns/packet | spread | empty program ns | ratio |\n| --- | --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "\n## 1. Per-path cost (BPF_PROG_TEST_RUN, pinned CPU, alternating with the empty program)\n\n| path | reason asserted | ns/packet | spread | empty program ns | ratio |\n| --- | --- | ---: | ---: | ---: | ---: |"
+    );
     for p in &r.paths {
-        let _ = writeln!(s, "| {} | {} | {:.1} | {:.0}% | {:.1} | {:.2}x |", p.path, p.reason, p.ns.median, p.ns.spread * 100.0, p.empty_ns.median, p.ratio);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.0}% | {:.1} | {:.2}x |",
+            p.path,
+            p.reason,
+            p.ns.median,
+            p.ns.spread * 100.0,
+            p.empty_ns.median,
+            p.ratio
+        );
     }
     if let (Some(plain), Some(scan), Some(hit)) = (
         r.paths.iter().find(|p| p.path.starts_with("1400-byte INVITE to an open non-SIP port")),
@@ -302,44 +401,110 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
         let _ = writeln!(
             s,
             "\nSIP inspection: the same 1400-byte INVITE costs {:.0} ns on an open port without SIP inspection and {:.0} ns on a SIP port, where its 18 header lines are walked and the User-Agent value runs through the automaton ({:.1}x, +{:.0} ns); a listed User-Agent is dropped in {:.0} ns. Non-SIP payloads on a SIP port are turned away by the first byte.",
-            plain.ns.median, scan.ns.median, scan.ns.median / plain.ns.median, scan.ns.median - plain.ns.median, hit.ns.median
+            plain.ns.median,
+            scan.ns.median,
+            scan.ns.median / plain.ns.median,
+            scan.ns.median - plain.ns.median,
+            hit.ns.median
         );
     }
-    let _ = writeln!(s, "\nWhat each operation costs alone (single-operation programs, same packet; each over a baseline program that does everything else it does: `bench_sink` reads the source and writes a result, `bench_empty` returns):\n\n| operation | ns/packet | baseline | own cost |\n| --- | ---: | --- | ---: |");
+    let _ = writeln!(
+        s,
+        "\nWhat each operation costs alone (single-operation programs, same packet; each over a baseline program that does everything else it does: `bench_sink` reads the source and writes a result, `bench_empty` returns):\n\n| operation | ns/packet | baseline | own cost |\n| --- | ---: | --- | ---: |"
+    );
     for o in &r.ops {
         let _ = writeln!(s, "| {} | {:.1} | {} | +{:.1} |", o.op, o.ns.median, o.baseline, o.extra_ns);
     }
-    let _ = writeln!(s, "\n## 2. Scale\n\n![block list]({})\n\n| block-list entries | hot source, empty /16 ns | hot source, populated /16 ns | random sources ns | bare LPM trie, same two hot sources ns | empty (hot / random timing) |\n| ---: | ---: | ---: | ---: | ---: | ---: |", rel("block-list-scale.svg"));
+    let _ = writeln!(
+        s,
+        "\n## 2. Scale\n\n![block list]({})\n\n| block-list entries | hot source, empty /16 ns | hot source, populated /16 ns | random sources ns | bare LPM trie, same two hot sources ns | empty (hot / random timing) |\n| ---: | ---: | ---: | ---: | ---: | ---: |",
+        rel("block-list-scale.svg")
+    );
     for p in &r.block_list {
-        let _ = writeln!(s, "| {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |", p.size, p.hot.median, p.hot_dense.map_or(0.0, |d| d.median), p.random.median, p.trie_hot.map_or(0.0, |d| d.median), p.trie_dense.map_or(0.0, |d| d.median), p.empty_hot, p.empty_random);
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            p.size,
+            p.hot.median,
+            p.hot_dense.map_or(0.0, |d| d.median),
+            p.random.median,
+            p.trie_hot.map_or(0.0, |d| d.median),
+            p.trie_dense.map_or(0.0, |d| d.median),
+            p.empty_hot,
+            p.empty_random
+        );
     }
-    let _ = writeln!(s, "\nRandom-source figures run each packet once (a different source every run), so they include the kernel's per-run timing overhead; the empty program is measured the same way.\n\n![tracked sources]({})\n\n| tracked buckets | known sources, random order ns | new sources (spoofed flood) ns | empty ns |\n| ---: | ---: | ---: | ---: |", rel("tracked-sources-scale.svg"));
+    let _ = writeln!(
+        s,
+        "\nRandom-source figures run each packet once (a different source every run), so they include the kernel's per-run timing overhead; the empty program is measured the same way.\n\n![tracked sources]({})\n\n| tracked buckets | known sources, random order ns | new sources (spoofed flood) ns | empty ns |\n| ---: | ---: | ---: | ---: |",
+        rel("tracked-sources-scale.svg")
+    );
     for (k, n) in r.tracked_known.iter().zip(&r.tracked_new) {
         let _ = writeln!(s, "| {} | {:.1} | {:.1} | {:.1} |", k.size, k.random.median, n.random.median, n.empty_random);
     }
     let g = &r.glue;
-    let _ = writeln!(s, "\nSpoofed-source flood into a full rate table: the program costs {:.1} ns ({:.1} over the empty program's {:.1}); the operations it performs, measured alone on the same frames:\n\n| operation | ns |\n| --- | ---: |", g.program, g.program_extra, g.empty);
+    let _ = writeln!(
+        s,
+        "\nSpoofed-source flood into a full rate table: the program costs {:.1} ns ({:.1} over the empty program's {:.1}); the operations it performs, measured alone on the same frames:\n\n| operation | ns |\n| --- | ---: |",
+        g.program, g.program_extra, g.empty
+    );
     for (op, ns) in &g.ops {
         let _ = writeln!(s, "| {op} | {ns:.1} |");
     }
-    let _ = writeln!(s, "| **sum** | **{:.1}** |\n\nGlue ratio (program over empty / sum of operations): **{:.2}x**.\n", g.ops_sum, g.ratio);
-    let _ = writeln!(s, "## 3. End to end on a veth pair (one core)\n\n![drop]({})\n![pass]({})\n\n| scenario | filter | frames | handled | Mpps | ns/frame (whole path) |\n| --- | --- | ---: | ---: | ---: | ---: |", rel("e2e-drop.svg"), rel("e2e-pass.svg"));
+    let _ = writeln!(
+        s,
+        "| **sum** | **{:.1}** |\n\nGlue ratio (program over empty / sum of operations): **{:.2}x**.\n",
+        g.ops_sum, g.ratio
+    );
+    let _ = writeln!(
+        s,
+        "## 3. End to end on a veth pair (one core)\n\n![drop]({})\n![pass]({})\n\n| scenario | filter | frames | handled | Mpps | ns/frame (whole path) |\n| --- | --- | ---: | ---: | ---: | ---: |",
+        rel("e2e-drop.svg"),
+        rel("e2e-pass.svg")
+    );
     for e in &r.e2e {
-        let _ = writeln!(s, "| {} | {} | {} | {} | {:.2} | {:.0} |", e.scenario, e.filter, e.frames, e.handled, e.mpps, e.ns_per_frame);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.2} | {:.0} |",
+            e.scenario, e.filter, e.frames, e.handled, e.mpps, e.ns_per_frame
+        );
     }
-    let _ = writeln!(s, "\nThe generator (`bench_redirect`, BPF_F_TEST_XDP_LIVE_FRAMES) and the receiving veth NAPI run on the same pinned core inside one syscall; \"handled\" is what the filter (or the stack's UDP NoPorts counter) counted, and Mpps = handled / wall time. Both voipwall and the nftables rulesets carry the same 10,000-entry block list, open-port sets and a per-source limit.\n");
+    let _ = writeln!(
+        s,
+        "\nThe generator (`bench_redirect`, BPF_F_TEST_XDP_LIVE_FRAMES) and the receiving veth NAPI run on the same pinned core inside one syscall; \"handled\" is what the filter (or the stack's UDP NoPorts counter) counted, and Mpps = handled / wall time. Both voipwall and the nftables rulesets carry the same 10,000-entry block list, open-port sets and a per-source limit.\n"
+    );
     let c = &r.controller;
     let _ = writeln!(s, "## 4. Controller\n\n| measurement | value |\n| --- | ---: |");
     let _ = writeln!(s, "| bulk load (`voipwall block --file`), {} CIDRs | {:.2} s |", c.bulk_entries, c.bulk_secs);
-    let _ = writeln!(s, "| single-CIDR blocks over the socket, {} in a row after the bulk load (each fsynced to the journal; the journal folds into a snapshot every 2000) | {:.2} s = {:.0} per second; 1M this way would take {:.0} s (extrapolated) |", c.single_entries, c.single_secs, c.single_entries as f64 / c.single_secs, c.single_secs * 1e6 / c.single_entries as f64);
-    let _ = writeln!(s, "| `voipwall block CIDR`, process start to exit (in force on return) | {:.1} ms (spread {:.0}%) |", c.cli_block_ms.median, c.cli_block_ms.spread * 100.0);
+    let _ = writeln!(
+        s,
+        "| single-CIDR blocks over the socket, {} in a row after the bulk load (each fsynced to the journal; the journal folds into a snapshot every 2000) | {:.2} s = {:.0} per second; 1M this way would take {:.0} s (extrapolated) |",
+        c.single_entries,
+        c.single_secs,
+        c.single_entries as f64 / c.single_secs,
+        c.single_secs * 1e6 / c.single_entries as f64
+    );
+    let _ = writeln!(
+        s,
+        "| `voipwall block CIDR`, process start to exit (in force on return) | {:.1} ms (spread {:.0}%) |",
+        c.cli_block_ms.median,
+        c.cli_block_ms.spread * 100.0
+    );
     let _ = writeln!(s, "| the same change over the control socket | {:.2} ms |", c.socket_block_ms.median);
     let _ = writeln!(s, "| `voipwall reload` (voip-edge) | {:.1} ms |", c.reload_ms.median);
     let _ = writeln!(s, "| `/metrics` scrape, empty maps | {:.2} ms |", c.scrape_empty_ms.median);
-    let _ = writeln!(s, "| `/metrics` scrape, {} block entries and {} rate buckets | {:.2} ms ({:.2}x) |", c.bulk_entries, c.rate_entries, c.scrape_full_ms.median, c.scrape_ratio);
+    let _ = writeln!(
+        s,
+        "| `/metrics` scrape, {} block entries and {} rate buckets | {:.2} ms ({:.2}x) |",
+        c.bulk_entries, c.rate_entries, c.scrape_full_ms.median, c.scrape_ratio
+    );
     let _ = writeln!(s, "| daemon RSS at default capacities | {:.1} MiB |", c.rss_default_mib);
     let _ = writeln!(s, "| BPF map memory at default capacities (fdinfo memlock) | {:.1} MiB |", c.maps_default_mib);
-    let _ = writeln!(s, "| daemon RSS / map memory with the bulk list loaded | {:.1} MiB / {:.1} MiB |", c.rss_full_mib, c.maps_full_mib);
+    let _ = writeln!(
+        s,
+        "| daemon RSS / map memory with the bulk list loaded | {:.1} MiB / {:.1} MiB |",
+        c.rss_full_mib, c.maps_full_mib
+    );
     let _ = writeln!(s, "\nRaw results: [{}]({}).", rel("results.json"), rel("results.json"));
     std::fs::write(md, s)?;
     Ok(())

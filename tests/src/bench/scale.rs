@@ -116,8 +116,13 @@ pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
     let random_frames = frames_from(&random, 9999);
     let hot = Packet::udp4([192, 0, 2, 10], 40000, HOST, 9999).payload(&[0; 64]).bytes();
     // A source next to a /32 of the feed: its /16 holds entries, it is on no entry.
-    let members: std::collections::HashSet<(u32, u8)> =
-        feed.iter().filter_map(|n| match n { IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len())), _ => None }).collect();
+    let members: std::collections::HashSet<(u32, u8)> = feed
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len())),
+            _ => None,
+        })
+        .collect();
     let covered = |a: u32| (16..=32u8).any(|len| members.contains(&(a & (u32::MAX << (32 - len as u32)), len)));
     let dense_src = feed
         .iter()
@@ -137,9 +142,11 @@ pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
     let mut out = Vec::new();
     for &size in sizes {
         {
-            let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
+            let mut trie: LpmTrie<_, [u8; 4], u32> =
+                LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
             for net in &feed[loaded..size] {
-                h.dp.source_write(&KernelChange { net: *net, value: Some(ListKind::Block), before: None }).expect("block insert");
+                h.dp.source_write(&KernelChange { net: *net, value: Some(ListKind::Block), before: None })
+                    .expect("block insert");
                 if let IpNet::V4(n) = net {
                     trie.insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), 2, 0).expect("trie insert");
                 }
@@ -238,8 +245,26 @@ pub fn tracked(settings: &Settings, b: &mut Baseline) -> Tracked {
         }
         let hot = Packet::udp4(tracked[0], 40000, HOST, 5060).payload(&[0; 64]).bytes();
         let hot_ns = h.dp.test_run(&hot, settings.repeat).expect("test_run").1.as_nanos() as f64;
-        known.push(ScalePoint { size: size as u64, hot: median_spread(&[hot_ns]), hot_dense: None, trie_hot: None, trie_dense: None, random: median_spread(&k), empty_hot: b.ns(&hot, settings.repeat), empty_random: median_spread(&ke).median });
-        new.push(ScalePoint { size: size as u64, hot: median_spread(&[hot_ns]), hot_dense: None, trie_hot: None, trie_dense: None, random: median_spread(&n), empty_hot: b.ns(&hot, settings.repeat), empty_random: median_spread(&ne).median });
+        known.push(ScalePoint {
+            size: size as u64,
+            hot: median_spread(&[hot_ns]),
+            hot_dense: None,
+            trie_hot: None,
+            trie_dense: None,
+            random: median_spread(&k),
+            empty_hot: b.ns(&hot, settings.repeat),
+            empty_random: median_spread(&ke).median,
+        });
+        new.push(ScalePoint {
+            size: size as u64,
+            hot: median_spread(&[hot_ns]),
+            hot_dense: None,
+            trie_hot: None,
+            trie_dense: None,
+            random: median_spread(&n),
+            empty_hot: b.ns(&hot, settings.repeat),
+            empty_random: median_spread(&ne).median,
+        });
     }
     let glue = glue(settings, b, &h, cap, &last_new_frames, &mut rng);
     Tracked { known, new, glue }
@@ -251,7 +276,8 @@ fn glue(settings: &Settings, b: &mut Baseline, h: &Harness, cap: u32, frames: &[
     // Give the single-operation programs the same table state: a rate table filled to the same
     // size.
     {
-        let mut rates: HashMap<_, RateKey, RateState> = HashMap::try_from(b.ebpf.map_mut("BENCH_RATES").expect("BENCH_RATES")).expect("hash");
+        let mut rates: HashMap<_, RateKey, RateState> =
+            HashMap::try_from(b.ebpf.map_mut("BENCH_RATES").expect("BENCH_RATES")).expect("hash");
         let mut filled = 0;
         while filled < cap.min(1 << 20) {
             let a = rng.addr();

@@ -27,7 +27,10 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpus - 1;
     let pinned = bench::pin_to_cpu(cpu);
-    eprintln!("bench: {mode:?} mode, test_run repeat {}, {} rounds, pinned to CPU {cpu}: {pinned}", settings.repeat, settings.rounds);
+    eprintln!(
+        "bench: {mode:?} mode, test_run repeat {}, {} rounds, pinned to CPU {cpu}: {pinned}",
+        settings.repeat, settings.rounds
+    );
     let mut baseline = Baseline::load();
     let step = |what: &str| eprintln!("bench: [{:>5.1}s] {what}", started.elapsed().as_secs_f64());
 

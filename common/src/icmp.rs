@@ -1,4 +1,4 @@
-//! Which ICMP and ICMPv6 messages a VoIP host needs (issue "data plane v1", step 5).
+//! Which ICMP and ICMPv6 messages a VoIP host needs (step 5 of the decision chain).
 //!
 //! Errors that make TCP/UDP work (destination unreachable with "fragmentation needed",
 //! packet too big for IPv6 path MTU discovery, time exceeded), echo replies to the host's own
@@ -40,33 +40,25 @@ pub const fn classify_v6(icmp_type: u8) -> IcmpClass {
 mod tests {
     use super::*;
 
-    #[test]
-    fn v4_table() {
-        let pass = [0u8, 3, 11];
+    /// `classify` passes exactly `pass`, treats `echo` as an echo request and denies the rest.
+    fn check_table(family: &str, classify: fn(u8) -> IcmpClass, pass: &[u8], echo: u8) {
         for t in 0..=255u8 {
-            let want = if pass.contains(&t) {
-                IcmpClass::Pass
-            } else if t == 8 {
-                IcmpClass::Echo
-            } else {
-                IcmpClass::Deny
+            let want = match t {
+                t if pass.contains(&t) => IcmpClass::Pass,
+                t if t == echo => IcmpClass::Echo,
+                _ => IcmpClass::Deny,
             };
-            assert_eq!(classify_v4(t), want, "ICMPv4 type {t}");
+            assert_eq!(classify(t), want, "{family} type {t}");
         }
     }
 
     #[test]
+    fn v4_table() {
+        check_table("ICMPv4", classify_v4, &[0, 3, 11], 8);
+    }
+
+    #[test]
     fn v6_table() {
-        let pass = [1u8, 2, 3, 129, 133, 134, 135, 136, 137];
-        for t in 0..=255u8 {
-            let want = if pass.contains(&t) {
-                IcmpClass::Pass
-            } else if t == 128 {
-                IcmpClass::Echo
-            } else {
-                IcmpClass::Deny
-            };
-            assert_eq!(classify_v6(t), want, "ICMPv6 type {t}");
-        }
+        check_table("ICMPv6", classify_v6, &[1, 2, 3, 129, 133, 134, 135, 136, 137], 128);
     }
 }

@@ -2,7 +2,7 @@
 //! default capacities, flag bits, reason codes, counter indices and every `#[repr(C)]` type that
 //! crosses the kernel/user boundary.
 //!
-//! Rules for this crate (see `../shared/STYLE.md`):
+//! Rules for this crate:
 //! - every boundary type is `#[repr(C)]`, `Copy`, has no implicit padding (explicit `_pad`
 //!   fields) and uses integer flags instead of `bool`;
 //! - every key field documents its byte order;
@@ -187,7 +187,7 @@ pub const FLOW_PORT_WORDS: u32 = PORT_PROTOS * 65536 / 64;
 /// Word and bit of a (protocol slot, local port) in `FLOW_PORTS`.
 #[inline(always)]
 pub const fn flow_port_bit(proto_slot: u32, port: u16) -> (u32, u64) {
-    let i = ((proto_slot & 1) << 16) | port as u32;
+    let i = port_slot(proto_slot, port) as u32;
     (i / 64, 1u64 << (i % 64))
 }
 
@@ -267,6 +267,7 @@ pub mod reason {
 
     /// Number of reasons in use (the rest of [`crate::MAX_REASONS`] is reserved).
     pub const COUNT: u32 = 17;
+    const _: () = assert!(COUNT <= crate::MAX_REASONS);
 
     /// Metric label values, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -323,10 +324,44 @@ pub const fn rule_counter_index(rule: u32, verdict: u32) -> u32 {
     rule * verdict::COUNT + verdict
 }
 
+/// (Protocol slot, port) slots of one generation of `PORTS`.
+pub const PORT_SLOTS: usize = (PORT_PROTOS as usize) << 16;
+
+/// Index of a (protocol slot, destination port) within one generation of the port table: the
+/// layout of `PORTS` per generation, of `FLOW_PORTS` and of the controller's compiled table.
+#[inline(always)]
+pub const fn port_slot(proto_slot: u32, port: u16) -> usize {
+    (((proto_slot & 1) << 16) | port as u32) as usize
+}
+
 /// Index into `PORTS`: generation, protocol slot, destination port (host byte order).
 #[inline(always)]
 pub const fn port_index(generation: u32, proto_slot: u32, port: u16) -> u32 {
-    ((generation & 1) << 17) | ((proto_slot & 1) << 16) | port as u32
+    ((generation & 1) << 17) | port_slot(proto_slot, port) as u32
+}
+
+/// Leading key bits of `SETS_V4`/`SETS_V6` that hold the generation: a set entry for a /N
+/// network has prefix length `SET_KEY_GENERATION_BITS + N`, and a lookup asks for the full key.
+pub const SET_KEY_GENERATION_BITS: u32 = 32;
+
+/// Key data of `SETS_V4`: the generation (u32, big endian) then the IPv4 address (network
+/// byte order).
+#[inline(always)]
+pub const fn set_key_v4(generation: u32, addr: [u8; 4]) -> [u8; 8] {
+    let g = generation.to_be_bytes();
+    [g[0], g[1], g[2], g[3], addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// Key data of `SETS_V6`: the generation (u32, big endian) then the IPv6 address (network
+/// byte order).
+#[inline(always)]
+pub const fn set_key_v6(generation: u32, addr: [u8; 16]) -> [u8; 20] {
+    let g = generation.to_be_bytes();
+    let a = addr;
+    [
+        g[0], g[1], g[2], g[3], a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13],
+        a[14], a[15],
+    ]
 }
 
 /// Index into `CLASSES`.
@@ -849,7 +884,6 @@ mod tests {
             assert_eq!(reason::from_name(name), Some(i as u32), "{name}");
         }
         assert_eq!(reason::from_name("nope"), None);
-        assert!(reason::COUNT <= MAX_REASONS);
     }
 
     #[test]
@@ -866,9 +900,23 @@ mod tests {
         assert_eq!(port_index(1, PROTO_SLOT_UDP, u16::MAX), PORTS_ENTRIES - 1);
         assert_eq!(port_index(0, PROTO_SLOT_TCP, 0), 0);
         assert_eq!(port_index(1, PROTO_SLOT_TCP, 5060), 2 * 65536 + 5060);
+        assert_eq!(port_slot(PROTO_SLOT_UDP, u16::MAX), PORT_SLOTS - 1);
+        assert_eq!(port_index(1, PROTO_SLOT_UDP, 7) as usize, PORT_SLOTS + port_slot(PROTO_SLOT_UDP, 7));
+        assert_eq!(flow_port_bit(PROTO_SLOT_UDP, 65), ((65536 + 64) / 64, 2));
         assert_eq!(class_index(1, MAX_CLASSES - 1), CLASSES_ENTRIES - 1);
         assert_eq!(counter_index(verdict::WOULD_DROP, MAX_REASONS - 1), COUNTERS_ENTRIES - 1);
         assert_eq!(rule_counter_index(MAX_RULES - 1, verdict::WOULD_DROP), RULE_COUNTERS_ENTRIES - 1);
+    }
+
+    #[test]
+    fn set_keys_put_the_generation_first_in_network_order() {
+        assert_eq!(set_key_v4(1, [192, 0, 2, 7]), [0, 0, 0, 1, 192, 0, 2, 7]);
+        let mut a = [0u8; 16];
+        a[0] = 0x20;
+        a[15] = 9;
+        let k = set_key_v6(0x0102_0304, a);
+        assert_eq!(&k[..4], &[1, 2, 3, 4]);
+        assert_eq!(&k[4..], &a);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! packet costs one compare and one add, no division. A level with `emission_ns` = 1e9/pps and
 //! `tolerance_ns` = (burst - 1) * `emission_ns` lets exactly `burst` packets through back to back
 //! and `pps` per second after that, which is what PortSIP's "level 1 / level 2 packets per
-//! second" settings describe (`../shared/seeds/004_192687073215376a.txt`).
+//! second" settings describe ("PortSIP PBX: Security Features", anti-hacking levels).
 
 use crate::{RateClass, RateLevel, RateState};
 

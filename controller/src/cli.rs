@@ -1,5 +1,5 @@
-//! The `voipwall` command line. Verbs, flags and exit codes are a contract (the controller
-//! issue): 0 ok, 1 runtime failure (daemon unreachable, kernel refused), 2 invalid input.
+//! The `voipwall` command line. Verbs, flags and exit codes are a contract that scripts rely on:
+//! 0 ok, 1 runtime failure (daemon unreachable, kernel refused), 2 invalid input.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -7,9 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     control::{self, Request},
-    core::ListChange,
     daemon::{self, RunArgs},
     dataplane::XdpModeChoice,
+    firewall::ListChange,
     paths,
     policy::{self, SshReach, roles},
     system,

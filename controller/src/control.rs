@@ -21,8 +21,8 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    core::{Core, ListChange, OpError, Reply},
-    dataplane::ListKind,
+    firewall::{Firewall, ListChange, OpError, ReloadRequest, Reply},
+    sources::ListKind,
 };
 
 /// A request from the CLI.
@@ -76,14 +76,33 @@ impl Response {
             Ok(reply) => Self { ok: true, error_kind: None, error: None, text: reply.text, data: reply.data },
             Err(e) => Self {
                 ok: false,
-                error_kind: Some(match e {
-                    OpError::Invalid(_) => ErrorKind::Invalid,
-                    OpError::Runtime(_) => ErrorKind::Runtime,
-                }),
+                error_kind: Some(if e.is_invalid_input() { ErrorKind::Invalid } else { ErrorKind::Runtime }),
                 error: Some(e.to_string()),
                 text: String::new(),
                 data: Value::Null,
             },
+        }
+    }
+
+    /// A failure that is the daemon's, not the request's (exit 1).
+    fn runtime(message: String) -> Self {
+        Self {
+            ok: false,
+            error_kind: Some(ErrorKind::Runtime),
+            error: Some(message),
+            text: String::new(),
+            data: Value::Null,
+        }
+    }
+
+    /// A request the daemon could not read (exit 2).
+    fn invalid(message: String) -> Self {
+        Self {
+            ok: false,
+            error_kind: Some(ErrorKind::Invalid),
+            error: Some(message),
+            text: String::new(),
+            data: Value::Null,
         }
     }
 
@@ -97,26 +116,28 @@ impl Response {
     }
 }
 
-/// Execute one request against the core.
-pub fn handle(core: &mut Core, req: Request, who: &str) -> Response {
+/// Execute one request against the fw.
+pub fn handle(fw: &mut Firewall, req: Request, who: &str) -> Response {
     let r = match req {
-        Request::Block(c) => core.add(ListKind::Block, &c, who),
-        Request::Allow(c) => core.add(ListKind::Allow, &c, who),
-        Request::Unblock(c) => core.remove(ListKind::Block, &c, who),
-        Request::Disallow(c) => core.remove(ListKind::Allow, &c, who),
-        Request::List { which } => core.list(which.as_deref()),
-        Request::Stats => core.stats(),
-        Request::Top { limit } => core.top(limit.max(1)),
-        Request::Status => core.status(),
-        Request::PolicyShow => Ok(core.policy_show()),
+        Request::Block(c) => fw.add(ListKind::Block, &c, who),
+        Request::Allow(c) => fw.add(ListKind::Allow, &c, who),
+        Request::Unblock(c) => fw.remove(ListKind::Block, &c, who),
+        Request::Disallow(c) => fw.remove(ListKind::Allow, &c, who),
+        Request::List { which } => fw.list(which.as_deref()),
+        Request::Stats => fw.stats(),
+        Request::Top { limit } => fw.top(limit.max(1)),
+        Request::Status => fw.status(),
+        Request::PolicyShow => Ok(fw.policy_show()),
         Request::Reload { policy, confirm_within, allow_lockout, ssh_client } => {
             match confirm_within.as_deref().map(crate::policy::parse_duration).transpose() {
                 Ok(Some(d)) if d.is_zero() => Err(OpError::Invalid("--confirm-within must be longer than zero".into())),
-                Ok(d) => core.reload(policy, d, allow_lockout, ssh_client),
+                Ok(confirm_within) => {
+                    fw.reload(ReloadRequest { path: policy, confirm_within, allow_lockout, caller: ssh_client })
+                }
                 Err(hint) => Err(OpError::Invalid(format!("--confirm-within is not a duration; {hint}"))),
             }
         }
-        Request::Confirm => core.confirm(),
+        Request::Confirm => fw.confirm(),
     };
     Response::from_result(r)
 }
@@ -138,15 +159,15 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serve requests until `shutdown` flips.
-pub async fn serve(listener: UnixListener, core: Arc<Mutex<Core>>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: UnixListener, fw: Arc<Mutex<Firewall>>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let core = core.clone();
+                    let fw = fw.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, core).await {
+                        if let Err(e) = connection(stream, fw).await {
                             debug!(error = %e, "control connection");
                         }
                     });
@@ -176,12 +197,12 @@ async fn read_request(read: &mut tokio::net::unix::OwnedReadHalf) -> std::io::Re
     }
 }
 
-async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, fw: Arc<Mutex<Firewall>>) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let (mut read, mut write) = stream.into_split();
     let line = read_request(&mut read).await?;
     let response = if cred.uid() != 0 {
-        Response::from_result(Err(OpError::Runtime("the control socket is for root only".into())))
+        Response::runtime("the control socket is for root only".into())
     } else {
         match serde_json::from_slice::<Request>(&line) {
             Ok(req) => {
@@ -189,15 +210,13 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Resu
                 // Reloads write up to a few hundred thousand map entries: keep them off the
                 // async workers.
                 tokio::task::spawn_blocking(move || {
-                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-                    handle(&mut core, req, &who)
+                    let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+                    handle(&mut fw, req, &who)
                 })
                 .await
-                .unwrap_or_else(|e| {
-                    Response::from_result(Err(OpError::Runtime(format!("request handler failed: {e}"))))
-                })
+                .unwrap_or_else(|e| Response::runtime(format!("request handler failed: {e}")))
             }
-            Err(e) => Response::from_result(Err(OpError::Invalid(format!("malformed request: {e}")))),
+            Err(e) => Response::invalid(format!("malformed request: {e}")),
         }
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;

@@ -1,10 +1,9 @@
-//! `voipwall run`: startup checks, the core, and the services around it (control socket, ban
+//! `voipwall run`: startup checks, the fw, and the services around it (control socket, ban
 //! events, aya-log, sweeper, counters, metrics, signals), all stopped through one shutdown
 //! channel (bpfman's `serve.rs` shape).
 
 use std::{
     net::SocketAddr,
-    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,8 +20,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     control,
-    core::{Core, OpError, StartOptions},
     dataplane::XdpModeChoice,
+    firewall::{Firewall, OpError, ReloadRequest, StartOptions},
     metrics, paths, system,
 };
 
@@ -82,22 +81,22 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         xdp_mode: args.xdp_mode,
         allow_lockout: args.allow_lockout,
     };
-    let mut core = Core::start(&opts)?;
-    let events = core.dataplane_mut().take_events();
-    let program_id = core.attachment().map(|a| a.program_id);
-    let core = Arc::new(Mutex::new(core));
+    let mut fw = Firewall::start(&opts)?;
+    let events = fw.dataplane_mut().take_events();
+    let program_id = fw.attachment().map(|a| a.program_id);
+    let fw = Arc::new(Mutex::new(fw));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| RunError::runtime(format!("tokio runtime: {e}")))?;
-    let result = rt.block_on(serve(args.clone(), socket.clone(), core.clone(), events, program_id));
+    let result = rt.block_on(serve(args.clone(), socket.clone(), fw.clone(), events, program_id));
     let keep = args.keep_attached;
     {
-        let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-        print_counters(&core);
-        core.shutdown(keep);
+        let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+        print_counters(&fw);
+        fw.shutdown(keep);
     }
     let _ = std::fs::remove_file(&socket);
     result
@@ -106,7 +105,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 async fn serve(
     args: RunArgs,
     socket: PathBuf,
-    core: Arc<Mutex<Core>>,
+    fw: Arc<Mutex<Firewall>>,
     events: Option<RingBuf<MapData>>,
     program_id: Option<u32>,
 ) -> Result<(), RunError> {
@@ -115,23 +114,23 @@ async fn serve(
         control::bind(&socket).map_err(|e| RunError::runtime(format!("control socket {}: {e}", socket.display())))?;
     info!(socket = %socket.display(), "control socket ready");
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(control::serve(listener, core.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(control::serve(listener, fw.clone(), stop_rx.clone())));
     if let Some(rb) = events {
-        tasks.push(tokio::spawn(ban_events(rb, core.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(ban_events(rb, fw.clone(), stop_rx.clone())));
     }
     if let Some(id) = program_id {
         tasks.push(tokio::spawn(ebpf_logs(id, stop_rx.clone())));
     }
-    tasks.push(tokio::spawn(sweeper(core.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(sweeper(fw.clone(), stop_rx.clone())));
     if !args.stats_interval.is_zero() {
-        tasks.push(tokio::spawn(counter_lines(core.clone(), args.stats_interval, stop_rx.clone())));
+        tasks.push(tokio::spawn(counter_lines(fw.clone(), args.stats_interval, stop_rx.clone())));
     }
     if let Some(addr) = args.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| RunError::runtime(format!("metrics listener {addr}: {e}")))?;
         info!(%addr, "serving /metrics and /healthz");
-        tasks.push(tokio::spawn(metrics::serve(listener, core.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(metrics::serve(listener, fw.clone(), stop_rx.clone())));
     }
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| RunError::runtime(e.to_string()))?;
@@ -141,10 +140,10 @@ async fn serve(
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                let core = core.clone();
+                let fw = fw.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = core.reload(None, None, false, None) {
+                    let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = fw.reload(ReloadRequest::default()) {
                         error!(error = %e, "SIGHUP reload failed; the previous policy keeps running");
                     }
                 }).await;
@@ -160,14 +159,21 @@ async fn serve(
     Ok(())
 }
 
-/// Drain the ban event ring buffer into the core (log line, mirror, metrics).
-async fn ban_events(rb: RingBuf<MapData>, core: Arc<Mutex<Core>>, mut stop: watch::Receiver<bool>) {
-    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd lives and always
-    // returns that same fd.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) } {
+/// Call `on_ready` with `inner` each time its file descriptor turns readable, until `stop`
+/// flips. `what` names the source in the log line if it cannot be watched.
+async fn on_readable<T: std::os::fd::AsRawFd>(
+    inner: T,
+    what: &str,
+    mut stop: watch::Receiver<bool>,
+    mut on_ready: impl FnMut(&mut T),
+) {
+    let raw = inner.as_raw_fd();
+    // SAFETY: `inner` (a ring buffer or the aya-log reader) owns its fd for as long as the
+    // AsyncFd lives and always returns that same fd.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) } {
         Ok(fd) => fd,
         Err(e) => {
-            error!(error = %std::io::Error::from(e), "ban events unavailable");
+            error!(error = %std::io::Error::from(e), fd = raw, "{what} unavailable");
             return;
         }
     };
@@ -176,86 +182,68 @@ async fn ban_events(rb: RingBuf<MapData>, core: Arc<Mutex<Core>>, mut stop: watc
             _ = stop.changed() => break,
             guard = fd.readable_mut() => {
                 let Ok(mut guard) = guard else { break };
-                let mut batch = Vec::new();
-                {
-                    let rb = guard.get_inner_mut();
-                    while let Some(item) = rb.next() {
-                        if item.len() == std::mem::size_of::<BanEvent>() {
-                            // SAFETY: the kernel wrote exactly one BanEvent into this record.
-                            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const BanEvent) });
-                        }
-                    }
-                }
+                on_ready(guard.get_inner_mut());
                 guard.clear_ready();
-                if !batch.is_empty() {
-                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-                    for ev in &batch {
-                        core.on_ban_event(ev);
-                    }
-                }
             }
         }
     }
 }
 
-/// aya-log records from the program, bridged into `tracing` through the `log` facade.
-async fn ebpf_logs(program_id: u32, mut stop: watch::Receiver<bool>) {
-    let logger = match aya_log::EbpfLogger::init_from_id(program_id) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(error = %e, "eBPF log records unavailable");
-            return;
-        }
-    };
-    let raw = logger.as_raw_fd();
-    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives and always
-    // returns that same fd.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!(error = %std::io::Error::from(e), fd = raw, "eBPF log records unavailable");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            guard = fd.readable_mut() => {
-                let Ok(mut guard) = guard else { break };
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
+/// Drain the ban event ring buffer into the firewall (log line, mirror, metrics).
+async fn ban_events(rb: RingBuf<MapData>, fw: Arc<Mutex<Firewall>>, stop: watch::Receiver<bool>) {
+    on_readable(rb, "ban events", stop, |rb| {
+        let mut batch = Vec::new();
+        while let Some(item) = rb.next() {
+            if item.len() == std::mem::size_of::<BanEvent>() {
+                // SAFETY: the kernel wrote exactly one BanEvent into this record.
+                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const BanEvent) });
             }
         }
+        if !batch.is_empty() {
+            let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+            for ev in &batch {
+                fw.on_ban_event(ev);
+            }
+        }
+    })
+    .await;
+}
+
+/// aya-log records from the program, bridged into `tracing` through the `log` facade.
+async fn ebpf_logs(program_id: u32, stop: watch::Receiver<bool>) {
+    match aya_log::EbpfLogger::init_from_id(program_id) {
+        Ok(logger) => on_readable(logger, "eBPF log records", stop, |l| l.flush()).await,
+        Err(e) => warn!(error = %e, "eBPF log records unavailable"),
     }
 }
 
 /// Every second: expire bans and list entries, roll back unconfirmed reloads.
-async fn sweeper(core: Arc<Mutex<Core>>, mut stop: watch::Receiver<bool>) {
+async fn sweeper(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             _ = tick.tick() => {
-                let core = core.clone();
+                let fw = fw.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-                    core.rollback_if_due(Instant::now());
-                    core.sweep();
+                    let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+                    fw.rollback_if_due(Instant::now());
+                    fw.sweep();
                 }).await;
             }
         }
     }
 }
 
-async fn counter_lines(core: Arc<Mutex<Core>>, every: Duration, mut stop: watch::Receiver<bool>) {
+async fn counter_lines(fw: Arc<Mutex<Firewall>>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             _ = tick.tick() => {
-                let core = core.lock().unwrap_or_else(|p| p.into_inner());
-                if let Ok(c) = core.counters() {
+                let fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+                if let Ok(c) = fw.counters() {
                     let mut parts = Vec::new();
                     for v in 0..verdict::COUNT {
                         for r in 0..reason::COUNT {
@@ -272,8 +260,8 @@ async fn counter_lines(core: Arc<Mutex<Core>>, every: Duration, mut stop: watch:
     }
 }
 
-fn print_counters(core: &Core) {
-    match core.stats() {
+fn print_counters(fw: &Firewall) {
+    match fw.stats() {
         Ok(reply) => println!("{}", reply.text),
         Err(e) => error!(error = %e, "reading counters failed"),
     }

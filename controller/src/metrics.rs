@@ -23,7 +23,7 @@ use prometheus::{
 use tokio::{net::TcpListener, sync::watch};
 use tracing::error;
 
-use crate::{core::Core, dataplane::ListKind};
+use crate::{firewall::Firewall, sources::ListKind};
 
 /// Names of every metric family `/metrics` exports (the dashboard test checks against it).
 pub const FAMILIES: &[&str] = &[
@@ -83,8 +83,8 @@ fn push(f: &mut MetricFamily, pairs: &[(&str, &str)], value: f64) {
     f.mut_metric().push(m);
 }
 
-/// Every metric family, read from the core.
-pub fn gather(core: &Core) -> Vec<MetricFamily> {
+/// Every metric family, read from the fw.
+pub fn gather(fw: &Firewall) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     let mut packets = family(
         "voipwall_packets_total",
@@ -93,7 +93,7 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     );
     let mut bytes =
         family("voipwall_bytes_total", "Bytes seen by the XDP program, by verdict and reason.", MetricType::COUNTER);
-    let counters = core.counters();
+    let counters = fw.counters();
     for r in 0..reason::COUNT {
         let verdicts: &[u32] =
             if reason::is_drop(r) { &[verdict::DROP, verdict::WOULD_DROP] } else { &[verdict::PASS] };
@@ -107,7 +107,7 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     out.push(packets);
     out.push(bytes);
 
-    let (policy, compiled) = core.policy();
+    let (policy, compiled) = fw.policy();
     let mut rule_packets = family(
         "voipwall_rule_packets_total",
         "Packets decided by a policy rule, by verdict (would_drop in dry run).",
@@ -115,7 +115,7 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     );
     let mut rule_bytes =
         family("voipwall_rule_bytes_total", "Bytes decided by a policy rule, by verdict.", MetricType::COUNTER);
-    if let Ok(rules) = core.dataplane().rule_counters(compiled.rule_names.len()) {
+    if let Ok(rules) = fw.dataplane().rule_counters(compiled.rule_names.len()) {
         for (id, counts) in rules.iter().enumerate().skip(1) {
             for v in 0..verdict::COUNT {
                 let l = [("rule", compiled.rule_names[id].as_str()), ("verdict", verdict::NAMES[v as usize])];
@@ -134,26 +134,26 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     );
     for name in compiled.class_names.iter().skip(1) {
         for level in [1u8, 2] {
-            let n = core.bans_total.get(&(name.clone(), level)).copied().unwrap_or(0);
+            let n = fw.bans_total.get(&(name.clone(), level)).copied().unwrap_or(0);
             push(&mut bans_total, &[("class", name), ("level", &level.to_string())], n as f64);
         }
     }
     // The SIP checks ban with one level.
     for (_, name) in common::sip::CLASS_NAMES {
-        let n = core.bans_total.get(&(name.to_string(), 1)).copied().unwrap_or(0);
+        let n = fw.bans_total.get(&(name.to_string(), 1)).copied().unwrap_or(0);
         push(&mut bans_total, &[("class", name), ("level", "1")], n as f64);
     }
     out.push(bans_total);
 
     let mut active = family("voipwall_active_bans", "Bans in force.", MetricType::GAUGE);
-    push(&mut active, &[], core.bans().len() as f64);
+    push(&mut active, &[], fw.bans().len() as f64);
     out.push(active);
 
     let mut lists =
         family("voipwall_list_entries", "Entries of the block list, allow list and ban table.", MetricType::GAUGE);
-    push(&mut lists, &[("list", "block")], core.lists().len(ListKind::Block) as f64);
-    push(&mut lists, &[("list", "allow")], core.lists().len(ListKind::Allow) as f64);
-    push(&mut lists, &[("list", "ban")], core.bans().len() as f64);
+    push(&mut lists, &[("list", "block")], fw.lists().len(ListKind::Block) as f64);
+    push(&mut lists, &[("list", "allow")], fw.lists().len(ListKind::Allow) as f64);
+    push(&mut lists, &[("list", "ban")], fw.bans().len() as f64);
     out.push(lists);
 
     let mut entries = family(
@@ -162,7 +162,7 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
         MetricType::GAUGE,
     );
     let mut capacity = family("voipwall_map_capacity", "Capacity of a BPF map.", MetricType::GAUGE);
-    for (map, e, c) in core.map_fill() {
+    for (map, e, c) in fw.map_fill() {
         if let Some(e) = e {
             push(&mut entries, &[("map", map)], e as f64);
         }
@@ -172,9 +172,9 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
     out.push(capacity);
 
     let mut reloads = family("voipwall_policy_reloads_total", "Policy reloads by result.", MetricType::COUNTER);
-    push(&mut reloads, &[("result", "ok")], core.reloads.ok as f64);
-    push(&mut reloads, &[("result", "error")], core.reloads.error as f64);
-    push(&mut reloads, &[("result", "rolled_back")], core.reloads.rolled_back as f64);
+    push(&mut reloads, &[("result", "ok")], fw.reloads.ok as f64);
+    push(&mut reloads, &[("result", "error")], fw.reloads.error as f64);
+    push(&mut reloads, &[("result", "rolled_back")], fw.reloads.rolled_back as f64);
     out.push(reloads);
 
     let mut info = family("voipwall_policy_info", "The policy in force (value 1).", MetricType::GAUGE);
@@ -183,17 +183,17 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
 
     let mut generation =
         family("voipwall_policy_generation", "Active policy generation (flips on every reload).", MetricType::GAUGE);
-    push(&mut generation, &[], core.dataplane().generation() as f64);
+    push(&mut generation, &[], fw.dataplane().generation() as f64);
     out.push(generation);
 
     let mut attached = family("voipwall_xdp_attached", "1 while the XDP program is attached.", MetricType::GAUGE);
-    match core.attachment() {
-        Some(a) => push(&mut attached, &[("iface", &core.iface), ("mode", a.mode.as_str())], 1.0),
-        None => push(&mut attached, &[("iface", &core.iface), ("mode", "none")], 0.0),
+    match fw.attachment() {
+        Some(a) => push(&mut attached, &[("iface", &fw.iface), ("mode", a.mode.as_str())], 1.0),
+        None => push(&mut attached, &[("iface", &fw.iface), ("mode", "none")], 0.0),
     }
     out.push(attached);
 
-    let stats = core.dataplane().stats().ok();
+    let stats = fw.dataplane().stats().ok();
     let stat_of = |slot: u32| stats.map_or(0, |s| s[slot as usize]) as f64;
     let mut lost = family(
         "voipwall_events_lost_total",
@@ -220,23 +220,23 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
 }
 
 /// The classic text exposition of [`gather`].
-pub fn render(core: &Core) -> Result<String, prometheus::Error> {
+pub fn render(fw: &Firewall) -> Result<String, prometheus::Error> {
     let mut buf = Vec::new();
-    TextEncoder::new().encode(&gather(core), &mut buf)?;
+    TextEncoder::new().encode(&gather(fw), &mut buf)?;
     Ok(String::from_utf8(buf).expect("the text encoder writes UTF-8"))
 }
 
 /// True while the program is attached and its maps answer.
-pub fn healthy(core: &Core) -> bool {
-    core.attachment().is_some() && core.counters().is_ok()
+pub fn healthy(fw: &Firewall) -> bool {
+    fw.attachment().is_some() && fw.counters().is_ok()
 }
 
-type Shared = Arc<Mutex<Core>>;
+type Shared = Arc<Mutex<Firewall>>;
 
-async fn metrics_handler(State(core): State<Shared>) -> impl IntoResponse {
+async fn metrics_handler(State(fw): State<Shared>) -> impl IntoResponse {
     let rendered = tokio::task::spawn_blocking(move || {
-        let core = core.lock().unwrap_or_else(|p| p.into_inner());
-        render(&core)
+        let fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+        render(&fw)
     })
     .await;
     match rendered {
@@ -249,10 +249,10 @@ async fn metrics_handler(State(core): State<Shared>) -> impl IntoResponse {
     }
 }
 
-async fn healthz(State(core): State<Shared>) -> impl IntoResponse {
+async fn healthz(State(fw): State<Shared>) -> impl IntoResponse {
     let ok = tokio::task::spawn_blocking(move || {
-        let core = core.lock().unwrap_or_else(|p| p.into_inner());
-        healthy(&core)
+        let fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+        healthy(&fw)
     })
     .await
     .unwrap_or(false);
@@ -260,8 +260,8 @@ async fn healthz(State(core): State<Shared>) -> impl IntoResponse {
 }
 
 /// Serve `/metrics` and `/healthz` until `stop` flips.
-pub async fn serve(listener: TcpListener, core: Shared, mut stop: watch::Receiver<bool>) {
-    let app = Router::new().route("/metrics", get(metrics_handler)).route("/healthz", get(healthz)).with_state(core);
+pub async fn serve(listener: TcpListener, fw: Shared, mut stop: watch::Receiver<bool>) {
+    let app = Router::new().route("/metrics", get(metrics_handler)).route("/healthz", get(healthz)).with_state(fw);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.changed().await;

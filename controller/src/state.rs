@@ -11,6 +11,24 @@ use std::{
 
 use serde::{Serialize, de::DeserializeOwned};
 
+/// A state file that could not be read or written: what it holds, where, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct StateError {
+    /// What the file holds or what was being done ("reading the list snapshot").
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl StateError {
+    /// An error-mapping closure for `map_err`.
+    pub fn at<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Self + 'a {
+        move |source| Self { what, path: path.to_path_buf(), source }
+    }
+}
+
 /// Write `value` as pretty JSON to `path` atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     write_bytes(path, &serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)
@@ -43,7 +61,14 @@ impl Staged {
 
     /// Drop the new version; the old file stays as it was.
     pub fn discard(self) {
-        let _ = fs::remove_file(&self.tmp);
+        if let Err(e) = fs::remove_file(&self.tmp) {
+            tracing::warn!(path = %self.tmp.display(), error = %e, "removing a staged file failed");
+        }
+    }
+
+    /// Where the new version goes.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

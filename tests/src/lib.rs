@@ -12,9 +12,9 @@ pub mod voip;
 use aya::maps::MapData;
 use common::{BanEvent, reason, verdict};
 use voipwall::{
-    dataplane::{Counters, Dataplane, ListKind, LoadOptions},
-    lists::Lists,
+    dataplane::{Counters, Dataplane, LoadOptions},
     policy::{self, Capacity, CompiledPolicy},
+    sources::{ListKind, Lists, SourceTables},
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -77,10 +77,42 @@ impl std::fmt::Display for Outcome {
 }
 
 /// A loaded (not attached) data plane with a policy applied.
+///
+/// Its verdict checks ([`Harness::expect`]) work as a table: a case that fails is recorded with
+/// its name and the following cases still run; when the harness is dropped, every failed case
+/// is reported at once (the test fails with all their names).
 pub struct Harness {
     pub dp: Dataplane,
+    /// The allow/block list tries, taken over from `dp` as the daemon does.
+    pub sources: SourceTables,
     pub compiled: CompiledPolicy,
     events: Option<aya::maps::RingBuf<MapData>>,
+    cases: std::cell::Cell<usize>,
+    failures: std::cell::RefCell<Vec<String>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let failures = self.failures.take();
+        if failures.is_empty() {
+            return;
+        }
+        const SHOWN: usize = 40;
+        let mut report = format!("{} of {} cases failed:", failures.len(), self.cases.get());
+        for f in failures.iter().take(SHOWN) {
+            report.push_str("\n  ");
+            report.push_str(f);
+        }
+        if failures.len() > SHOWN {
+            report.push_str(&format!("\n  ... and {} more", failures.len() - SHOWN));
+        }
+        if std::thread::panicking() {
+            // Another assertion already fails the test; still show the table's failures.
+            eprintln!("{report}");
+        } else {
+            panic!("{report}");
+        }
+    }
 }
 
 impl Harness {
@@ -95,9 +127,10 @@ impl Harness {
         let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity })
             .unwrap_or_else(|e| panic!("loading the data plane failed: {e}"));
         dp.apply_policy(&compiled).unwrap_or_else(|e| panic!("apply_policy: {e}"));
-        write_static_lists(&mut dp, &compiled);
+        let mut sources = SourceTables::new(dp.take_source_maps().expect("source maps"));
+        write_static_lists(&mut sources, &compiled);
         let events = dp.take_events();
-        Self { dp, compiled, events }
+        Self { dp, sources, compiled, events, cases: Default::default(), failures: Default::default() }
     }
 
     /// Re-apply a new policy text (a reload).
@@ -107,29 +140,32 @@ impl Harness {
         self.compiled = compiled;
     }
 
-    /// Run one frame and find the one counter it moved.
-    #[track_caller]
-    pub fn run(&self, frame: &[u8]) -> Outcome {
+    /// Run one frame and find the one counter it moved: `Err` says what went wrong.
+    pub fn try_run(&self, frame: &[u8]) -> Result<Outcome, String> {
         let before = self.dp.counters().expect("read counters");
         let (action, _) = self.dp.test_run(frame, 1).unwrap_or_else(|e| panic!("test_run: {e}"));
         let after = self.dp.counters().expect("read counters");
         let moved = diff(&before, &after);
-        assert_eq!(
-            moved.len(),
-            1,
-            "one packet must move exactly one counter by one; moved {moved:?} (action {action})"
-        );
-        let (v, r, packets, bytes) = moved[0];
-        assert_eq!(packets, 1, "one packet counted");
-        assert_eq!(bytes, frame.len() as u64, "bytes counted = frame length");
-        Outcome { action, verdict: v, reason: r }
+        match moved.as_slice() {
+            [(v, r, 1, bytes)] if *bytes == frame.len() as u64 => Ok(Outcome { action, verdict: *v, reason: *r }),
+            _ => Err(format!(
+                "one packet must move exactly one counter by one packet and {} bytes; moved {moved:?} (action {action})",
+                frame.len()
+            )),
+        }
     }
 
-    /// Assert one frame's action and exact reason counter.
+    /// Run one frame and find the one counter it moved (panics if not exactly one moved).
+    #[track_caller]
+    pub fn run(&self, frame: &[u8]) -> Outcome {
+        self.try_run(frame).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Check one frame's action and exact reason counter. A mismatch is recorded under `what`
+    /// (see [`Harness`]) and the outcome returned all the same.
     #[track_caller]
     pub fn expect(&self, what: &str, frame: &[u8], action: u32, reason_name: &str) -> Outcome {
         let reason = reason::from_name(reason_name).unwrap_or_else(|| panic!("no reason `{reason_name}`"));
-        let out = self.run(frame);
         let want_verdict = if !reason::is_drop(reason) {
             verdict::PASS
         } else if action == XDP_PASS {
@@ -138,8 +174,19 @@ impl Harness {
             verdict::DROP
         };
         let want = Outcome { action, verdict: want_verdict, reason };
-        assert_eq!(out, want, "{what}: expected {want}, got {out}");
-        out
+        self.cases.set(self.cases.get() + 1);
+        let at = std::panic::Location::caller();
+        match self.try_run(frame) {
+            Ok(out) if out == want => out,
+            Ok(out) => {
+                self.failures.borrow_mut().push(format!("{what} ({at}): expected {want}, got {out}"));
+                out
+            }
+            Err(e) => {
+                self.failures.borrow_mut().push(format!("{what} ({at}): {e}"));
+                want
+            }
+        }
     }
 
     /// Per-rule counters of the rule called `name`: `[pass, drop, would_drop]` packets.
@@ -169,12 +216,12 @@ impl Harness {
 }
 
 /// Put a compiled policy's allow and block lists into the source tries, as the daemon would.
-pub fn write_static_lists(dp: &mut Dataplane, compiled: &CompiledPolicy) {
+pub fn write_static_lists(tables: &mut SourceTables, compiled: &CompiledPolicy) {
     let mut lists = Lists::default();
     let mut diff = lists.set_policy(ListKind::Allow, &compiled.allow);
     diff.extend(lists.set_policy(ListKind::Block, &compiled.block));
     for c in diff.all() {
-        dp.source_write(c).unwrap_or_else(|e| panic!("writing {c:?}: {e}"));
+        tables.write(c).unwrap_or_else(|e| panic!("writing {c:?}: {e}"));
     }
 }
 

@@ -232,7 +232,7 @@ impl Packet {
     /// The frame split into IP fragments whose payloads hold at most `chunk` bytes (a multiple
     /// of 8) of the transport datagram.
     pub fn fragments(&self, chunk: usize, frag_id: u32) -> Vec<Vec<u8>> {
-        assert!(chunk % 8 == 0 && chunk > 0);
+        assert!(chunk.is_multiple_of(8) && chunk > 0);
         let transport = self.transport();
         let mut out = Vec::new();
         let mut off = 0;

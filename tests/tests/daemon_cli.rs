@@ -30,6 +30,7 @@ fn code(out: &std::process::Output) -> i32 {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn block_unblock_allow_disallow_change_real_traffic() {
     if !bpf_available() {
         return;
@@ -83,6 +84,7 @@ fn block_unblock_allow_disallow_change_real_traffic() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn ttl_entries_expire_by_themselves() {
     if !bpf_available() {
         return;
@@ -106,6 +108,7 @@ fn ttl_entries_expire_by_themselves() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn bad_input_exits_2_and_changes_nothing() {
     if !bpf_available() {
         return;
@@ -174,6 +177,7 @@ fn bad_input_exits_2_and_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn stats_top_status_policy_show_and_roles() {
     if !bpf_available() {
         return;
@@ -240,7 +244,10 @@ fn stats_top_status_policy_show_and_roles() {
         assert!(roles.contains(r), "{r} in `voipwall roles`");
     }
     let pbx = d.ok(&["roles", "portsip-pbx"]);
-    assert!(pbx.contains("admins") && pbx.contains("fill") && pbx.contains("004_192687073215376a.txt"), "{pbx}");
+    assert!(
+        pbx.contains("admins") && pbx.contains("fill") && pbx.contains("source: PortSIP PBX: Security Features"),
+        "{pbx}"
+    );
     assert_eq!(code(&d.cli(&["roles", "nope"])), 2);
 }
 
@@ -264,7 +271,7 @@ fn policy_check_rejects_every_broken_file_naming_its_line() {
         n += 1;
     }
     assert!(n >= 20);
-    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/good/issue-example.toml");
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/good/readme-example.toml");
     let out = Command::new(binary()).args(["policy", "check"]).arg(&good).output().unwrap();
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let lockout = std::env::temp_dir().join(format!("vw-lockout-{}.toml", std::process::id()));
@@ -279,6 +286,7 @@ fn policy_check_rejects_every_broken_file_naming_its_line() {
 /// later single changes go to the journal; after kill -9 the restarted daemon has all of it.
 /// A feed with one bad line names the line and changes nothing.
 #[test]
+#[ignore = "needs root and BPF"]
 fn bulk_file_import_and_journal_survive_kill_9() {
     if !bpf_available() {
         return;

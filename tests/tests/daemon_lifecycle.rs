@@ -40,6 +40,7 @@ fn udp_reaches(pair: &Pair, src_host: u8, port: u16) -> bool {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn kill_9_keeps_filtering_and_the_restart_adopts_without_detaching() {
     if !bpf_available() {
         return;
@@ -92,6 +93,7 @@ fn kill_9_keeps_filtering_and_the_restart_adopts_without_detaching() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn keep_attached_leaves_the_program_and_bans_survive_a_restart() {
     if !bpf_available() {
         return;
@@ -132,6 +134,7 @@ fn keep_attached_leaves_the_program_and_bans_survive_a_restart() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn reload_under_a_steady_flow_drops_nothing_both_policies_allow() {
     if !bpf_available() {
         return;
@@ -176,6 +179,7 @@ fn reload_under_a_steady_flow_drops_nothing_both_policies_allow() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn a_broken_reload_keeps_the_running_policy() {
     if !bpf_available() {
         return;
@@ -206,6 +210,7 @@ fn a_broken_reload_keeps_the_running_policy() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn commit_confirmed_rolls_back_unless_confirmed() {
     if !bpf_available() {
         return;
@@ -235,6 +240,7 @@ fn commit_confirmed_rolls_back_unless_confirmed() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn lockout_guard_at_run_and_reload() {
     if !bpf_available() {
         return;

@@ -101,6 +101,7 @@ fn quiet_pair() -> (Pair, Injector, [u8; 4]) {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn injected_traffic_moves_exactly_the_right_counters() {
     if !bpf_available() {
         return;
@@ -235,6 +236,7 @@ fn injected_traffic_moves_exactly_the_right_counters() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn promtool_accepts_the_live_output_and_the_dashboard_queries_only_real_metrics() {
     if !bpf_available() {
         return;
@@ -346,6 +348,7 @@ fn query(pair: &Pair, q: &str) -> Option<f64> {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn a_real_prometheus_scrapes_the_daemon() {
     if !bpf_available() {
         return;

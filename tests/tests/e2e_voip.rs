@@ -219,6 +219,7 @@ fn assert_rtp(what: &str, s: &RtpStats, max_loss_pct: f64) {
 /// Scenario 1: with the default policy (IPv4 and IPv6) and with each built-in role that carries
 /// SIP, a phone registers and completes a call with RTP loss under 1%.
 #[test]
+#[ignore = "needs root and BPF"]
 fn e2e_1_every_sip_role_registers_and_calls() {
     if !bpf_available() {
         return;
@@ -297,6 +298,7 @@ fn register_flood(p: &Pbx, src: &str) -> (u64, Option<(Duration, String)>, usize
 /// REGISTER, the flood never answers); a second flood, with that check off, is cut by the
 /// signalling class's level 1 itself.
 #[test]
+#[ignore = "needs root and BPF"]
 fn e2e_2_register_flood_is_banned_while_a_call_goes_on() {
     if !bpf_available() {
         return;
@@ -334,6 +336,7 @@ fn e2e_2_register_flood_is_banned_while_a_call_goes_on() {
 /// Scenario 3: a sweep over all TCP and UDP ports finds exactly the policy's ports open to any
 /// source.
 #[test]
+#[ignore = "needs root and BPF"]
 fn e2e_3_port_sweep_finds_only_open_ports() {
     if !bpf_available() {
         return;
@@ -400,6 +403,7 @@ fn options_answered(ns: &tests::netns::NetNs, src: &str, dst: &str) -> bool {
 /// Scenario 4: a port open only to the `carriers` set answers the carrier and stays silent to
 /// everyone else.
 #[test]
+#[ignore = "needs root and BPF"]
 fn e2e_4_carrier_only_port() {
     if !bpf_available() {
         return;
@@ -435,6 +439,7 @@ fn e2e_4_carrier_only_port() {
 
 /// Scenario 5: `voipwall block` on the attacker's range during a flood cuts it within 100 ms.
 #[test]
+#[ignore = "needs root and BPF"]
 fn e2e_5_block_during_a_flood_cuts_it_fast() {
     if !bpf_available() {
         return;
@@ -470,6 +475,7 @@ fn e2e_5_block_during_a_flood_cuts_it_fast() {
 
 /// Scenario 6: `voipwall reload` to a policy with other roles during a call loses no RTP.
 #[test]
+#[ignore = "needs root and BPF"]
 fn e2e_6_reload_during_a_call_loses_no_rtp() {
     if !bpf_available() {
         return;
@@ -493,6 +499,7 @@ fn e2e_6_reload_during_a_call_loses_no_rtp() {
 /// Scenario 7: kill -9 of the daemon during a call: the call goes on, the banned attacker stays
 /// banned, and the restarted daemon adopts the pinned state.
 #[test]
+#[ignore = "needs root and BPF"]
 fn e2e_7_kill_9_during_a_call() {
     if !bpf_available() {
         return;
@@ -542,6 +549,7 @@ fn e2e_7_kill_9_during_a_call() {
 /// Scenario 8: a SIP INVITE large enough to be fragmented over UDP reaches Kamailio and is
 /// answered.
 #[test]
+#[ignore = "needs root and BPF"]
 fn e2e_8_fragmented_invite_is_answered() {
     if !bpf_available() {
         return;

@@ -68,6 +68,7 @@ fn harness(policy: &str) -> Option<Harness> {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn listed_user_agents_drop_wherever_the_header_is() {
     let Some(h) = harness(POLICY) else { return };
     h.expect(
@@ -106,6 +107,7 @@ fn listed_user_agents_drop_wherever_the_header_is() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn other_headers_folds_and_bodies_do_not_confuse_the_scan() {
     let Some(h) = harness(POLICY) else { return };
     for (what, line) in [
@@ -146,6 +148,7 @@ fn other_headers_folds_and_bodies_do_not_confuse_the_scan() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn the_window_bounds_the_scan() {
     let Some(mut h) = harness(POLICY) else { return };
     // The User-Agent sits past byte 700 of the payload.
@@ -189,6 +192,7 @@ fn the_window_bounds_the_scan() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn truncated_and_non_sip_payloads_pass_untouched() {
     let Some(h) = harness(POLICY) else { return };
     let full = register_with("User-Agent: sipvicious", 8);
@@ -224,6 +228,7 @@ fn truncated_and_non_sip_payloads_pass_untouched() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn tcp_segments_that_begin_a_message_are_inspected() {
     let Some(h) = harness(POLICY) else { return };
     let msg = register_with("User-Agent: friendly-scanner", 2);
@@ -238,6 +243,7 @@ fn tcp_segments_that_begin_a_message_are_inspected() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn a_user_agent_match_can_ban_and_dry_run_only_reports() {
     let Some(mut h) = harness(&POLICY.replace("ua_ban = \"0\"", "ua_ban = \"1h\"")) else { return };
     let scan = udp(SCANNER, &register_with("User-Agent: friendly-scanner", 1));
@@ -268,6 +274,7 @@ fn a_user_agent_match_can_ban_and_dry_run_only_reports() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn method_limits_cut_a_registration_storm_but_not_calls() {
     let policy = format!(
         "{POLICY}\n[sip.methods]\nREGISTER = {{ pps = 1, burst = 5 }}\nOPTIONS = {{ levels = [{{ pps = 1, burst = 2, ban = \"10m\" }}] }}\n"
@@ -323,6 +330,7 @@ fn stats(h: &Harness) -> (u64, u64, u64) {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn egress_reads_responses_and_bans_after_failed_authentications() {
     let policy = POLICY.replace("ua_ban = \"0\"", "ua_ban = \"0\"\nfailed_auth = { count = 3, ban = \"1h\" }\nunanswered_challenges = { count = 4, ban = \"30m\" }");
     let Some(mut h) = harness(&policy) else { return };
@@ -406,6 +414,7 @@ fn egress_reads_responses_and_bans_after_failed_authentications() {
 }
 
 #[test]
+#[ignore = "needs root and BPF"]
 fn the_detection_period_resets_the_counts() {
     let policy = POLICY.replace(
         "ua_ban = \"0\"",

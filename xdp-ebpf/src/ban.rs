@@ -20,7 +20,6 @@ pub struct Trigger {
 /// reported at most once per ban period (`quiet_until_ns` is the caller's per-source memory of
 /// that).
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "flat scalars keep the verifier's job simple")]
 pub fn insert(
     source: &SourceKey,
     trigger: Trigger,

@@ -7,10 +7,16 @@
 //!   BPF_F_TEST_XDP_LIVE_FRAMES) and a drop-everything filter, for the end-to-end runs.
 #![no_std]
 #![no_main]
+// Map keys are passed by reference on purpose: a key lives on this program's stack and the
+// helper receives a pointer to it; handing aya-ebpf's `impl Borrow<K>` a value would move 16-40
+// byte keys into every call.
+#![expect(clippy::needless_borrows_for_generic_args, reason = "map keys stay on the caller's stack")]
 
 #[path = "parse.rs"]
 #[expect(dead_code, reason = "shared with the real program; only `parse` is used here")]
 mod parse;
+#[path = "runtime.rs"]
+mod runtime;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
@@ -146,13 +152,3 @@ pub fn bench_redirect(_ctx: XdpContext) -> u32 {
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -8,6 +8,10 @@
 //! `voipwall_tc` runs on the same interface's egress and records the flows the host opens.
 #![no_std]
 #![no_main]
+// Map keys are passed by reference on purpose: a key lives on this program's stack and the
+// helper receives a pointer to it; handing aya-ebpf's `impl Borrow<K>` a value would move 16-40
+// byte keys into every call.
+#![expect(clippy::needless_borrows_for_generic_args, reason = "map keys stay on the caller's stack")]
 
 mod ban;
 mod clock;
@@ -20,6 +24,7 @@ mod maps;
 mod parse;
 mod ports;
 mod rate;
+mod runtime;
 mod sip;
 mod verdict;
 
@@ -113,13 +118,3 @@ fn transport(
 pub fn source_key(pkt: &parse::Packet, cfg: &PolicyConfig) -> SourceKey {
     if pkt.ipv6 { mask_prefix(pkt.src, cfg.ipv6_prefix) } else { pkt.src }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

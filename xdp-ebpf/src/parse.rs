@@ -20,20 +20,19 @@ use network_types::{
     udp::UdpHdr,
 };
 
+// EtherTypes (IEEE 802 numbers, as in `linux/if_ether.h`).
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+/// 802.1Q customer tag and 802.1ad service tag, 4 bytes each.
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const VLAN_TAG_LEN: usize = 4;
 
+// Upper-layer protocols the decision chain reads (IANA protocol numbers).
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_DSTOPTS: u8 = 60;
 
 /// Not a fragment, or an IPv6 atomic fragment (offset 0, no more fragments).
 pub const FRAG_NONE: u8 = 0;
@@ -287,6 +286,12 @@ fn parse_ipv6(frame: &Frame, l3: usize, pkt: &mut Packet) -> Result<(), ()> {
     pkt.proto = next;
     parse_l4(frame, off, pkt)
 }
+
+/// IPv6 extension headers skipped on the way to the upper layer (RFC 8200 section 4.1).
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
 
 #[inline(always)]
 const fn is_ipv6_ext_header(next: u8) -> bool {

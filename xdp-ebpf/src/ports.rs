@@ -3,7 +3,9 @@
 //! packet sees a half-written table.
 
 use aya_ebpf::{bindings::xdp_md, maps::lpm_trie::Key};
-use common::{PORT_OPEN, PORT_SIP, PolicyConfig, SourceKey, port_index, reason};
+use common::{
+    PORT_OPEN, PORT_SIP, PolicyConfig, SET_KEY_GENERATION_BITS, SourceKey, port_index, reason, set_key_v4, set_key_v6,
+};
 
 use crate::{
     flows,
@@ -49,11 +51,11 @@ pub fn decide(
     if rule.class != 0 && rate::over_limit(source, rule.class, generation, cfg, pkt.ipv6) {
         return Decision::by_rule(reason::RATE_LIMITED, rule_id);
     }
-    if rule.flags & PORT_SIP != 0 && cfg.sip_window != 0 {
-        let r = sip::inspect(payload.xdp, payload.frame_len, pkt, generation, cfg);
-        if r != 0 {
-            return Decision::by_rule(r, rule_id);
-        }
+    if rule.flags & PORT_SIP != 0
+        && cfg.sip_window != 0
+        && let Some(r) = sip::inspect(payload.xdp, payload.frame_len, pkt, generation, cfg)
+    {
+        return Decision::by_rule(r, rule_id);
     }
     Decision::by_rule(reason::PORT_OPEN, rule_id)
 }
@@ -64,21 +66,11 @@ pub fn decide(
 // Own stack frame (BPF-to-BPF call): see `rate::over_limit`.
 #[inline(never)]
 fn in_sets(pkt: &Packet, generation: u32, sets: u64) -> bool {
-    let gen_be = generation.to_be_bytes();
+    let bits = SET_KEY_GENERATION_BITS;
     let mask = if pkt.ipv6 {
-        let s = pkt.src;
-        let data = [
-            gen_be[0], gen_be[1], gen_be[2], gen_be[3], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9],
-            s[10], s[11], s[12], s[13], s[14], s[15],
-        ];
-        SETS_V6.get(Key::new(32 + 128, data)).copied()
+        SETS_V6.get(Key::new(bits + 128, set_key_v6(generation, pkt.src))).copied()
     } else {
-        let s = pkt.src_v4();
-        let data = [gen_be[0], gen_be[1], gen_be[2], gen_be[3], s[0], s[1], s[2], s[3]];
-        SETS_V4.get(Key::new(32 + 32, data)).copied()
+        SETS_V4.get(Key::new(bits + 32, set_key_v4(generation, pkt.src_v4()))).copied()
     };
-    match mask {
-        Some(mask) => mask & sets != 0,
-        None => false,
-    }
+    mask.is_some_and(|mask| mask & sets != 0)
 }

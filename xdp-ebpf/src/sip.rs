@@ -1,4 +1,4 @@
-//! SIP-aware checks (step 7b), for requests to ports that carry plaintext SIP, after the port's
+//! Step 8: SIP-aware checks, for requests to ports that carry plaintext SIP, after the port's
 //! own rate class let them through:
 //!
 //! 1. the `User-Agent` block list: the value (with its continuation lines) runs through a
@@ -122,17 +122,30 @@ fn after_colon(buf: Buf, at: u32, end: u32) -> u32 {
     if p < end { p } else { 0 }
 }
 
-/// Inspect a SIP request to a SIP port. Returns 0 to let it continue, or the drop reason.
+/// What [`check`] returns when the request may go on: the first value that is not a reason
+/// code. (Not `u32::MAX`: LLVM may materialize it as a sign-extended 64-bit -1 in the callee
+/// and compare against a zero-extended constant in the caller.)
+const CONTINUE: u32 = common::MAX_REASONS;
+
+/// Inspect a SIP request to a SIP port: the drop reason, or `None` to let it continue.
 ///
 /// `xdp` is the program's context (for `bpf_xdp_load_bytes`), `frame_len` the frame's length.
-/// Not inlined: its own stack frame keeps the program under the 512-byte stack limit.
+#[inline(always)]
+pub fn inspect(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &PolicyConfig) -> Option<u32> {
+    let r = check(xdp, frame_len, pkt, generation, cfg);
+    if r == CONTINUE { None } else { Some(r) }
+}
+
+/// [`inspect`] as a BPF-to-BPF call: its own stack frame keeps the program under the 512-byte
+/// stack limit, and a scalar return value (an `Option` would come back through a sixth,
+/// stack-passed argument, which BPF calls cannot have).
 #[inline(never)]
-pub fn inspect(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &PolicyConfig) -> u32 {
+fn check(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &PolicyConfig) -> u32 {
     // Recomputed rather than passed: BPF calls take at most five arguments.
     let source = &crate::source_key(pkt, cfg);
     let off = pkt.payload_off as u32;
     if off == 0 || frame_len <= off {
-        return 0;
+        return CONTINUE;
     }
     let mut n = frame_len - off;
     if n > cfg.sip_window {
@@ -140,11 +153,11 @@ pub fn inspect(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, 
     }
     // Shorter than any request line; the upper bound is for the verifier (sip_window is
     // validated to at most WINDOW_MAX).
-    if n < 16 || n > sip::WINDOW_MAX {
-        return 0;
+    if !(16..=sip::WINDOW_MAX).contains(&n) {
+        return CONTINUE;
     }
     let Some(scratch) = SIP_SCRATCH.get_ptr_mut(0) else {
-        return 0;
+        return CONTINUE;
     };
     // SAFETY: per-CPU scratch value, used only by this CPU while this program runs.
     let buf = unsafe {
@@ -156,16 +169,16 @@ pub fn inspect(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, 
     };
     // SAFETY: `n` is within 16..=WINDOW_MAX, inside the scratch value.
     if unsafe { bpf_xdp_load_bytes(xdp, off, buf.bytes as *mut c_void, n) } != 0 {
-        return 0;
+        return CONTINUE;
     }
     // A request starts with an upper-case method token (RFC 3261 25.1); responses start with
     // "SIP/2.0 ". Anything else (RTP, STUN, TLS, keep-alives) is not scanned at all.
     let first8 = buf.aligned(0);
-    if !(b'A'..=b'Z').contains(&(first8 as u8)) || first8 == u64::from_le_bytes(*b"SIP/2.0 ") {
-        return 0;
+    if !(first8 as u8).is_ascii_uppercase() || first8 == u64::from_le_bytes(*b"SIP/2.0 ") {
+        return CONTINUE;
     }
     if !scan_request(buf, n, cfg) {
-        return 0;
+        return CONTINUE;
     }
     let ua = buf.get(sip::scan::UA) as u32;
     if ua != 0 && cfg.sip_flags & SIP_UA_BLOCK != 0 && ua_blocked(buf, n, ua, generation) {
@@ -188,7 +201,7 @@ pub fn inspect(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, 
             bump(stat::SIP_AUTH_ANSWERS);
         }
     }
-    0
+    CONTINUE
 }
 
 /// What the line loop's callback needs (on the caller's stack, passed to `bpf_loop`).

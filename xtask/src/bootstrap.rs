@@ -47,6 +47,9 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[];
 pub fn all(need: Need) -> Result<()> {
     prepend_cargo_bin_to_path();
     nightly_rust_src()?;
+    if need >= Need::Test {
+        lint_tools()?;
+    }
     bpf_linker()?;
     if need >= Need::Run {
         require_root(need)?;
@@ -120,6 +123,30 @@ fn nightly_rust_src() -> Result<()> {
     }
     step("nightly rust-src: installing (rustup component add rust-src --toolchain nightly)");
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The lint gates need rustfmt and clippy for the nightly toolchain (formatting and the eBPF
+/// crate) and clippy for the stable one (the host crates).
+fn lint_tools() -> Result<()> {
+    let runs = |toolchain: &str, tool: &str| {
+        Command::new("rustup")
+            .args(["run", toolchain, tool, "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    for (toolchain, component, tool) in
+        [("nightly", "rustfmt", "rustfmt"), ("nightly", "clippy", "cargo-clippy"), ("stable", "clippy", "cargo-clippy")]
+    {
+        if runs(toolchain, tool) {
+            continue;
+        }
+        step(&format!("{component} for {toolchain}: installing"));
+        run(Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]))?;
+    }
+    step("rustfmt and clippy (nightly), clippy (stable): present");
+    Ok(())
 }
 
 /// The nightly toolchain's libLLVM and its LLVM major version.

@@ -121,6 +121,53 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The lint gates: formatting with the nightly rustfmt (`rustfmt.toml` uses its options), clippy
+/// with warnings as errors on the host crates (stable) and on the eBPF crate (nightly, for the
+/// BPF target).
+fn lint(root: &Path) -> Result<()> {
+    let nightly = |args: &[&str], dir: &Path| -> Result<()> {
+        step(&format!("cargo +nightly {} (in {})", args.join(" "), dir.display()));
+        let status = Command::new("cargo")
+            .arg("+nightly")
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .status()
+            .context("running cargo +nightly")?;
+        if !status.success() {
+            bail!("cargo +nightly {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    nightly(&["fmt", "--all", "--", "--check"], root).context("formatting differs: run `cargo +nightly fmt --all`")?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "xdp-ebpf",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    nightly(
+        &[
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--bins",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &root.join("xdp-ebpf"),
+    )
+}
+
 /// Test binaries that create network namespaces or start daemons run one test at a time.
 fn is_serial(name: &str) -> bool {
     name.starts_with("netns_") || name.starts_with("e2e_") || name.starts_with("daemon_")
@@ -148,6 +195,10 @@ fn test(filter: Option<&str>) -> Result<()> {
     // SAFETY (edition 2024 requires the block): no other thread runs yet.
     unsafe { std::env::set_var("VOIPWALL_BIN", root.join("target/debug/voipwall")) };
 
+    // 0. Formatting and lints gate everything else.
+    if filter.is_none() {
+        lint(&root)?;
+    }
     // 1. Host unit tests of every crate (no root needed) and the test-helper crate's own tests.
     if filter.is_none() {
         cargo(&["test", "--workspace", "--exclude", "xdp-ebpf", "--lib", "--bins", "--no-fail-fast"])?;
@@ -160,6 +211,9 @@ fn test(filter: Option<&str>) -> Result<()> {
             args.push("--test".into());
             args.push((*n).clone());
         }
+        // Root-only tests are `#[ignore]`d so a plain `cargo test` shows them as such; here they
+        // run (and under CI=true fail without root or BPF).
+        args.extend(["--".into(), "--include-ignored".into()]);
         cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     }
     // 3. Network namespace and daemon tests, one at a time (timing-sensitive traffic).
@@ -171,7 +225,7 @@ fn test(filter: Option<&str>) -> Result<()> {
             args.push((*n).clone());
         }
         // --nocapture: the end-to-end tests print their measured figures ("figure: ...").
-        args.extend(["--".into(), "--test-threads=1".into(), "--nocapture".into()]);
+        args.extend(["--".into(), "--include-ignored".into(), "--test-threads=1".into(), "--nocapture".into()]);
         cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     }
     // 4. The benchmark harness in smoke mode, so it cannot rot.

@@ -383,9 +383,12 @@ pub(crate) fn rate_class(levels: &[Level]) -> RateClass {
     class
 }
 
+/// Set prefixes per family with the mask of every set holding them.
+type FoldedSets = (Vec<(Ipv4Net, u64)>, Vec<(Ipv6Net, u64)>);
+
 /// Give every set prefix the mask of all sets that contain it (its own bit plus the bits of
 /// every covering prefix), so one longest-prefix lookup answers "which sets hold this source".
-fn fold_sets(entries: &[Vec<IpNet>]) -> (Vec<(Ipv4Net, u64)>, Vec<(Ipv6Net, u64)>) {
+fn fold_sets(entries: &[Vec<IpNet>]) -> FoldedSets {
     let mut direct: HashMap<IpNet, u64> = HashMap::new();
     for (bit, nets) in entries.iter().enumerate() {
         for net in nets {

@@ -1,8 +1,8 @@
 //! The policy file: parse (TOML, serde, `deny_unknown_fields`), validate (every error names file,
 //! line, column and what to write instead), then compile to map contents ([`compile`]).
 //!
-//! The keys of the example in the controller issue are a user-facing contract; more keys may be
-//! added, none renamed. Defaults are documented where they are defined, on [`Options`] and
+//! The keys of the README's example (and every key documented there) are a user-facing contract;
+//! more keys may be added, none renamed. Defaults are documented where they are defined, on [`Options`] and
 //! [`Capacity`].
 
 pub mod compile;

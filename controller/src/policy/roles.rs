@@ -1,5 +1,6 @@
-//! Built-in role presets: one per row of the vendor port tables in `../shared/seeds/`, so an
-//! operator describes a host by what it is instead of retyping port lists.
+//! Built-in role presets: one per row of the vendor port tables (cited by their published
+//! titles in [`Role::source`]), so an operator describes a host by what it is instead of
+//! retyping port lists.
 //!
 //! Conventions shared by every preset:
 //! - SIP signalling ports use the `signaling` rate class (PortSIP's level 1 / level 2 packet
@@ -27,7 +28,7 @@ pub fn builtin_limits() -> Vec<(&'static str, Limit)> {
     const HOUR: Duration = Duration::from_secs(3600);
     vec![
         // PortSIP anti-hacking defaults: level 1 500 packets/s, level 2 2000 packets/s, each
-        // blacklisting for 1 hour (../shared/seeds/004_192687073215376a.txt).
+        // blacklisting for 1 hour ("PortSIP PBX: Security Features", anti-hacking).
         (
             "signaling",
             Limit {
@@ -35,7 +36,7 @@ pub fn builtin_limits() -> Vec<(&'static str, Limit)> {
             },
         ),
         // RTP needs no control protocol and carriers send media from addresses outside their
-        // published ranges (../shared/seeds/001_64df50637dcaf0bd.txt), so media is open to all
+        // published ranges ("VICIdial: Ports", SIP and RTP traffic), so media is open to all
         // and only policed. One carrier address can carry hundreds of calls at 50 packets/s
         // each (20 ms ptime): 50 000 packets/s per source.
         ("media", Limit { levels: vec![Level { pps: 50_000, burst: 100_000, ban: Duration::ZERO }] }),
@@ -73,17 +74,17 @@ pub enum SipTransport {
 #[derive(Debug)]
 pub struct Role {
     pub name: &'static str,
-    /// The seed document the port table comes from.
+    /// The vendor document the port table comes from, by its published title.
     pub source: &'static str,
     pub summary: &'static str,
     pub rules: &'static [RoleRule],
     pub notes: &'static [&'static str],
 }
 
-const PORTAONE: &str = "../shared/seeds/000_8515622e3f2b2953.txt (PortaSwitch: Ports to be opened)";
-const VICIDIAL: &str = "../shared/seeds/001_64df50637dcaf0bd.txt (Vicidial/Asterisk dialer ports)";
-const FONALITY: &str = "../shared/seeds/002_015e8008060435a0.txt (Fonality PBXtra: ports to forward)";
-const PORTSIP: &str = "../shared/seeds/004_192687073215376a.txt (PortSIP PBX security features: port table)";
+const PORTAONE: &str = "PortaSwitch: Ports to be opened (PortaOne documentation, firewall advice)";
+const VICIDIAL: &str = "VICIdial: Ports (SIP and RTP traffic)";
+const FONALITY: &str = "Fonality PBXtra: Port forwarding and VoIP traffic (ports to forward)";
+const PORTSIP: &str = "PortSIP PBX: Security Features (port table)";
 
 const fn rule(
     name: &'static str,
@@ -416,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_unique_and_the_issue_list_exists() {
+    fn names_are_unique_and_every_documented_role_exists() {
         let mut names: Vec<_> = ROLES.iter().map(|r| r.name).collect();
         names.sort_unstable();
         let n = names.len();
@@ -444,14 +445,16 @@ mod tests {
     }
 
     #[test]
-    fn every_role_cites_a_seed_or_the_default() {
+    fn every_role_cites_a_vendor_document_or_the_default() {
+        let titles = [PORTAONE, VICIDIAL, FONALITY, PORTSIP];
         for r in ROLES {
-            assert!(r.source.contains("../shared/seeds/") || r.name == "voip-edge", "{} cites no source", r.name);
+            assert!(titles.contains(&r.source) || r.name == "voip-edge", "{} cites no vendor document", r.name);
+            assert!(!r.source.contains('/') || r.source.contains("voipwall"), "{}: a title, not a path", r.name);
         }
     }
 
     #[test]
-    fn default_policy_matches_the_data_plane_issue() {
+    fn default_policy_opens_the_sip_edge_ports() {
         use Proto::{Tcp, Udp};
         for (proto, port) in [
             (Tcp, 22),
@@ -544,6 +547,6 @@ mod tests {
         let text = describe(find("portsip-pbx").unwrap());
         assert!(text.contains("admins"), "{text}");
         assert!(text.contains("8888"), "{text}");
-        assert!(text.contains("004_192687073215376a.txt"), "{text}");
+        assert!(text.contains("source: PortSIP PBX: Security Features"), "{text}");
     }
 }

@@ -1,7 +1,7 @@
 //! `[sip]`: the SIP-aware checks. Validated here; the User-Agent block list is compiled into the
 //! automaton the data plane runs ([`UaAutomaton`]).
 //!
-//! Defaults follow PortSIP's anti-hacking settings (../shared/seeds/004_192687073215376a.txt,
+//! Defaults follow PortSIP's anti-hacking settings ("PortSIP PBX: Security Features", section
 //! "SIP and TCP/IP Security (Anti-Hacking)"): 50 failed authentications within the detection
 //! period ban for 1 hour, and sources that never answer challenges are banned for 1 hour too.
 

@@ -55,8 +55,8 @@ fn roles_absent_means_default_and_empty_means_none() {
 }
 
 #[test]
-fn the_issue_example_compiles() {
-    let path = corpus("good").into_iter().find(|p| p.ends_with("issue-example.toml")).unwrap();
+fn the_readme_example_compiles() {
+    let path = corpus("good").into_iter().find(|p| p.ends_with("readme-example.toml")).unwrap();
     let (p, c) = load(&path).unwrap();
     assert_eq!(p.roles, vec!["portaswitch-sip-processing", "portaswitch-web"]);
     // The user rule restricts 5060/udp and 10000-20000/udp to carriers + 192.0.2.7.

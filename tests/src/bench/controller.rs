@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use common::{RateKey, RateState, addr::v4_mapped};
 use serde::Serialize;
-use voipwall::{control, core::ListChange, paths};
+use voipwall::{control, firewall::ListChange, paths};
 
 use crate::{
     bench::{

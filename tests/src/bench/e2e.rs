@@ -16,8 +16,8 @@ use common::{reason, verdict};
 use serde::Serialize;
 use voipwall::{
     dataplane::{Dataplane, LoadOptions, XdpModeChoice},
-    lists::KernelChange,
     policy,
+    sources::{KernelChange, ListKind, SourceTables},
 };
 
 use crate::{
@@ -210,13 +210,9 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
             let (_, compiled) = policy::parse("bench.toml", &policy_text()).expect("policy");
             let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity: settings.capacity() }).expect("load");
             dp.apply_policy(&compiled).expect("policy");
+            let mut tables = SourceTables::new(dp.take_source_maps().expect("source maps"));
             for net in &blocks {
-                dp.source_write(&KernelChange {
-                    net: *net,
-                    value: Some(voipwall::dataplane::ListKind::Block),
-                    before: None,
-                })
-                .expect("block");
+                tables.write(&KernelChange { net: *net, value: Some(ListKind::Block), before: None }).expect("block");
             }
             let iface = pair.server_if.clone();
             let attachment =

@@ -207,12 +207,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
     t
 }
 
-fn line_chart(
-    file: &Path,
-    title: &str,
-    x_desc: &str,
-    series: &[(&str, Vec<(f64, f64)>, RGBColor)],
-) -> Result<(), Box<dyn std::error::Error>> {
+/// One line of a chart: label, points, colour.
+type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+
+fn line_chart(file: &Path, title: &str, x_desc: &str, series: &[Series]) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(file, (820, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let xmax = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).fold(10.0, f64::max) * 2.0;

@@ -9,7 +9,10 @@ use aya::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use common::{RateKey, RateState, addr::v4_mapped};
 use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
-use voipwall::{dataplane::ListKind, lists::KernelChange, policy::Capacity};
+use voipwall::{
+    policy::Capacity,
+    sources::{KernelChange, ListKind},
+};
 
 use crate::{
     Harness,
@@ -27,7 +30,7 @@ impl Rng {
         Self(seed | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -39,7 +42,7 @@ impl Rng {
     /// A public-looking IPv4 address outside the test's own ranges.
     pub fn addr(&mut self) -> [u8; 4] {
         loop {
-            let a = (self.next() >> 32) as u32;
+            let a = (self.next_u64() >> 32) as u32;
             let o = a.to_be_bytes();
             if !matches!(o[0], 0 | 10 | 127 | 192 | 198 | 203 | 224..=255) {
                 return o;
@@ -54,12 +57,12 @@ impl Rng {
 pub fn block_feed(n: usize, rng: &mut Rng) -> Vec<IpNet> {
     let mut set = std::collections::BTreeSet::new();
     while set.len() < n {
-        let r = rng.next() % 100;
+        let r = rng.next_u64() % 100;
         let len = match r {
             0..=59 => 32,
             60..=84 => 24,
-            85..=96 => 20 + (rng.next() % 4) as u8,
-            _ => 16 + (rng.next() % 4) as u8,
+            85..=96 => 20 + (rng.next_u64() % 4) as u8,
+            _ => 16 + (rng.next_u64() % 4) as u8,
         };
         let net = Ipv4Net::new(Ipv4Addr::from(rng.addr()), len).expect("valid").trunc();
         set.insert(IpNet::V4(net));
@@ -145,7 +148,8 @@ pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
             let mut trie: LpmTrie<_, [u8; 4], u32> =
                 LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
             for net in &feed[loaded..size] {
-                h.dp.source_write(&KernelChange { net: *net, value: Some(ListKind::Block), before: None })
+                h.sources
+                    .write(&KernelChange { net: *net, value: Some(ListKind::Block), before: None })
                     .expect("block insert");
                 if let IpNet::V4(n) = net {
                     trie.insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), 2, 0).expect("trie insert");
@@ -227,7 +231,8 @@ pub fn tracked(settings: &Settings, b: &mut Baseline) -> Tracked {
             tracked.push(a);
             h.dp.test_run(&Packet::udp4(a, 40000, HOST, 5060).payload(&[0; 64]).bytes(), 1).expect("prefill");
         }
-        let pick: Vec<[u8; 4]> = (0..samples).map(|_| tracked[(rng.next() % tracked.len() as u64) as usize]).collect();
+        let pick: Vec<[u8; 4]> =
+            (0..samples).map(|_| tracked[(rng.next_u64() % tracked.len() as u64) as usize]).collect();
         let known_frames = frames_from(&pick, 5060);
         let mut k = Vec::new();
         let mut ke = Vec::new();

@@ -22,7 +22,28 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::ListKind;
+/// The two source lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListKind {
+    Allow,
+    Block,
+}
+
+impl ListKind {
+    /// The value of a kernel trie entry of this kind.
+    pub const fn kernel_value(self) -> u32 {
+        match self {
+            Self::Allow => common::SOURCE_ALLOW,
+            Self::Block => common::SOURCE_BLOCK,
+        }
+    }
+
+    /// The kind a kernel trie value stands for.
+    pub const fn from_kernel_value(v: u32) -> Self {
+        if v == common::SOURCE_ALLOW { Self::Allow } else { Self::Block }
+    }
+}
 
 /// A CLI-made entry. Strings are shared: a bulk import of a million CIDRs holds one copy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +57,7 @@ pub struct ManualEntry {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Sources {
+struct Origins {
     policy: bool,
     manual: Option<ManualEntry>,
 }
@@ -140,6 +161,13 @@ pub struct KernelChange {
     pub before: Option<ListKind>,
 }
 
+impl KernelChange {
+    /// The change that puts back what this one overwrote.
+    pub fn reversed(&self) -> Self {
+        Self { net: self.net, value: self.before, before: self.value }
+    }
+}
+
 /// Kernel writes of one operation, in the order they must happen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelDiff {
@@ -167,8 +195,8 @@ impl KernelDiff {
 
 #[derive(Clone, Debug, Default)]
 pub struct Lists {
-    allow: BTreeMap<IpNet, Sources>,
-    block: BTreeMap<IpNet, Sources>,
+    allow: BTreeMap<IpNet, Origins>,
+    block: BTreeMap<IpNet, Origins>,
     /// How many allow entries have each (family, prefix length): "is this covered by an allow
     /// entry" then checks only the lengths in use, not all 33 or 129.
     allow_lens: BTreeMap<(bool, u8), usize>,
@@ -192,7 +220,7 @@ fn range_of(net: &IpNet) -> (IpNet, IpNet) {
 }
 
 impl Lists {
-    fn map(&self, kind: ListKind) -> &BTreeMap<IpNet, Sources> {
+    fn map(&self, kind: ListKind) -> &BTreeMap<IpNet, Origins> {
         match kind {
             ListKind::Allow => &self.allow,
             ListKind::Block => &self.block,
@@ -200,7 +228,7 @@ impl Lists {
     }
 
     /// Get or create the entry of `net`.
-    fn entry(&mut self, kind: ListKind, net: IpNet) -> &mut Sources {
+    fn entry(&mut self, kind: ListKind, net: IpNet) -> &mut Origins {
         if kind == ListKind::Allow && !self.allow.contains_key(&net) {
             *self.allow_lens.entry((net.addr().is_ipv6(), net.prefix_len())).or_default() += 1;
         }
@@ -210,7 +238,7 @@ impl Lists {
         }
     }
 
-    fn get_mut(&mut self, kind: ListKind, net: &IpNet) -> Option<&mut Sources> {
+    fn get_mut(&mut self, kind: ListKind, net: &IpNet) -> Option<&mut Origins> {
         match kind {
             ListKind::Allow => self.allow.get_mut(net),
             ListKind::Block => self.block.get_mut(net),
@@ -257,7 +285,7 @@ impl Lists {
 
     pub fn persisted(&self) -> PersistedLists {
         let pick =
-            |m: &BTreeMap<IpNet, Sources>| m.iter().filter_map(|(n, s)| s.manual.clone().map(|e| (*n, e))).collect();
+            |m: &BTreeMap<IpNet, Origins>| m.iter().filter_map(|(n, s)| s.manual.clone().map(|e| (*n, e))).collect();
         PersistedLists { allow: pick(&self.allow), block: pick(&self.block) }
     }
 
@@ -428,7 +456,7 @@ impl Lists {
 /// The entries an operation may touch, as they were: enough to undo it without copying the
 /// whole store (a million entries take tens of milliseconds to clone).
 pub struct Checkpoint {
-    entries: Vec<(ListKind, IpNet, Option<Sources>)>,
+    entries: Vec<(ListKind, IpNet, Option<Origins>)>,
     allow_lens: BTreeMap<(bool, u8), usize>,
     kernel_counts: (usize, usize),
 }
@@ -442,6 +470,18 @@ impl Lists {
             allow_lens: self.allow_lens.clone(),
             kernel_counts: self.kernel_counts,
         }
+    }
+
+    /// Remember the entries a policy change to `allow` and `block` may touch: the policy's
+    /// current entries and the new ones.
+    pub fn checkpoint_policy(&self, allow: &[IpNet], block: &[IpNet]) -> Checkpoint {
+        let current = |kind| self.map(kind).iter().filter(|(_, o)| o.policy).map(move |(n, _)| (kind, *n));
+        let touched: Vec<(ListKind, IpNet)> = current(ListKind::Allow)
+            .chain(current(ListKind::Block))
+            .chain(allow.iter().map(|n| (ListKind::Allow, *n)))
+            .chain(block.iter().map(|n| (ListKind::Block, *n)))
+            .collect();
+        self.checkpoint(touched)
     }
 
     /// Put the remembered entries back.

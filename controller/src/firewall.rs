@@ -1,0 +1,704 @@
+//! The running firewall: the data plane, the policy it enforces, the source lists and the ban
+//! mirror, and every operation on them: start (load, reconcile, attach or adopt), reload
+//! (atomic, with commit-confirmed rollback), list changes with their lockout guards, bans,
+//! sweeping, and the facts behind the read-only views (laid out by [`crate::render`]).
+//! Synchronous: the async services call into it under one mutex, so operations never
+//! interleave.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use common::{BAN_DRY_RUN, BanEntry, BanEvent, POLICY_DRY_RUN, maps, rate::observed_pps, stat};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use crate::{
+    bans::{BanRecord, Bans, key_of, mono_to_unix, source_of, unix_to_mono},
+    dataplane::{AttachedMode, Attachment, Counters, Dataplane, LoadOptions, XdpModeChoice, monotonic_ns},
+    policy::{self, CompiledPolicy, Policy, SshReach},
+    render::{self, MapFill, TopRow, Which, summarize},
+    sources::{ListKind, Lists, ManualEntry, RemoveError, SourceTables, Sources},
+    state::{self, StateError, rfc3339, unix_now},
+    system,
+};
+pub use crate::{error::OpError, render::Reply};
+
+/// How `voipwall run` was asked to start.
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    pub iface: String,
+    pub policy_path: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub force_dry_run: bool,
+    pub xdp_mode: XdpModeChoice,
+    pub allow_lockout: bool,
+}
+
+/// A CLI list change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ListChange {
+    pub cidrs: Vec<String>,
+    /// A file of CIDRs, one per line (`#` comments), read by the daemon: bulk imports.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    pub ttl: Option<String>,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+    /// The SSH client address of the operator's session, if any.
+    pub ssh_client: Option<IpAddr>,
+}
+
+/// What `voipwall reload` (or SIGHUP) asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadRequest {
+    /// Switch to this policy file (default: the current one).
+    pub path: Option<PathBuf>,
+    /// Roll back unless confirmed within this time.
+    pub confirm_within: Option<Duration>,
+    /// Apply even a policy that closes SSH to everyone or cuts the caller's session.
+    pub allow_lockout: bool,
+    /// The caller's SSH client address, for the lockout guard.
+    pub caller: Option<IpAddr>,
+}
+
+/// Reload outcome counters: `voipwall_policy_reloads_total{result}`.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadStats {
+    pub ok: u64,
+    pub error: u64,
+    pub rolled_back: u64,
+}
+
+struct Pending {
+    previous: (Policy, CompiledPolicy, Option<PathBuf>),
+    deadline: Instant,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AttachmentState {
+    mode: AttachedMode,
+    since: u64,
+}
+
+const ATTACHMENT_FILE: &str = "attachment.json";
+const BANS_FILE: &str = "bans.json";
+
+pub struct Firewall {
+    pub iface: String,
+    dp: Dataplane,
+    attachment: Option<Attachment>,
+    policy: Policy,
+    compiled: CompiledPolicy,
+    policy_path: Option<PathBuf>,
+    force_dry_run: bool,
+    sources: Sources,
+    bans: Bans,
+    bans_dirty: bool,
+    state_dir: PathBuf,
+    pending: Option<Pending>,
+    pub reloads: ReloadStats,
+    /// Enforced bans by (class, level).
+    pub bans_total: BTreeMap<(String, u8), u64>,
+    attached_since: u64,
+    /// Unix time of the last successful reload (or start).
+    pub policy_loaded_at: u64,
+}
+
+fn load_policy(path: Option<&Path>, force_dry_run: bool) -> Result<(Policy, CompiledPolicy), OpError> {
+    let (p, mut c) = match path {
+        Some(p) => policy::load(p)?,
+        None => policy::default_policy(),
+    };
+    if force_dry_run {
+        c.config.flags |= POLICY_DRY_RUN;
+    }
+    Ok((p, c))
+}
+
+fn lockout_message(c: &CompiledPolicy) -> String {
+    format!(
+        "refusing a policy that closes the SSH port {}/tcp to every source (its `from` sets are empty and the allow list is empty); fill the set, add your address to `allow`, or pass --allow-lockout",
+        c.ssh_port
+    )
+}
+
+impl Firewall {
+    /// Everything `voipwall run` does before its services start.
+    pub fn start(opts: &StartOptions) -> Result<Self, OpError> {
+        let (policy, compiled) = load_policy(opts.policy_path.as_deref(), opts.force_dry_run)?;
+        if compiled.ssh == SshReach::Closed && !opts.allow_lockout {
+            return Err(OpError::Invalid(lockout_message(&compiled)));
+        }
+        for w in &compiled.warnings {
+            warn!(warning = %w, "policy");
+        }
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(StateError::at("creating the state folder", &opts.state_dir))?;
+        let now = unix_now();
+        let bans_path = opts.state_dir.join(BANS_FILE);
+        let ban_records: Vec<BanRecord> =
+            state::read_json(&bans_path).map_err(StateError::at("reading the bans", &bans_path))?.unwrap_or_default();
+
+        let mut dp = Dataplane::load(&LoadOptions { pin_dir: Some(opts.pin_dir.clone()), capacity: policy.capacity })?;
+        if dp.adopted_maps {
+            info!(pin_dir = %opts.pin_dir.display(), "adopting pinned maps");
+        }
+        let tables = SourceTables::new(dp.take_source_maps().expect("a freshly loaded data plane has its source maps"));
+        // The policy's static lists join the restored manual entries; the kernel tables are
+        // brought in line with them around the first generation flip.
+        let mut sources = Sources::open(&opts.state_dir, tables, &compiled.allow, &compiled.block, now)?;
+        let adopted = dp.adopted_maps;
+        sources.reconcile(adopted, || dp.apply_policy(&compiled))?;
+
+        let mut fw = Self {
+            iface: opts.iface.clone(),
+            dp,
+            attachment: None,
+            policy,
+            compiled,
+            policy_path: opts.policy_path.clone(),
+            force_dry_run: opts.force_dry_run,
+            sources,
+            bans: Bans::restore(ban_records, now),
+            bans_dirty: true,
+            state_dir: opts.state_dir.clone(),
+            pending: None,
+            reloads: ReloadStats::default(),
+            bans_total: BTreeMap::new(),
+            attached_since: now,
+            policy_loaded_at: now,
+        };
+        fw.merge_bans(now)?;
+        fw.attach(opts, now)?;
+        fw.persist_bans();
+        Ok(fw)
+    }
+
+    /// Bans: the kernel keeps bans raised while no daemon ran; the state file keeps bans across
+    /// reboots. Merge both.
+    fn merge_bans(&mut self, now: u64) -> Result<(), OpError> {
+        let now_mono = monotonic_ns();
+        for (key, entry) in self.dp.bans()? {
+            if entry.expires_ns > now_mono {
+                let class = self.compiled.class_name(entry.class);
+                self.bans.learn(&key, &entry, self.policy.options.ipv6_prefix, class, now_mono, now);
+            }
+        }
+        for rec in self.bans.records() {
+            let key = key_of(&rec.source);
+            if self.dp.ban_get(&key)?.is_none() {
+                let entry = BanEntry {
+                    expires_ns: unix_to_mono(rec.expires, now_mono, now),
+                    rate_pps: rec.rate_pps,
+                    class: 0,
+                    level: rec.level,
+                    flags: if rec.source.addr().is_ipv6() { common::BAN_IPV6 } else { 0 },
+                    _pad: 0,
+                };
+                self.dp.ban_insert(&key, &entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attach, or adopt the program a previous daemon left attached.
+    fn attach(&mut self, opts: &StartOptions, now: u64) -> Result<(), OpError> {
+        let path = self.state_dir.join(ATTACHMENT_FILE);
+        let remembered: Option<AttachmentState> = match state::read_json(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "the remembered attachment is unreadable; assuming native mode");
+                None
+            }
+        };
+        let attachment = self.dp.attach(&opts.iface, opts.xdp_mode, remembered.as_ref().map(|a| a.mode))?;
+        if attachment.adopted {
+            self.attached_since = remembered.map_or(now, |a| a.since);
+            info!(iface = %opts.iface, program_id = attachment.program_id, "adopted the attached program without detaching");
+        } else {
+            if let Err(e) = state::write_json(&path, &AttachmentState { mode: attachment.mode, since: now }) {
+                // Only `status` after a restart loses the mode and the time; filtering is unaffected.
+                warn!(path = %path.display(), error = %e, "remembering the attachment failed");
+            }
+            info!(iface = %opts.iface, mode = attachment.mode.as_str(), program_id = attachment.program_id, "attached");
+        }
+        self.attachment = Some(attachment);
+        Ok(())
+    }
+
+    /// Detach, or leave the pinned program in place (`keep_attached`).
+    pub fn shutdown(&mut self, keep_attached: bool) {
+        self.persist_bans();
+        if let Some(a) = self.attachment.take() {
+            if keep_attached {
+                info!(iface = %self.iface, "leaving the program attached (--keep-attached)");
+                a.forget();
+            } else {
+                self.dp.detach(a);
+                let path = self.state_dir.join(ATTACHMENT_FILE);
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    warn!(path = %path.display(), error = %e, "removing the attachment record failed");
+                }
+                info!(iface = %self.iface, "detached");
+            }
+        }
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dp
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+
+    pub fn policy(&self) -> (&Policy, &CompiledPolicy) {
+        (&self.policy, &self.compiled)
+    }
+
+    pub fn lists(&self) -> &Lists {
+        self.sources.lists()
+    }
+
+    pub fn bans(&self) -> &Bans {
+        &self.bans
+    }
+
+    pub fn attachment(&self) -> Option<&Attachment> {
+        self.attachment.as_ref()
+    }
+
+    pub fn attached_since(&self) -> u64 {
+        self.attached_since
+    }
+
+    fn persist_bans(&mut self) {
+        if !self.bans_dirty {
+            return;
+        }
+        let path = self.state_dir.join(BANS_FILE);
+        match state::write_json(&path, &self.bans.records()) {
+            Ok(()) => self.bans_dirty = false,
+            Err(e) => error!(path = %path.display(), error = %e, "persisting bans failed; will retry"),
+        }
+    }
+
+    /// Install a policy: new list entries, generation flip, retired list entries. On error the
+    /// running policy and lists are left as they were.
+    fn install(&mut self, policy: Policy, compiled: CompiledPolicy) -> Result<(), OpError> {
+        let dp = &mut self.dp;
+        self.sources.replace_policy(&compiled.allow, &compiled.block, || dp.apply_policy(&compiled))?;
+        self.policy = policy;
+        self.compiled = compiled;
+        self.policy_loaded_at = unix_now();
+        Ok(())
+    }
+
+    /// Every allow/block CIDR in force (policy and manual), for the SSH guard.
+    fn all_lists(&self) -> (Vec<IpNet>, Vec<IpNet>) {
+        let lists = self.sources.lists();
+        (lists.cidrs(ListKind::Allow), lists.cidrs(ListKind::Block))
+    }
+
+    /// `voipwall reload`: atomic; on any error the old policy keeps running.
+    pub fn reload(&mut self, req: ReloadRequest) -> Result<Reply, OpError> {
+        let result = self.try_reload(req);
+        match &result {
+            Ok(_) => self.reloads.ok += 1,
+            Err(e) => {
+                self.reloads.error += 1;
+                warn!(error = %e, "policy reload refused; the previous policy keeps running");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self, req: ReloadRequest) -> Result<Reply, OpError> {
+        let ReloadRequest { path, confirm_within, allow_lockout, caller } = req;
+        let path = path.or_else(|| self.policy_path.clone());
+        let (policy, compiled) = load_policy(path.as_deref(), self.force_dry_run)?;
+        if !allow_lockout {
+            if compiled.ssh == SshReach::Closed {
+                return Err(OpError::Invalid(lockout_message(&compiled)));
+            }
+            if let Some(ip) = caller {
+                let (mut allow, mut block) = self.all_lists();
+                // The new policy's static lists replace the current policy's.
+                allow.retain(|n| !self.compiled.allow.contains(n));
+                block.retain(|n| !self.compiled.block.contains(n));
+                allow.extend(&compiled.allow);
+                block.extend(&compiled.block);
+                if !compiled.admits_ssh_from(ip, &allow, &block) {
+                    return Err(OpError::Invalid(format!(
+                        "refusing a policy under which your SSH session ({ip} -> {}/tcp) would be cut; pass --allow-lockout if you mean it",
+                        compiled.ssh_port
+                    )));
+                }
+            }
+        }
+        let previous = (self.policy.clone(), self.compiled.clone(), self.policy_path.clone());
+        let (sha, roles) = (policy.sha256.clone(), policy.roles.join(","));
+        self.install(policy, compiled)?;
+        self.policy_path = path;
+        self.pending = confirm_within.map(|d| Pending { previous, deadline: Instant::now() + d });
+        let mut text =
+            format!("policy {} applied (sha256 {}, generation {})", self.policy.path, &sha[..12], self.dp.generation());
+        if let Some(d) = confirm_within {
+            let _ =
+                write!(text, "; it rolls back in {} unless `voipwall confirm` arrives", humantime::format_duration(d));
+        }
+        for w in &self.compiled.warnings {
+            let _ = write!(text, "\nwarning: {w}");
+        }
+        info!(path = %self.policy.path, sha256 = %sha, roles = %roles, generation = self.dp.generation(), confirm_within = ?confirm_within, "policy reloaded");
+        Ok(Reply::new(
+            text,
+            json!({ "path": self.policy.path, "sha256": sha, "generation": self.dp.generation(), "confirm_within_secs": confirm_within.map(|d| d.as_secs_f64()) }),
+        ))
+    }
+
+    /// `voipwall confirm`.
+    pub fn confirm(&mut self) -> Result<Reply, OpError> {
+        match self.pending.take() {
+            Some(_) => {
+                info!(path = %self.policy.path, "policy confirmed");
+                Ok(Reply::new(format!("policy {} confirmed", self.policy.path), json!({ "confirmed": true })))
+            }
+            None => Err(OpError::Invalid("no reload is waiting for confirmation".into())),
+        }
+    }
+
+    /// Roll back an unconfirmed reload whose time is up. Returns true if it did.
+    pub fn rollback_if_due(&mut self, now: Instant) -> bool {
+        if self.pending.as_ref().is_none_or(|p| p.deadline > now) {
+            return false;
+        }
+        let p = self.pending.take().expect("checked above");
+        let (policy, compiled, path) = p.previous;
+        let restored = policy.path.clone();
+        match self.install(policy, compiled) {
+            Ok(()) => {
+                self.policy_path = path;
+                self.reloads.rolled_back += 1;
+                warn!(restored = %restored, "reload not confirmed in time: rolled back to the previous policy");
+                true
+            }
+            Err(e) => {
+                error!(error = %e, "rolling back the unconfirmed policy failed; the new policy stays");
+                false
+            }
+        }
+    }
+
+    /// The CIDRs of a request: its arguments and, if given, its file (every line checked
+    /// before anything changes; an error names the line).
+    fn parse_cidrs(req: &ListChange) -> Result<Vec<IpNet>, OpError> {
+        let mut out: Vec<IpNet> = req
+            .cidrs
+            .iter()
+            .map(|c| policy::parse_cidr(c).map_err(|(m, h)| OpError::Invalid(format!("{m}; {h}"))))
+            .collect::<Result<_, _>>()?;
+        if let Some(path) = &req.file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| OpError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                out.push(
+                    policy::parse_cidr(line)
+                        .map_err(|(m, h)| OpError::Invalid(format!("{}:{}: {m}; {h}", path.display(), i + 1)))?,
+                );
+            }
+        }
+        if out.is_empty() {
+            return Err(OpError::Invalid("name at least one CIDR (arguments or --file)".into()));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn parse_ttl(ttl: &Option<String>) -> Result<Option<u64>, OpError> {
+        match ttl {
+            None => Ok(None),
+            Some(t) => match policy::parse_duration(t) {
+                Ok(d) if !d.is_zero() => Ok(Some(unix_now() + d.as_secs().max(1))),
+                Ok(_) => {
+                    Err(OpError::Invalid("--ttl must be longer than zero (leave it out for a permanent entry)".into()))
+                }
+                Err(hint) => Err(OpError::Invalid(format!("--ttl {t:?} is not a duration; {hint}"))),
+            },
+        }
+    }
+
+    /// `voipwall block` / `voipwall allow`.
+    pub fn add(&mut self, kind: ListKind, req: &ListChange, who: &str) -> Result<Reply, OpError> {
+        let nets = Self::parse_cidrs(req)?;
+        let expires = Self::parse_ttl(&req.ttl)?;
+        if kind == ListKind::Block && !req.force {
+            let local = system::local_addrs();
+            for net in &nets {
+                if let Some(a) = local.iter().find(|a| net.contains(*a)) {
+                    return Err(OpError::Invalid(format!(
+                        "{net} holds this host's own address {a}; blocking it would cut the host off (use --force if you mean it)"
+                    )));
+                }
+                if let Some(ip) = req.ssh_client.filter(|ip| net.contains(ip)) {
+                    return Err(OpError::Invalid(format!(
+                        "{net} holds your SSH client address {ip}; blocking it would cut your session (use --force if you mean it)"
+                    )));
+                }
+            }
+        }
+        let entry = ManualEntry {
+            reason: req.reason.as_deref().map(Into::into),
+            who: who.into(),
+            created: unix_now(),
+            expires,
+        };
+        let mut staged = self.sources.stage(kind, &nets);
+        self.sources.stage_add(&mut staged, nets.clone(), entry);
+        self.sources.commit(staged)?;
+        let verb = if kind == ListKind::Block { "blocked" } else { "allowed" };
+        let until = expires.map_or("permanently".to_string(), |e| format!("until {}", rfc3339(e)));
+        let shown = summarize(&nets);
+        info!(action = verb, cidrs = %shown, count = nets.len(), ttl = ?req.ttl, reason = ?req.reason, who = %who, "list change");
+        let list: Vec<String> = nets.iter().take(1000).map(ToString::to_string).collect();
+        Ok(Reply::new(
+            format!("{verb} {shown} {until}"),
+            json!({ "action": verb, "count": nets.len(), "cidrs": list, "expires": expires }),
+        ))
+    }
+
+    /// `voipwall unblock` / `voipwall disallow`.
+    pub fn remove(&mut self, kind: ListKind, req: &ListChange, who: &str) -> Result<Reply, OpError> {
+        let nets = Self::parse_cidrs(req)?;
+        let mut staged = self.sources.stage(kind, &nets);
+        let mut unbans = Vec::new();
+        for net in &nets {
+            let unban: Vec<IpNet> = if kind == ListKind::Block { self.bans.within(net) } else { Vec::new() };
+            match self.sources.stage_remove(&mut staged, net) {
+                Ok(()) => {}
+                Err(RemoveError::Absent) if !unban.is_empty() => {}
+                Err(RemoveError::Absent) => {
+                    self.sources.abort(staged);
+                    let what =
+                        if kind == ListKind::Block { "neither blocked nor banned" } else { "not on the allow list" };
+                    return Err(OpError::Invalid(format!("{net} is {what}; `voipwall list` shows the entries")));
+                }
+                Err(e @ RemoveError::PolicyOnly) => {
+                    self.sources.abort(staged);
+                    return Err(OpError::Invalid(format!("{net} {e}")));
+                }
+            }
+            unbans.extend(unban);
+        }
+        if kind == ListKind::Allow
+            && !req.force
+            && let Some(ip) = req.ssh_client
+        {
+            let (allow, block) = self.all_lists();
+            if !self.compiled.admits_ssh_from(ip, &allow, &block) {
+                self.sources.abort(staged);
+                return Err(OpError::Invalid(format!(
+                    "removing {} would cut your SSH session from {ip} (it is only admitted by the allow list); use --force if you mean it",
+                    nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+                )));
+            }
+        }
+        self.sources.commit(staged)?;
+        for source in &unbans {
+            self.dp.ban_remove(&key_of(source))?;
+            self.bans.remove(source);
+            self.bans_dirty = true;
+            info!(source = %source, who = %who, "unbanned by operator");
+        }
+        if !unbans.is_empty() && self.bans.is_empty() {
+            self.dp.clear_bans_present()?;
+        }
+        self.persist_bans();
+        let verb = if kind == ListKind::Block { "unblocked" } else { "disallowed" };
+        let list: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        info!(action = verb, cidrs = %list.join(" "), who = %who, "list change");
+        let mut text = format!("{verb} {}", list.join(" "));
+        if !unbans.is_empty() {
+            let _ = write!(text, " (lifted {} ban{})", unbans.len(), if unbans.len() == 1 { "" } else { "s" });
+        }
+        Ok(Reply::new(
+            text,
+            json!({ "action": verb, "cidrs": list, "unbanned": unbans.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+        ))
+    }
+
+    /// A ban event from the kernel.
+    pub fn on_ban_event(&mut self, ev: &BanEvent) {
+        let now_mono = monotonic_ns();
+        let now = unix_now();
+        let class = self.compiled.class_name(ev.class);
+        let source = source_of(&ev.addr, ev.prefix_len);
+        let until = mono_to_unix(ev.expires_ns, now_mono, now);
+        // The SIP checks report a count (matches, failed authentications, unanswered
+        // challenges) where the rate limiter reports a packet rate.
+        let sip_check = common::sip::CLASS_NAMES.iter().any(|(c, _)| *c == ev.class);
+        let dry = ev.flags & BAN_DRY_RUN != 0;
+        let msg = if dry { "would ban (dry run)" } else { "banned" };
+        if sip_check {
+            warn!(target: "voipwall::ban", source = %source, class = %class, count = ev.rate_pps, until = %rfc3339(until), dry_run = dry, "{msg}");
+        } else {
+            warn!(target: "voipwall::ban", source = %source, class = %class, level = ev.level, rate_pps = ev.rate_pps, until = %rfc3339(until), dry_run = dry, "{msg}");
+        }
+        if dry {
+            return;
+        }
+        *self.bans_total.entry((class.clone(), ev.level)).or_default() += 1;
+        self.bans.insert(BanRecord {
+            source,
+            class,
+            level: ev.level,
+            rate_pps: ev.rate_pps,
+            created: now,
+            expires: until,
+        });
+        self.bans_dirty = true;
+    }
+
+    /// Remove expired bans and list entries; persist what changed. Runs every second.
+    pub fn sweep(&mut self) {
+        let now = unix_now();
+        let expired_bans = self.bans.expired(now);
+        let had_bans = !expired_bans.is_empty();
+        for source in expired_bans {
+            if let Err(e) = self.dp.ban_remove(&key_of(&source)) {
+                error!(source = %source, error = %e, "removing an expired ban failed");
+                continue;
+            }
+            if let Some(b) = self.bans.remove(&source) {
+                info!(target: "voipwall::ban", source = %source, class = %b.class, level = b.level, "ban expired");
+            }
+            self.bans_dirty = true;
+        }
+        if had_bans
+            && self.bans.is_empty()
+            && let Err(e) = self.dp.clear_bans_present()
+        {
+            error!(error = %e, "clearing the bans-present flag failed");
+        }
+        self.sources.expire(now);
+        self.persist_bans();
+    }
+
+    /// `voipwall list`.
+    pub fn list(&self, which: Option<&str>) -> Result<Reply, OpError> {
+        let Some(which) = Which::parse(which) else {
+            return Err(OpError::Invalid(format!(
+                "`{}` is not a list; write blocked, allowed or banned",
+                which.unwrap_or_default()
+            )));
+        };
+        let lists = self.sources.lists();
+        Ok(render::list(which, |kind| lists.rows(kind), &self.bans.records()))
+    }
+
+    /// Counter sums.
+    pub fn counters(&self) -> Result<Counters, OpError> {
+        Ok(self.dp.counters()?)
+    }
+
+    /// `voipwall stats`.
+    pub fn stats(&self) -> Result<Reply, OpError> {
+        let c = self.dp.counters()?;
+        let rules = self.dp.rule_counters(self.compiled.rule_names.len())?;
+        Ok(render::stats(&c, &rules, &self.compiled.rule_names))
+    }
+
+    /// `voipwall top`: sources by current rate (walks the rate table).
+    pub fn top(&self, limit: usize) -> Result<Reply, OpError> {
+        let now = monotonic_ns();
+        let prefix = self.policy.options.ipv6_prefix;
+        let mut rows: Vec<TopRow> = self
+            .dp
+            .rates()?
+            .into_iter()
+            .map(|(k, st)| TopRow {
+                source: source_of(&k.addr, prefix),
+                class: self.compiled.class_name(k.class as u8),
+                // A window older than two seconds is a source that went quiet.
+                pps: if now.saturating_sub(st.window_start_ns) > 2_000_000_000 { 0 } else { observed_pps(&st, now) },
+                window_packets: st.window_packets,
+            })
+            .collect();
+        rows.sort_by(|a, b| b.pps.cmp(&a.pps).then(a.source.cmp(&b.source)));
+        rows.truncate(limit);
+        Ok(render::top(&rows))
+    }
+
+    /// Entries vs capacity per map, without walking any large map. The kernel-written LRU tables
+    /// only fill up, so their entries are what the program created, capped at capacity.
+    pub fn map_fill(&self) -> Vec<MapFill> {
+        let cap = |n| self.dp.capacity_of(n).or_else(|| self.sources.capacity(n)).unwrap_or(0);
+        let stats = self.dp.stats().ok();
+        let created = |slot: u32, map| stats.map(|s| s[slot as usize].min(cap(map) as u64));
+        let (v4, v6) = self.sources.lists().kernel_len();
+        vec![
+            (maps::SOURCES_V4, Some(v4 as u64), cap(maps::SOURCES_V4)),
+            (maps::SOURCES_V6, Some(v6 as u64), cap(maps::SOURCES_V6)),
+            (maps::SETS_V4, Some(self.compiled.sets_v4.len() as u64), cap(maps::SETS_V4)),
+            (maps::SETS_V6, Some(self.compiled.sets_v6.len() as u64), cap(maps::SETS_V6)),
+            (maps::BANS, Some(self.bans.len() as u64), cap(maps::BANS)),
+            (maps::RATES, created(stat::RATES_CREATED, maps::RATES), cap(maps::RATES)),
+            (maps::FLOWS, created(stat::FLOWS_CREATED, maps::FLOWS), cap(maps::FLOWS)),
+            (maps::FRAGS, created(stat::FRAGS_CREATED, maps::FRAGS), cap(maps::FRAGS)),
+            (maps::SIP_PEERS, created(stat::SIP_PEERS_CREATED, maps::SIP_PEERS), cap(maps::SIP_PEERS)),
+        ]
+    }
+
+    /// `voipwall status`.
+    pub fn status(&self) -> Result<Reply, OpError> {
+        let a = self.attachment.as_ref();
+        let fill = self.map_fill();
+        let data = json!({
+            "iface": self.iface,
+            "attached": a.is_some(),
+            "xdp_mode": a.map(|a| a.mode.as_str()),
+            "program_id": a.map(|a| a.program_id),
+            "adopted": a.map(|a| a.adopted),
+            "attached_since": rfc3339(self.attached_since),
+            "policy": {
+                "path": self.policy.path,
+                "sha256": self.policy.sha256,
+                "roles": self.policy.roles,
+                "generation": self.dp.generation(),
+                "loaded_at": rfc3339(self.policy_loaded_at),
+                "pending_confirmation": self.pending.as_ref().map(|p| p.deadline.saturating_duration_since(Instant::now()).as_secs_f64()),
+            },
+            "dry_run": self.compiled.config.flags & POLICY_DRY_RUN != 0,
+            "ssh": self.compiled.ssh,
+            "maps": fill.iter().map(|(m, e, c)| json!({ "map": m, "entries": e, "capacity": c })).collect::<Vec<_>>(),
+            "reloads": { "ok": self.reloads.ok, "error": self.reloads.error, "rolled_back": self.reloads.rolled_back },
+        });
+        Ok(render::status(data, &fill))
+    }
+
+    /// `voipwall policy show`.
+    pub fn policy_show(&self) -> Reply {
+        let mut text = format!("# {} (sha256 {})\n", self.policy.path, self.policy.sha256);
+        text.push_str(&self.policy.text);
+        Reply::new(
+            text,
+            json!({ "path": self.policy.path, "sha256": self.policy.sha256, "policy": serde_json::to_value(&self.policy).expect("serializable"), "rules": self.compiled.rule_names[1..].to_vec() }),
+        )
+    }
+}

@@ -1,0 +1,361 @@
+//! The allow and block lists, end to end: the operator's model ([`model`]), the kernel tries and
+//! their /16 gate ([`tables`]), and durability (a snapshot plus an fsynced journal in the state
+//! folder). Every change goes model -> kernel -> disk, and is taken back in the kernel and the
+//! model when a later step fails, so a change is either done and durable or not done at all.
+//!
+//! Policy changes (start-up and reload) come with a generation flip of the data plane: entries
+//! that appear or turn `ALLOW` are written before the flip, the rest after it (see [`model`]), so
+//! every packet gets the verdict of the old or of the new policy.
+
+pub mod model;
+pub mod tables;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use tracing::{error, info};
+
+pub use self::{
+    model::{KernelChange, KernelDiff, ListKind, ListOp, ListRow, Lists, ManualEntry, PersistedLists, RemoveError},
+    tables::SourceTables,
+};
+use crate::{
+    dataplane::{DataplaneError, MapOpError},
+    state::{self, Journal, StateError},
+};
+
+/// A list change bigger than this is written as a snapshot rather than a journal line.
+const JOURNAL_MAX_OP: usize = 1000;
+/// The journal is folded into a snapshot once it holds this many changes.
+const JOURNAL_MAX_LINES: usize = 2000;
+
+const SNAPSHOT: &str = "lists.json";
+const JOURNAL: &str = "lists.journal";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourcesError {
+    #[error(transparent)]
+    Map(#[from] MapOpError),
+    /// The generation flip a policy change waits for.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+type Result<T> = std::result::Result<T, SourcesError>;
+
+/// The lists, their kernel tables and their files.
+pub struct Sources {
+    lists: Lists,
+    tables: SourceTables,
+    journal: Journal,
+    state_dir: PathBuf,
+}
+
+/// A list change being put together: the model is already changed, the kernel and the disk are
+/// not yet. [`Sources::commit`] makes it real, [`Sources::abort`] forgets it.
+#[must_use = "a staged change is neither applied nor taken back until commit or abort"]
+pub struct Staged {
+    kind: ListKind,
+    saved: model::Checkpoint,
+    diff: KernelDiff,
+    added: Option<(Vec<IpNet>, ManualEntry)>,
+    removed: Vec<IpNet>,
+}
+
+impl Staged {
+    /// CIDRs whose manual entry this change removes.
+    pub fn removed(&self) -> &[IpNet] {
+        &self.removed
+    }
+}
+
+impl Sources {
+    /// Read the lists from `state_dir` (snapshot, then every journalled change after it), drop
+    /// expired entries, join the policy's own entries, and take over the kernel tables. Nothing
+    /// is written to the kernel yet: see [`Self::reconcile`].
+    pub fn open(state_dir: &Path, tables: SourceTables, allow: &[IpNet], block: &[IpNet], now: u64) -> Result<Self> {
+        let snapshot = state_dir.join(SNAPSHOT);
+        let mut persisted: PersistedLists = state::read_json(&snapshot)
+            .map_err(StateError::at("reading the list snapshot", &snapshot))?
+            .unwrap_or_default();
+        let journal_path = state_dir.join(JOURNAL);
+        for op in Journal::replay::<ListOp>(&journal_path)
+            .map_err(StateError::at("replaying the list journal", &journal_path))?
+        {
+            persisted.apply(op);
+        }
+        let journal =
+            Journal::open(&journal_path).map_err(StateError::at("opening the list journal", &journal_path))?;
+        let mut lists = Lists::restore(persisted, now);
+        lists.set_policy(ListKind::Allow, allow);
+        lists.set_policy(ListKind::Block, block);
+        Ok(Self { lists, tables, journal, state_dir: state_dir.to_path_buf() })
+    }
+
+    /// Bring the kernel tables to what the lists say, around the data plane's generation flip
+    /// (`flip`): the tables may hold anything (adopted from pinned maps, or empty), so the diff
+    /// is computed against what they hold. Then write a fresh snapshot.
+    pub fn reconcile<E>(&mut self, adopted: bool, flip: impl FnOnce() -> std::result::Result<(), E>) -> Result<()>
+    where
+        SourcesError: From<E>,
+    {
+        let entries = self.tables.entries()?;
+        if adopted {
+            self.tables.rebuild_gate(&entries)?;
+        }
+        let have: BTreeMap<IpNet, ListKind> = entries.into_iter().collect();
+        let want = self.lists.kernel();
+        let mut diff = KernelDiff::default();
+        for (net, kind) in &want {
+            let before = have.get(net).copied();
+            if before != Some(*kind) {
+                let c = KernelChange { net: *net, value: Some(*kind), before };
+                if *kind == ListKind::Allow || before.is_none() { diff.early.push(c) } else { diff.late.push(c) }
+            }
+        }
+        diff.late.extend(have.iter().filter(|(n, _)| !want.contains_key(n)).map(|(n, k)| KernelChange {
+            net: *n,
+            value: None,
+            before: Some(*k),
+        }));
+        self.write_early(&diff)?;
+        if let Err(e) = flip() {
+            self.tables.undo(&diff.early);
+            return Err(e.into());
+        }
+        // At start-up a late write that fails is an error like any other: the daemon does not
+        // start with tables it could not bring in line.
+        self.tables.write_all(&diff.late).map_err(|(_, e)| e)?;
+        self.snapshot()
+    }
+
+    /// Replace the policy's own entries (a reload), around the generation flip `flip`. On any
+    /// error before the flip completes, the lists and the kernel are as they were; a failure
+    /// to retire an entry after it is logged (the entry then answers as the old policy did).
+    pub fn replace_policy<E>(
+        &mut self,
+        allow: &[IpNet],
+        block: &[IpNet],
+        flip: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> Result<()>
+    where
+        SourcesError: From<E>,
+    {
+        let saved = self.lists.checkpoint_policy(allow, block);
+        let mut diff = self.lists.set_policy(ListKind::Allow, allow);
+        diff.extend(self.lists.set_policy(ListKind::Block, block));
+        if let Err(e) = self.around_flip(&diff, flip) {
+            self.lists.rollback(saved);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Early writes, the flip, late writes. A failed early write or flip undoes the early
+    /// writes and returns the error; failed late writes are logged.
+    fn around_flip<E>(&mut self, diff: &KernelDiff, flip: impl FnOnce() -> std::result::Result<(), E>) -> Result<()>
+    where
+        SourcesError: From<E>,
+    {
+        self.write_early(diff)?;
+        if let Err(e) = flip() {
+            self.tables.undo(&diff.early);
+            return Err(e.into());
+        }
+        for c in &diff.late {
+            if let Err(e) = self.tables.write(c) {
+                error!(cidr = %c.net, error = %e, "retiring a list entry failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the early half of a diff; on failure put back what was written.
+    fn write_early(&mut self, diff: &KernelDiff) -> Result<()> {
+        self.tables.write_all(&diff.early).map_err(|(done, e)| {
+            self.tables.undo(&diff.early[..done]);
+            e.into()
+        })
+    }
+
+    /// Both halves of a diff (no flip involved); on failure everything is put back.
+    fn write_diff(&mut self, diff: &KernelDiff) -> Result<()> {
+        self.write_early(diff)?;
+        self.tables.write_all(&diff.late).map_err(|(done, e)| {
+            self.tables.undo(&diff.late[..done]);
+            self.tables.undo(&diff.early);
+            e.into()
+        })
+    }
+
+    /// Start a change of `kind` touching `nets`.
+    pub fn stage(&self, kind: ListKind, nets: &[IpNet]) -> Staged {
+        Staged {
+            kind,
+            saved: self.lists.checkpoint(nets.iter().map(|n| (kind, *n))),
+            diff: KernelDiff::default(),
+            added: None,
+            removed: Vec::new(),
+        }
+    }
+
+    /// Add (or refresh) manual entries, all with the same details, to a staged change.
+    pub fn stage_add(&mut self, staged: &mut Staged, nets: Vec<IpNet>, entry: ManualEntry) {
+        staged.diff.extend(self.lists.add_manual(staged.kind, &nets, entry.clone()));
+        staged.added = Some((nets, entry));
+    }
+
+    /// Remove one manual entry in a staged change.
+    pub fn stage_remove(&mut self, staged: &mut Staged, net: &IpNet) -> std::result::Result<(), RemoveError> {
+        staged.diff.extend(self.lists.remove_manual(staged.kind, net)?);
+        staged.removed.push(*net);
+        Ok(())
+    }
+
+    /// Forget a staged change: the lists are as they were.
+    pub fn abort(&mut self, staged: Staged) {
+        self.lists.rollback(staged.saved);
+    }
+
+    /// Make a staged change real: kernel writes, then one fsynced journal line (or a new
+    /// snapshot for a bulk change, serialized on another thread while the kernel writes run and
+    /// put in place only after they all succeeded). On failure everything is taken back.
+    pub fn commit(&mut self, staged: Staged) -> Result<()> {
+        let Staged { kind, saved, diff, added, removed } = staged;
+        let size = added.as_ref().map_or(0, |(n, _)| n.len()) + removed.len();
+        let result = if self.snapshot_due(size) {
+            let snapshot = self.lists.persisted();
+            let path = self.state_dir.join(SNAPSHOT);
+            let stager = std::thread::spawn(move || {
+                state::stage_json_compact(&path, &snapshot).map_err(StateError::at("writing the list snapshot", &path))
+            });
+            let kernel = self.write_diff(&diff);
+            let staged_file = stager.join().unwrap_or_else(|_| {
+                Err(StateError {
+                    what: "writing the list snapshot (the writer panicked)",
+                    path: self.state_dir.join(SNAPSHOT),
+                    source: std::io::Error::other("panicked"),
+                })
+            });
+            match (kernel, staged_file) {
+                (Err(e), staged_file) => {
+                    if let Ok(f) = staged_file {
+                        f.discard();
+                    }
+                    self.lists.rollback(saved);
+                    return Err(e);
+                }
+                (Ok(()), Err(e)) => Err(e.into()),
+                (Ok(()), Ok(f)) => {
+                    let path = f.path().to_path_buf();
+                    f.commit()
+                        .map_err(StateError::at("putting the list snapshot in place", &path))
+                        .map_err(Into::into)
+                        .and_then(|()| self.reset_journal())
+                }
+            }
+        } else {
+            if let Err(e) = self.write_diff(&diff) {
+                self.lists.rollback(saved);
+                return Err(e);
+            }
+            let mut result = Ok(());
+            if let Some((cidrs, entry)) = added {
+                result = self.journal_append(&ListOp::Add { list: kind, cidrs, entry });
+            }
+            if result.is_ok() && !removed.is_empty() {
+                result = self.journal_append(&ListOp::Remove { list: kind, cidrs: removed });
+            }
+            result
+        };
+        if let Err(e) = result {
+            // Not durable, so not done: take the change back.
+            self.tables.undo(&diff.late);
+            self.tables.undo(&diff.early);
+            self.lists.rollback(saved);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Remove manual entries whose TTL has passed (kernel and journal); returns them. Failures
+    /// are logged: an entry that could not leave the kernel is retried at the next sweep, one
+    /// that could not be journalled is dropped again at the next start anyway.
+    pub fn expire(&mut self, now: u64) -> Vec<(ListKind, IpNet)> {
+        let expired = self.lists.expired(now);
+        let mut gone = Vec::new();
+        for (kind, net) in expired {
+            let saved = self.lists.checkpoint([(kind, net)]);
+            let Ok(diff) = self.lists.remove_manual(kind, &net) else { continue };
+            if let Err(e) = self.write_diff(&diff) {
+                error!(cidr = %net, error = %e, "removing an expired entry failed; retrying at the next sweep");
+                self.lists.rollback(saved);
+                continue;
+            }
+            info!(cidr = %net, list = ?kind, "list entry expired");
+            gone.push((kind, net));
+        }
+        for kind in [ListKind::Allow, ListKind::Block] {
+            let cidrs: Vec<IpNet> = gone.iter().filter(|(k, _)| *k == kind).map(|(_, n)| *n).collect();
+            if !cidrs.is_empty()
+                && let Err(e) = self.record(ListOp::Remove { list: kind, cidrs })
+            {
+                error!(error = %e, "persisting expired list entries failed; they are dropped again at the next start");
+            }
+        }
+        gone
+    }
+
+    /// The operator's view of the lists.
+    pub fn lists(&self) -> &Lists {
+        &self.lists
+    }
+
+    /// Capacity of a source map as created in the kernel.
+    pub fn capacity(&self, name: &str) -> Option<u32> {
+        self.tables.capacity(name)
+    }
+
+    /// Every entry of the kernel tries (walks them: tests and diagnostics).
+    pub fn kernel_entries(&self) -> std::result::Result<Vec<(IpNet, ListKind)>, MapOpError> {
+        self.tables.entries()
+    }
+
+    /// A change of `size` CIDRs is recorded by a new snapshot rather than a journal line.
+    fn snapshot_due(&self, size: usize) -> bool {
+        size > JOURNAL_MAX_OP || self.journal.lines >= JOURNAL_MAX_LINES
+    }
+
+    /// Make a list change durable: a journal line, or a snapshot when one is due.
+    fn record(&mut self, op: ListOp) -> Result<()> {
+        let size = match &op {
+            ListOp::Add { cidrs, .. } | ListOp::Remove { cidrs, .. } => cidrs.len(),
+        };
+        if self.snapshot_due(size) { self.snapshot() } else { self.journal_append(&op) }
+    }
+
+    fn journal_append(&mut self, op: &ListOp) -> Result<()> {
+        let path = self.state_dir.join(JOURNAL);
+        self.journal.append(op).map_err(StateError::at("appending to the list journal", &path))?;
+        Ok(())
+    }
+
+    fn reset_journal(&mut self) -> Result<()> {
+        let path = self.state_dir.join(JOURNAL);
+        self.journal.reset().map_err(StateError::at("resetting the list journal", &path))?;
+        Ok(())
+    }
+
+    /// Write the whole manual list state and empty the journal.
+    pub fn snapshot(&mut self) -> Result<()> {
+        let path = self.state_dir.join(SNAPSHOT);
+        state::write_json_compact(&path, &self.lists.persisted())
+            .map_err(StateError::at("writing the list snapshot", &path))?;
+        self.reset_journal()
+    }
+}

@@ -122,8 +122,11 @@ pub mod stat {
     pub const SIP_AUTH_ANSWERS: u32 = 6;
     /// New `SIP_PEERS` entries.
     pub const SIP_PEERS_CREATED: u32 = 7;
+    /// SIP requests inspected only in part: their first line or headers ran past the inspected
+    /// bytes before a User-Agent header turned up (or its value did), and they passed.
+    pub const SIP_INCOMPLETE: u32 = 8;
     /// Slots of the array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Slots of `ACTIVE`.
@@ -264,9 +267,13 @@ pub mod reason {
     pub const SIP_USER_AGENT: u32 = 15;
     /// A SIP request above its method's per-source rate (`[sip.methods]`).
     pub const SIP_METHOD_RATE_LIMITED: u32 = 16;
+    /// A SIP request written so that it cannot be inspected within the program's bounds: more
+    /// than `sip::BLANKS_MAX` blanks before a header's colon or after the request line, or a
+    /// User-Agent value longer than `sip::UA_VALUE_MAX` bytes that the block list did not match.
+    pub const SIP_EVASION: u32 = 17;
 
     /// Number of reasons in use (the rest of [`crate::MAX_REASONS`] is reserved).
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     const _: () = assert!(COUNT <= crate::MAX_REASONS);
 
     /// Metric label values, indexed by reason.
@@ -288,6 +295,7 @@ pub mod reason {
         "protocol_closed",
         "sip_user_agent",
         "sip_method_rate_limited",
+        "sip_evasion",
     ];
 
     /// The verdict a reason stands for when enforcing (dry run turns drops into would-drops).
@@ -525,6 +533,8 @@ pub struct SipPeer {
 /// SIP constants shared by the programs and the controller, and the pure parsing steps the
 /// programs use (unit tested here on the host).
 pub mod sip {
+    pub mod grammar;
+
     /// Request methods with their own rate class (`PolicyConfig::sip_method_class`).
     pub const METHOD_REGISTER: usize = 0;
     pub const METHOD_INVITE: usize = 1;
@@ -541,10 +551,17 @@ pub mod sip {
     pub const WINDOW_DEFAULT: u32 = 1472;
     /// `SipScratch` size: the window plus slack for 8-byte loads.
     pub const SCRATCH_BYTES: u32 = WINDOW_MAX + 64;
-    /// Header lines examined after the request line.
-    pub const MAX_LINES: u32 = 96;
-    /// Bytes of a User-Agent value (with its continuation lines) fed to the matcher.
-    pub const UA_VALUE_MAX: u32 = 256;
+    /// Lines the scan may walk: more than fit in the window (every line is at least two bytes
+    /// long, or it is the empty line that ends the headers), so the window, not this, bounds it.
+    pub const MAX_LINES: u32 = WINDOW_MAX / 2 + 1;
+    /// Bytes of a User-Agent value (as written, folds included) fed to the matcher.
+    pub const UA_VALUE_MAX: u32 = grammar::UA_VALUE_MAX as u32;
+    /// Blanks accepted before a header's colon and at the end of the request line.
+    pub const BLANKS_MAX: u32 = grammar::BLANKS_MAX as u32;
+    /// Bytes of the request line looked at.
+    pub const REQUEST_LINE_MAX: u32 = grammar::REQUEST_LINE_MAX as u32;
+    /// Bytes of the SIP-Version field.
+    pub const VERSION_MAX: u32 = grammar::VERSION_MAX as u32;
 
     /// Automaton states (patterns of up to about this many bytes in total).
     pub const UA_STATES: u32 = 512;
@@ -580,6 +597,21 @@ pub mod sip {
         w | 0x2020_2020_2020_2020
     }
 
+    /// Lower-case the ASCII letters of 8 bytes at once, leaving every other byte as it is (so a
+    /// CR cannot pass for a `-` the way it does under [`fold8`]). For bytes below 0x80,
+    /// `b + (0x80 - 'A')` has its top bit set exactly when `b >= 'A'`, and `b + (0x80 - 'Z' - 1)`
+    /// exactly when `b > 'Z'`; neither sum carries into the next byte.
+    #[inline(always)]
+    pub const fn lower8(w: u64) -> u64 {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        let h = w & LOW7;
+        let ge_a = h + ONES * (0x80 - b'A' as u64);
+        let gt_z = h + ONES * (0x80 - b'Z' as u64 - 1);
+        let upper = (ge_a ^ gt_z) & !w & (ONES * 0x80);
+        w | (upper >> 2)
+    }
+
     /// An 8-byte little-endian word of a literal, folded.
     pub const fn word(s: &[u8; 8]) -> u64 {
         fold8(u64::from_le_bytes(*s))
@@ -594,9 +626,7 @@ pub mod sip {
     /// carry-free form of the zero-byte test, so no byte after a newline is flagged by mistake).
     #[inline(always)]
     pub const fn newline_mask(w: u64) -> u64 {
-        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-        let x = w ^ 0x0a0a_0a0a_0a0a_0a0a;
-        !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+        zero_bytes(w ^ 0x0a0a_0a0a_0a0a_0a0a)
     }
 
     /// Slots of `SipScratch::scan`.
@@ -609,13 +639,35 @@ pub mod sip {
         pub const LINE: usize = 2;
         /// Lines finished.
         pub const LINES: usize = 3;
-        /// Offset of the User-Agent value (0 = none seen).
+        /// Offset just past the User-Agent header's colon (0 = none seen).
         pub const UA: usize = 4;
-        /// Credentials seen (0 or 1).
-        pub const AUTH: usize = 5;
+        /// `FLAG_*` bits.
+        pub const FLAGS: usize = 5;
+        /// `FLAGS`: a request carrying credentials (`Authorization`, `Proxy-Authorization`).
+        pub const FLAG_CREDENTIALS: u64 = 1;
+        /// `FLAGS`: the empty line that ends the headers was seen.
+        pub const FLAG_ENDED: u64 = 2;
+        /// `FLAGS`: a header the checks read has more blanks before its colon than
+        /// [`super::BLANKS_MAX`].
+        pub const FLAG_EVASION: u64 = 4;
         /// Matcher position and state.
         pub const AT: usize = 6;
         pub const STATE: usize = 7;
+    }
+
+    /// Bytes of `w` that are not SP or HTAB: bit 7 of exactly those bytes set (the carry-free
+    /// zero-byte test of [`newline_mask`], for two values).
+    #[inline(always)]
+    pub const fn non_blank_mask(w: u64) -> u64 {
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        !(zero_bytes(w ^ 0x2020_2020_2020_2020) | zero_bytes(w ^ 0x0909_0909_0909_0909)) & HIGH
+    }
+
+    /// Bytes of `x` that are 0: bit 7 of exactly those bytes set.
+    #[inline(always)]
+    const fn zero_bytes(x: u64) -> u64 {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
     }
 
     /// 1 + the index of the lowest byte flagged in a non-zero [`newline_mask`] (the distance
@@ -627,42 +679,59 @@ pub mod sip {
         (low >> 7).wrapping_mul(0x0102_0304_0506_0708) >> 56
     }
 
-    /// The method class of a request line from its first 8 bytes (little-endian word). Whether
-    /// the line is a SIP request at all is decided by its end ([`W_SIP_VERSION`]).
+    /// The method class of a request line from its first 9 bytes (little-endian word, then the
+    /// ninth byte): the method token compared without case (see [`grammar::method_class`]),
+    /// followed by a blank.
     #[inline(always)]
-    pub const fn method(first8: u64) -> usize {
-        // Methods are case-sensitive (RFC 3261 7.1).
-        if first8 == u64::from_le_bytes(*b"REGISTER") {
+    pub const fn method(first8: u64, ninth: u8) -> usize {
+        const SEVEN: u64 = 0x00ff_ffff_ffff_ffff;
+        let w = fold8(first8);
+        use grammar::is_blank as blank;
+        let b7 = (first8 >> 56) as u8;
+        if w == word(b"register") && blank(ninth) {
             METHOD_REGISTER
-        } else if first8 & 0x00ff_ffff_ffff_ffff == u64::from_le_bytes(*b"INVITE \0") {
+        } else if w & 0x0000_ffff_ffff_ffff == word(b"invite\0\0") & 0x0000_ffff_ffff_ffff
+            && blank((first8 >> 48) as u8)
+        {
             METHOD_INVITE
-        } else if first8 == u64::from_le_bytes(*b"OPTIONS ") {
+        } else if w & SEVEN == word(b"options\0") & SEVEN && blank(b7) {
             METHOD_OPTIONS
         } else {
             METHOD_OTHER
         }
     }
 
-    /// The request line's end, ` SIP/2.0` (RFC 3261 25.1 `Request-Line`), as the little-endian
-    /// word of the 8 bytes before its `\r\n` (or bare `\n`).
-    pub const W_SIP_VERSION: u64 = u64::from_le_bytes(*b" SIP/2.0");
+    /// `SIP/` in any case, as a folded little-endian word of 4 bytes.
+    pub const W_SIP_SLASH: u32 = u32::from_le_bytes(*b"sip/");
 
-    /// A response status line's first 12 bytes: `SIP/2.0 NNN ` -> NNN.
+    /// A response status line's first 16 bytes -> the status code: `SIP/` in any case, a
+    /// `1*DIGIT "." 1*DIGIT` version, SP, three digits, then SP, CR or LF (RFC 3261 25.1).
+    /// Agrees with [`grammar::status_code`] on any 16 bytes.
     #[inline(always)]
-    pub const fn status_code(head: &[u8; 12]) -> Option<u16> {
-        let p = b"SIP/2.0 ";
-        let mut i = 0;
-        while i < 8 {
-            if head[i] != p[i] {
-                return None;
-            }
+    pub const fn status_code(head: &[u8; 16]) -> Option<u16> {
+        if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) | 0x0020_2020 != W_SIP_SLASH {
+            return None;
+        }
+        let mut i = 4;
+        while i < 16 && head[i].is_ascii_digit() {
             i += 1;
         }
-        let (a, b, c) = (head[8], head[9], head[10]);
+        if i == 4 || i >= 16 || head[i] != b'.' {
+            return None;
+        }
+        i += 1;
+        let minor = i;
+        while i < 16 && head[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == minor || i + 4 >= 16 || head[i] != b' ' {
+            return None;
+        }
+        let (a, b, c, after) = (head[i + 1], head[i + 2], head[i + 3], head[i + 4]);
         if !(a >= b'1' && a <= b'6' && b.is_ascii_digit() && c.is_ascii_digit()) {
             return None;
         }
-        if head[11] != b' ' {
+        if !(after == b' ' || after == b'\r' || after == b'\n') {
             return None;
         }
         Some((a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16)
@@ -844,6 +913,40 @@ mod tests {
     }
 
     #[test]
+    fn lower8_lowers_letters_and_nothing_else() {
+        for v in 0..=255u8 {
+            for at in 0..8 {
+                let mut bytes = *b"Ab-Z\r9z~";
+                let bytes = {
+                    let mut b8 = [0u8; 8];
+                    b8.copy_from_slice(&bytes[..8]);
+                    b8[at] = v;
+                    bytes[..8].copy_from_slice(&b8);
+                    b8
+                };
+                let got = sip::lower8(u64::from_le_bytes(bytes)).to_le_bytes();
+                let want = bytes.map(|b| b.to_ascii_lowercase());
+                assert_eq!(got, want, "byte {v:#x} at {at}");
+            }
+        }
+        assert_ne!(sip::lower8(u64::from_le_bytes(*b"User\rAge")), sip::W_USER_AGE, "CR is not a dash");
+        assert_eq!(sip::lower8(u64::from_le_bytes(*b"USER-AGE")), sip::W_USER_AGE);
+    }
+
+    #[test]
+    fn non_blank_mask_flags_exactly_the_other_bytes() {
+        for v in 0..=255u8 {
+            for at in 0..8 {
+                let mut b = [b' ', b'\t', b' ', b' ', b'\t', b' ', b' ', b' '];
+                b[at] = v;
+                let m = sip::non_blank_mask(u64::from_le_bytes(b));
+                let want = if v == b' ' || v == b'\t' { 0 } else { 0x80u64 << (8 * at) };
+                assert_eq!(m, want, "byte {v:#x} at {at}");
+            }
+        }
+    }
+
+    #[test]
     fn header_words_fold_case() {
         let w = |s: &[u8; 8]| sip::fold8(u64::from_le_bytes(*s));
         assert_eq!(w(b"User-Age"), sip::W_USER_AGE);
@@ -857,25 +960,41 @@ mod tests {
 
     #[test]
     fn methods_and_status_codes() {
-        let m = |s: &[u8; 8]| sip::method(u64::from_le_bytes(*s));
-        assert_eq!(m(b"REGISTER"), sip::METHOD_REGISTER);
-        assert_eq!(m(b"INVITE s"), sip::METHOD_INVITE);
-        assert_eq!(m(b"OPTIONS "), sip::METHOD_OPTIONS);
-        assert_eq!(m(b"BYE sip:"), sip::METHOD_OTHER);
-        assert_eq!(m(b"register"), sip::METHOD_OTHER, "methods are case-sensitive");
-        assert_eq!(m(b"INVITEX "), sip::METHOD_OTHER);
+        let m = |s: &[u8; 9]| sip::method(u64::from_le_bytes(s[..8].try_into().unwrap()), s[8]);
+        assert_eq!(m(b"REGISTER "), sip::METHOD_REGISTER);
+        assert_eq!(m(b"register\t"), sip::METHOD_REGISTER, "compared without case");
+        assert_eq!(m(b"INVITE sx"), sip::METHOD_INVITE);
+        assert_eq!(m(b"Invite\tsx"), sip::METHOD_INVITE);
+        assert_eq!(m(b"OPTIONS s"), sip::METHOD_OPTIONS);
+        assert_eq!(m(b"BYE sip:x"), sip::METHOD_OTHER);
+        assert_eq!(m(b"INVITEX s"), sip::METHOD_OTHER);
+        assert_eq!(m(b"REGISTERX"), sip::METHOD_OTHER);
+        for line in
+            [&b"REGISTER "[..], b"register\t", b"INVITE sx", b"OPTIONS s", b"BYE sip:x", b"INVITEX s", b"REGISTERX"]
+        {
+            let mut nine = [0u8; 9];
+            nine.copy_from_slice(line);
+            assert_eq!(m(&nine), sip::grammar::method_class(line), "{line:?}: the word form agrees with the grammar");
+        }
         let code = |s: &str| {
-            let mut h = [0u8; 12];
-            h.copy_from_slice(&s.as_bytes()[..12]);
-            sip::status_code(&h)
+            let mut h = [0u8; 16];
+            let b = s.as_bytes();
+            h[..b.len().min(16)].copy_from_slice(&b[..b.len().min(16)]);
+            let fast = sip::status_code(&h);
+            assert_eq!(fast, sip::grammar::status_code(&h), "{s:?}: the 16-byte form agrees with the grammar");
+            fast
         };
         assert_eq!(code("SIP/2.0 401 Unauthorized"), Some(401));
         assert_eq!(code("SIP/2.0 200 OK\r\n\r\n"), Some(200));
-        assert_eq!(code("SIP/2.0 100 Trying"), Some(100));
+        assert_eq!(code("sip/2.0 407 Proxy"), Some(407), "SIP-Version is case-insensitive");
+        assert_eq!(code("SIP/3.0 403 Forbidden"), Some(403), "any version");
+        assert_eq!(code("SIP/2.0 401\r\n"), Some(401), "an empty reason phrase");
         assert_eq!(code("SIP/2.0 4O7 Proxy Auth"), None);
         assert_eq!(code("SIP/2.0 999 Nope......"), None);
         assert_eq!(code("HTTP/1.1 200 OK......"), None);
         assert_eq!(code("SIP/2.0 4011 Unauthor"), None);
+        assert_eq!(code("SIP/2 401 x"), None);
+        assert_eq!(code("SIP/123456.789 200 "), None, "past 16 bytes");
     }
 
     #[test]

@@ -213,6 +213,14 @@ pub fn gather(fw: &Firewall) -> Vec<MetricFamily> {
     push(&mut auth, &[("kind", "answer")], stat_of(stat::SIP_AUTH_ANSWERS));
     out.push(auth);
 
+    let mut incomplete = family(
+        "voipwall_sip_incomplete_total",
+        "SIP requests inspected only in part and passed: their first line, headers or User-Agent value ran past the inspected window (sip.ua_window) before a User-Agent could be read. Requests written to evade inspection drop instead (reason sip_evasion).",
+        MetricType::COUNTER,
+    );
+    push(&mut incomplete, &[], stat_of(stat::SIP_INCOMPLETE));
+    out.push(incomplete);
+
     let mut build = family("voipwall_build_info", "voipwall build (value 1).", MetricType::GAUGE);
     push(&mut build, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     out.push(build);

@@ -147,6 +147,14 @@ fn injected_traffic_moves_exactly_the_right_counters() {
         .bytes();
     sent.send(&inj, "port_open", &invite, 2);
     sent.send(&inj, "sip_method_rate_limited", &invite, 2);
+    // A request padded to evade inspection drops; one cut short before any User-Agent passes
+    // and is counted as inspected in part.
+    let evasive = format!("OPTIONS sip:x SIP/2.0\r\nUser-Agent{}: Yealink\r\n\r\n", " ".repeat(129));
+    let evasive = Packet::udp4([192, 0, 2, 14], 5060, host, 5060).payload(evasive.as_bytes()).bytes();
+    sent.send(&inj, "sip_evasion", &evasive, 2);
+    let cut =
+        Packet::udp4([192, 0, 2, 14], 5060, host, 5060).payload(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP x").bytes();
+    sent.send(&inj, "port_open", &cut, 1);
     // A flood: burst 10 passes, the 11th crosses level 1 and bans, 2 more hit the ban.
     let flood = Packet::udp4([192, 0, 2, 20], 5060, host, 5060).bytes();
     sent.send(&inj, "port_open", &flood, 10);
@@ -177,17 +185,18 @@ fn injected_traffic_moves_exactly_the_right_counters() {
     assert_eq!(get(&after, "voipwall_list_entries", &[("list", "ban")]), 1.0);
     assert_eq!(get(&after, "voipwall_list_entries", &[("list", "block")]), 1.0);
     assert_eq!(get(&after, "voipwall_list_entries", &[("list", "allow")]), 1.0);
-    assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "pass")]), 19.0);
+    assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "pass")]), 20.0);
     assert_eq!(
         delta("voipwall_rule_packets_total", &[("rule", "voip-edge/sip"), ("verdict", "drop")]),
-        6.0,
-        "rate limit, User-Agent and method-limit drops on the SIP rule"
+        8.0,
+        "rate limit, User-Agent, evasion and method-limit drops on the SIP rule"
     );
+    assert_eq!(delta("voipwall_sip_incomplete_total", &[]), 1.0, "the message cut short before any User-Agent");
     assert_eq!(delta("voipwall_rule_packets_total", &[("rule", "ssh-admins"), ("verdict", "drop")]), 3.0);
     assert_eq!(
         get(&after, "voipwall_map_entries", &[("map", "RATES")]),
-        6.0,
-        "(source, class) buckets: SIP peer, flooder, echo source, the scanner, the INVITE sender in signaling and in sip-INVITE"
+        7.0,
+        "(source, class) buckets: SIP peer, flooder, echo source, the scanner, the evasive sender, the INVITE sender in signaling and in sip-INVITE"
     );
     assert_eq!(
         delta("voipwall_bans_total", &[("class", "sip-user-agent"), ("level", "1")]),

@@ -7,14 +7,21 @@
 //! 3. requests that carry credentials (`Authorization`, `Proxy-Authorization`) are counted per
 //!    source, for the egress program's challenge bookkeeping ([`response`]).
 //!
+//! The message is read by RFC 3261's grammar, exactly as `common::sip::grammar` states it (the
+//! test suite compares the two on generated messages): a request line is a token, then fields
+//! whose last begins with `SIP/` in any case (any version, trailing blanks allowed, as servers
+//! answer those too); header names are compared without case and followed by
+//! `HCOLON = *(SP / HTAB) ":" SWS`; a line starting with a blank continues the previous header.
+//! What lies beyond a bound is never taken for "no header": too many blanks (or an overlong
+//! User-Agent value) drop as `sip_evasion`; headers that run past the window before a
+//! User-Agent shows up pass and are counted (`stat::SIP_INCOMPLETE`).
+//!
 //! The first `sip_window` bytes of the payload are copied into a per-CPU scratch buffer with
 //! `bpf_xdp_load_bytes` (which also reads multi-buffer frames), then scanned a word at a time:
 //! each step either moves 8 bytes or lands just past the next `\n`. Only the start of each header
-//! line is examined, so a name inside a value, a folded line (it starts with white space) or a
-//! compact header (`f:`, `t:`, `m:`...: SIP has no compact form of these three) cannot be taken
-//! for one of the three headers. Scanning stops at the empty line that ends the headers, at the
-//! window, or after [`sip::MAX_LINES`] lines. Anything that does not start with a SIP request line
-//! (responses, keep-alives, STUN, TLS) passes untouched: only packet-level checks apply to it.
+//! line is examined, so a name inside a value, a folded line or a compact header (`f:`, `t:`,
+//! `m:`...: SIP has no compact form of these three) cannot be taken for one of them. Scanning
+//! stops at the empty line that ends the headers or at the window.
 //!
 //! Bytes of the scratch buffer past the copied window belong to earlier packets: every position
 //! is checked against the window length before its byte counts.
@@ -28,7 +35,13 @@ use aya_ebpf::{
 };
 use common::{
     POLICY_DRY_RUN, PolicyConfig, SIP_AUTH_WATCH, SIP_UA_BLOCK, SOURCE_ALLOW, SipPeer, SourceKey, UaMatcher, reason,
-    sip::{self, W_AUTHORIZ, W_PROXY_AU, W_SIP_VERSION, W_THORIZAT, W_USER_AGE, fold8},
+    sip::{
+        self, BLANKS_MAX, REQUEST_LINE_MAX, UA_VALUE_MAX, VERSION_MAX, W_AUTHORIZ, W_PROXY_AU, W_SIP_SLASH, W_THORIZAT,
+        W_USER_AGE,
+        grammar::{is_blank as blank, is_token},
+        lower8, non_blank_mask, past_first,
+        scan::{FLAG_CREDENTIALS, FLAG_ENDED, FLAG_EVASION},
+    },
     stat,
 };
 
@@ -46,10 +59,9 @@ const MASK: u32 = sip::WINDOW_MAX - 1;
 /// buffer's slack holds.
 const WORDS: u32 = sip::WINDOW_MAX / 8;
 const STEPS: u32 = WORDS + sip::MAX_LINES;
-/// Longest request line taken for SIP (methods and URIs are short; a long first line is some
-/// other protocol).
-const REQUEST_LINE_MAX: u32 = 1024;
 const NEXT_MASK: usize = (sip::UA_STATES * sip::UA_CLASSES) as usize - 1;
+/// 8-byte steps that cover a run of more than [`BLANKS_MAX`] blanks.
+const BLANK_WORDS: u32 = BLANKS_MAX / 8 + 1;
 
 /// The scratch buffer: the copied window and the scan's loop state. Loop state goes through
 /// volatile map-memory accesses (see `SipScratch::scan`).
@@ -90,36 +102,25 @@ impl Buf {
         (self.aligned(k) >> o) | ((self.aligned(k + 1) << 1) << (63 - o))
     }
 
+    /// The 8 bytes before `end`, the last one first (byte-swapped). Bytes before the buffer's
+    /// start read as 0, which is neither a blank nor a newline.
+    #[inline(always)]
+    fn word_before(self, end: u32) -> u64 {
+        let w = if end >= 8 {
+            self.word_at(end - 8)
+        } else if end > 0 {
+            self.word_at(0) << (((8 - end) & 7) * 8)
+        } else {
+            0
+        };
+        w.swap_bytes()
+    }
+
     #[inline(always)]
     fn byte(self, pos: u32) -> u8 {
         // SAFETY: masked into the window.
         unsafe { *self.bytes.add((pos & MASK) as usize) }
     }
-}
-
-#[inline(always)]
-const fn blank(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
-
-/// Position just past `HCOLON` (optional blanks, a colon, RFC 3261 25.1) after a header name
-/// ending at `at`, and past up to two blanks after it; 0 if that is not what follows. Unrolled:
-/// clients put at most a blank or two there.
-#[inline(always)]
-fn after_colon(buf: Buf, at: u32, end: u32) -> u32 {
-    let (b0, b1, b2) = (buf.byte(at), buf.byte(at + 1), buf.byte(at + 2));
-    let p = if b0 == b':' {
-        at + 1
-    } else if blank(b0) && b1 == b':' {
-        at + 2
-    } else if blank(b0) && blank(b1) && b2 == b':' {
-        at + 3
-    } else {
-        return 0;
-    };
-    let p = if blank(buf.byte(p)) { p + 1 } else { p };
-    let p = if blank(buf.byte(p)) { p + 1 } else { p };
-    if p < end { p } else { 0 }
 }
 
 /// What [`check`] returns when the request may go on: the first value that is not a reason
@@ -135,6 +136,11 @@ pub fn inspect(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, 
     let r = check(xdp, frame_len, pkt, generation, cfg);
     if r == CONTINUE { None } else { Some(r) }
 }
+
+/// What [`request_line`] made of the first line.
+const READ_REQUEST: u32 = 0;
+const READ_NOT_REQUEST: u32 = 1;
+const READ_EVASION: u32 = 2;
 
 /// [`inspect`] as a BPF-to-BPF call: its own stack frame keeps the program under the 512-byte
 /// stack limit, and a scalar return value (an `Option` would come back through a sixth,
@@ -171,28 +177,52 @@ fn check(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &
     if unsafe { bpf_xdp_load_bytes(xdp, off, buf.bytes as *mut c_void, n) } != 0 {
         return CONTINUE;
     }
-    // A request starts with an upper-case method token (RFC 3261 25.1); responses start with
-    // "SIP/2.0 ". Anything else (RTP, STUN, TLS, keep-alives) is not scanned at all.
+    // A request starts with a method token (RFC 3261 25.1); a response with `SIP/`. Anything
+    // else (RTP, STUN, TLS, keep-alives) is not scanned at all.
     let first8 = buf.aligned(0);
-    if !(first8 as u8).is_ascii_uppercase() || first8 == u64::from_le_bytes(*b"SIP/2.0 ") {
+    if !is_token(first8 as u8) || (first8 as u32) | 0x0020_2020 == W_SIP_SLASH {
         return CONTINUE;
     }
-    if !scan_request(buf, n, cfg) {
+    let mut lines = first_line(buf, n, cfg);
+    if lines.first_end == 0 {
+        // A token at the start and no line end: a request line longer than we read.
+        bump(stat::SIP_INCOMPLETE);
         return CONTINUE;
+    }
+    match request_line(buf, lines.first_end) {
+        READ_REQUEST => {}
+        READ_EVASION => return reason::SIP_EVASION,
+        _ => return CONTINUE,
+    }
+    header_lines(&mut lines);
+    let flags = buf.get(sip::scan::FLAGS);
+    if flags & FLAG_EVASION != 0 {
+        return reason::SIP_EVASION;
     }
     let ua = buf.get(sip::scan::UA) as u32;
-    if ua != 0 && cfg.sip_flags & SIP_UA_BLOCK != 0 && ua_blocked(buf, n, ua, generation) {
-        if cfg.sip_ua_ban_ns != 0 {
-            ban_source(source, sip::CLASS_USER_AGENT, 1, cfg.sip_ua_ban_ns, cfg, pkt.ipv6);
+    if ua == 0 {
+        if flags & FLAG_ENDED == 0 {
+            bump(stat::SIP_INCOMPLETE);
         }
-        return reason::SIP_USER_AGENT;
+    } else if cfg.sip_flags & SIP_UA_BLOCK != 0 {
+        match ua_verdict(buf, n, ua, generation) {
+            UA_LISTED => {
+                if cfg.sip_ua_ban_ns != 0 {
+                    ban_source(source, sip::CLASS_USER_AGENT, 1, cfg.sip_ua_ban_ns, cfg, pkt.ipv6);
+                }
+                return reason::SIP_USER_AGENT;
+            }
+            UA_OVERLONG => return reason::SIP_EVASION,
+            UA_CUT => bump(stat::SIP_INCOMPLETE),
+            _ => {}
+        }
     }
-    let method = sip::method(first8);
+    let method = sip::method(first8, buf.byte(8));
     let class = cfg.sip_method_class[method & 3];
     if class != 0 && rate::over_limit(source, class, generation, cfg, pkt.ipv6) {
         return reason::SIP_METHOD_RATE_LIMITED;
     }
-    if buf.get(sip::scan::AUTH) != 0 && cfg.sip_flags & SIP_AUTH_WATCH != 0 {
+    if flags & FLAG_CREDENTIALS != 0 && cfg.sip_flags & SIP_AUTH_WATCH != 0 {
         let now = clock::now();
         if let Some(peer) = peer(source, true) {
             roll(peer, now, cfg);
@@ -204,147 +234,291 @@ fn check(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &
     CONTINUE
 }
 
-/// What the line loop's callback needs (on the caller's stack, passed to `bpf_loop`).
+/// What the line loops' callbacks need (on the caller's stack, passed to `bpf_loop`).
 #[repr(C)]
 struct LineLoop {
     buf: Buf,
     n: u32,
     /// Stop once the User-Agent is found, unless credentials matter too.
     want_auth: u32,
-    /// Set by the callback: the first line is not a SIP request line.
-    not_sip: u32,
+    /// [`first_line_step`]: the first line's end, or 0 when it does not end within the
+    /// request-line bound and the window.
+    first_end: u32,
     _pad: u32,
 }
 
-/// Walk the lines of the window: false if the first is not a SIP request line; otherwise note
-/// (in the scan slots) where the User-Agent value starts and whether credentials are present.
-/// Each step either moves to the next aligned word or handles the next newline in this one.
+/// Find the first line: its end (just past its `\n`), or 0 when it does not end within
+/// [`REQUEST_LINE_MAX`] bytes and the window. Leaves the walk's slots at the second line.
 ///
-/// The loop runs under `bpf_loop` (inlined by the verifier into a plain loop with a call): its
-/// body is verified once rather than once per possible iteration, and its state lives in map
-/// memory, so the verifier's view of the body's entry never changes.
+/// The line walks run under `bpf_loop` (inlined by the verifier into a plain loop with a call):
+/// a callback is verified once rather than once per possible iteration, and the walk's state
+/// lives in map memory, so the verifier's view of the callback's entry never changes.
 #[inline(always)]
-fn scan_request(buf: Buf, n: u32, cfg: &PolicyConfig) -> bool {
-    use sip::scan::{AUTH, LINE, LINES, PENDING, UA, WORD};
+fn first_line(buf: Buf, n: u32, cfg: &PolicyConfig) -> LineLoop {
+    use sip::scan::{FLAGS, LINE, LINES, PENDING, UA, WORD};
     buf.set(WORD, 0);
     buf.set(PENDING, sip::newline_mask(buf.aligned(0)));
     buf.set(LINE, 0);
     buf.set(LINES, 0);
     buf.set(UA, 0);
-    buf.set(AUTH, 0);
-    let mut ctx = LineLoop { buf, n, want_auth: (cfg.sip_flags & SIP_AUTH_WATCH != 0) as u32, not_sip: 0, _pad: 0 };
-    // SAFETY: `line_step` is a BPF subprogram taking (index, ctx); `ctx` outlives the call.
+    buf.set(FLAGS, 0);
+    let mut ctx = LineLoop { buf, n, want_auth: (cfg.sip_flags & SIP_AUTH_WATCH != 0) as u32, first_end: 0, _pad: 0 };
+    // SAFETY: `first_line_step` is a BPF subprogram taking (index, ctx); `ctx` outlives the call.
     unsafe {
-        bpf_loop(STEPS, line_step as *const () as *mut c_void, &mut ctx as *mut LineLoop as *mut c_void, 0);
+        bpf_loop(
+            REQUEST_LINE_MAX / 8 + 1,
+            first_line_step as *const () as *mut c_void,
+            &mut ctx as *mut LineLoop as *mut c_void,
+            0,
+        );
     }
-    ctx.not_sip == 0 && buf.get(LINES) > 0
+    ctx
 }
 
-/// One step of [`scan_request`]: 0 to go on, 1 to stop.
-extern "C" fn line_step(_index: u64, ctx: *mut c_void) -> i64 {
-    use sip::scan::{AUTH, LINE, LINES, PENDING, UA, WORD};
+/// Walk the header lines after the first: note in the scan slots where the User-Agent
+/// header's colon is, and the `FLAG_*` facts.
+#[inline(always)]
+fn header_lines(ctx: &mut LineLoop) {
+    // SAFETY: as in `first_line`.
+    unsafe {
+        bpf_loop(STEPS, header_step as *const () as *mut c_void, ctx as *mut LineLoop as *mut c_void, 0);
+    }
+}
+
+/// The walk's next step: the current line's end (just past its `\n`, or the window's end when
+/// the window cuts the line off: the newline is unseen, or lies past the window in another
+/// packet's bytes), or `None` after moving on to the next word with a newline (up to four words
+/// per step while none turns up, for long header values).
+#[inline(always)]
+fn line_end(buf: Buf, n: u32) -> Option<(u32, bool)> {
+    use sip::scan::{PENDING, WORD};
+    let word = buf.get(WORD) as u32 & (WORDS - 1);
+    let pending = buf.get(PENDING);
+    if pending != 0 {
+        let low = pending & pending.wrapping_neg();
+        buf.set(PENDING, pending ^ low);
+        // Just past the newline; `& 15` tells the verifier it is at most 8 past the word.
+        let end = word * 8 + (sip::past_first(low) as u32 & 15);
+        return Some(if end > n { (n, true) } else { (end, false) });
+    }
+    let mut next = word;
+    let mut found = 0;
+    for _ in 0..4 {
+        next += 1;
+        if next * 8 >= n {
+            return Some((n, true));
+        }
+        found = sip::newline_mask(buf.aligned(next));
+        if found != 0 {
+            break;
+        }
+    }
+    buf.set(WORD, next as u64);
+    buf.set(PENDING, found);
+    None
+}
+
+/// One step of [`first_line`]: 0 to go on, 1 to stop.
+extern "C" fn first_line_step(_index: u64, ctx: *mut c_void) -> i64 {
+    use sip::scan::{LINE, LINES, WORD};
+    // SAFETY: `ctx` is the caller's `LineLoop`.
+    let ctx = unsafe { &mut *(ctx as *mut LineLoop) };
+    let buf = ctx.buf;
+    if buf.get(WORD) * 8 >= REQUEST_LINE_MAX as u64 {
+        return 1;
+    }
+    let Some((end, cut)) = line_end(buf, ctx.n) else { return 0 };
+    if !cut && end <= REQUEST_LINE_MAX {
+        ctx.first_end = end;
+        buf.set(LINES, 1);
+        buf.set(LINE, end as u64);
+    }
+    1
+}
+
+/// One step of [`header_lines`]: 0 to go on, 1 to stop.
+extern "C" fn header_step(_index: u64, ctx: *mut c_void) -> i64 {
+    use sip::scan::{FLAGS, LINE, LINES, UA};
     // SAFETY: `ctx` is the caller's `LineLoop`.
     let ctx = unsafe { &mut *(ctx as *mut LineLoop) };
     let (buf, n) = (ctx.buf, ctx.n);
-    let word = buf.get(WORD) as u32 & (WORDS - 1);
-    let pending = buf.get(PENDING);
-    if pending == 0 {
-        if word * 8 >= REQUEST_LINE_MAX && buf.get(LINES) == 0 {
-            // No request line is this long: not SIP (and not worth scanning further).
-            ctx.not_sip = 1;
-            return 1;
+    let Some((end, cut)) = line_end(buf, n) else { return 0 };
+    let line = buf.get(LINE) as u32 & MASK;
+    let first = buf.byte(line);
+    if line >= n || first == b'\n' || (first == b'\r' && line + 1 < n && buf.byte(line + 1) == b'\n') {
+        if !cut && line < n {
+            // The empty line: end of the headers.
+            buf.set(FLAGS, buf.get(FLAGS) | FLAG_ENDED);
         }
-        // Up to four words per step while no newline turns up (long header values).
-        let mut next = word;
-        for _ in 0..4 {
-            next += 1;
-            if next * 8 >= n {
-                last_line(buf, n);
-                return 1;
-            }
-            let mask = sip::newline_mask(buf.aligned(next));
-            if mask != 0 {
-                buf.set(WORD, next as u64);
-                buf.set(PENDING, mask);
-                return 0;
-            }
-        }
-        buf.set(WORD, next as u64);
-        return 0;
-    }
-    let low = pending & pending.wrapping_neg();
-    buf.set(PENDING, pending ^ low);
-    // Just past the newline; `& 15` tells the verifier it is at most 8 past the word.
-    let end = word * 8 + (sip::past_first(low) as u32 & 15);
-    if end > n {
-        // The newline lies past the window (another packet's bytes): the line is cut off.
-        last_line(buf, n);
         return 1;
     }
-    let line = buf.get(LINE) as u32 & MASK;
-    let lines = buf.get(LINES);
-    if lines == 0 {
-        // `Method SP Request-URI SP SIP/2.0 CRLF`: the 8 bytes before CRLF (or a bare LF).
-        let tail = if end >= 2 && buf.byte(end - 2) == b'\r' { end.wrapping_sub(10) } else { end.wrapping_sub(9) };
-        if end < 10 || buf.word_at(tail) != W_SIP_VERSION {
-            ctx.not_sip = 1;
-            return 1;
-        }
-    } else {
-        let first = buf.byte(line);
-        if first == b'\r' || first == b'\n' {
-            // The empty line: end of the headers.
-            return 1;
-        }
-        header(buf, line, end);
-        if buf.get(UA) != 0 && (ctx.want_auth == 0 || buf.get(AUTH) != 0) {
-            return 1;
-        }
+    header(buf, line, end);
+    let flags = buf.get(FLAGS);
+    if cut || flags & FLAG_EVASION != 0 || (buf.get(UA) != 0 && (ctx.want_auth == 0 || flags & FLAG_CREDENTIALS != 0)) {
+        return 1;
     }
-    buf.set(LINES, lines + 1);
+    buf.set(LINES, buf.get(LINES) + 1);
     buf.set(LINE, end as u64);
-    if lines >= sip::MAX_LINES as u64 { 1 } else { 0 }
+    0
 }
 
-/// The window ended inside a header line (a message cut short, or a window smaller than the
-/// headers): look at what is there, up to the window's end.
-#[inline(always)]
-fn last_line(buf: Buf, n: u32) {
-    let line = buf.get(sip::scan::LINE) as u32 & MASK;
-    if buf.get(sip::scan::LINES) > 0 && line < n && !matches!(buf.byte(line), b'\r' | b'\n') {
-        header(buf, line, n);
+/// Classify the first line `[0, end)` (`end` just past its `\n`): `READ_REQUEST` when its last
+/// field, trailing blanks aside, is a version starting with `SIP/` (any case) after a blank;
+/// `READ_EVASION` when more than [`BLANKS_MAX`] blanks trail it.
+// Own stack frame (BPF-to-BPF call), as `ua_verdict`.
+#[inline(never)]
+fn request_line(buf: Buf, end: u32) -> u32 {
+    // The content's end: before the `\n`, and before a `\r` there.
+    let mut e = end - 1;
+    if e > 0 && buf.byte(e - 1) == b'\r' {
+        e -= 1;
     }
+    let e = e;
+    // The common spelling, ` SIP/2.0` at the end, says yes at once.
+    if e >= 8 && buf.word_at(e - 8) == u64::from_le_bytes(*b" SIP/2.0") {
+        return READ_REQUEST;
+    }
+    // Trailing blanks: most lines have none, so the 8 bytes before the end tell.
+    let nb = non_blank_mask(buf.word_before(e));
+    let trailing = if nb != 0 { lowest_index(nb) } else { blank_run(buf, e, true) };
+    if trailing > BLANKS_MAX {
+        return READ_EVASION;
+    }
+    let e = e - trailing;
+    // The version field: the bytes back to the blank before it, at most VERSION_MAX (16) of
+    // them, so the blank lies among the 17 bytes before `e`.
+    let blanks = |w: u64| !non_blank_mask(w) & 0x8080_8080_8080_8080;
+    let near = blanks(buf.word_before(e));
+    let far = blanks(buf.word_before(e.saturating_sub(8)));
+    let len = if near != 0 {
+        lowest_index(near)
+    } else if e >= 8 && far != 0 {
+        8 + lowest_index(far)
+    } else if e >= 17 && blank(buf.byte(e - 17)) {
+        VERSION_MAX
+    } else {
+        return READ_NOT_REQUEST;
+    };
+    if len <= 4 || len > VERSION_MAX {
+        return READ_NOT_REQUEST;
+    }
+    let head = (buf.word_at(e - len) as u32) | 0x0020_2020;
+    if head == W_SIP_SLASH { READ_REQUEST } else { READ_NOT_REQUEST }
 }
 
-/// Look at one header line `[line, end)`: a User-Agent (the first counts: RFC 3261 allows
-/// one) or credentials.
+/// The index of the lowest byte flagged in a non-zero byte mask (bit 7 per byte).
+#[inline(always)]
+fn lowest_index(mask: u64) -> u32 {
+    (past_first(mask & mask.wrapping_neg()) as u32 & 15) - 1
+}
+
+/// What the blank-run callback needs.
+#[repr(C)]
+struct BlankLoop {
+    buf: Buf,
+    backward: u32,
+    _pad: u32,
+}
+
+/// The length of the run of blanks starting at `pos` (or ending there, `backward`), counted up
+/// to just past [`BLANKS_MAX`]: 8 bytes per `bpf_loop` step. Only a run longer than 8 bytes
+/// gets here (an attacker's padding), so the common path has no loop. The run's position and
+/// count live in the scan slots the User-Agent matcher uses later (`AT`, `STATE`): map memory,
+/// so the verifier checks the callback once rather than once per count.
+#[inline(always)]
+fn blank_run(buf: Buf, pos: u32, backward: bool) -> u32 {
+    use sip::scan::{AT, STATE};
+    buf.set(AT, pos as u64);
+    buf.set(STATE, 0);
+    let mut ctx = BlankLoop { buf, backward: backward as u32, _pad: 0 };
+    // SAFETY: as in `first_line`.
+    unsafe {
+        bpf_loop(BLANK_WORDS, blank_step as *const () as *mut c_void, &mut ctx as *mut BlankLoop as *mut c_void, 0);
+    }
+    buf.get(STATE) as u32
+}
+
+/// One word of [`blank_run`]: 0 to go on, 1 to stop.
+extern "C" fn blank_step(_index: u64, ctx: *mut c_void) -> i64 {
+    use sip::scan::{AT, STATE};
+    // SAFETY: `ctx` is the caller's `BlankLoop`.
+    let ctx = unsafe { &mut *(ctx as *mut BlankLoop) };
+    let buf = ctx.buf;
+    let pos = buf.get(AT) as u32 & (2 * sip::WINDOW_MAX - 1);
+    let count = buf.get(STATE) as u32 & (2 * sip::WINDOW_MAX - 1);
+    let w = if ctx.backward != 0 { buf.word_before(pos) } else { buf.word_at(pos) };
+    let nb = non_blank_mask(w);
+    if nb != 0 {
+        buf.set(STATE, (count + lowest_index(nb)) as u64);
+        return 1;
+    }
+    buf.set(STATE, (count + 8) as u64);
+    buf.set(AT, if ctx.backward != 0 { pos.saturating_sub(8) } else { pos + 8 } as u64);
+    if count + 8 > BLANKS_MAX { 1 } else { 0 }
+}
+
+/// Past `HCOLON` after a header name ending at `at`, on the line ending at `end`: the position
+/// just past the colon, 0 when that is not what follows the name, and `FLAG_EVASION` raised when
+/// more than [`BLANKS_MAX`] blanks come first.
+#[inline(always)]
+fn after_hcolon(buf: Buf, at: u32, end: u32) -> u32 {
+    // Blanks: none or one in practice, so the 8 bytes after the name tell. Bytes past `end` do
+    // not count (past the window they are stale).
+    let nb = non_blank_mask(buf.word_at(at));
+    let blanks = if nb != 0 { lowest_index(nb) } else { blank_run(buf, at, false) };
+    let p = if at + blanks < end { at + blanks } else { end };
+    if p - at > BLANKS_MAX {
+        buf.set(sip::scan::FLAGS, buf.get(sip::scan::FLAGS) | FLAG_EVASION);
+        return 0;
+    }
+    if p < end && buf.byte(p) == b':' { p + 1 } else { 0 }
+}
+
+/// Header names the checks read (`HEADER_*`), and their lengths.
+const HEADER_NONE: u32 = 0;
+const HEADER_USER_AGENT: u32 = 10;
+const HEADER_AUTHORIZATION: u32 = 13;
+const HEADER_PROXY_AUTHORIZATION: u32 = 19;
+
+/// Look at one header line `[line, end)`: the first User-Agent (RFC 3261 allows one), or
+/// credentials. The name decides which (compared without case); then one `HCOLON` check.
 #[inline(always)]
 fn header(buf: Buf, line: u32, end: u32) {
-    let head = fold8(buf.word_at(line));
-    if head == W_USER_AGE {
-        // "user-age" + "nt" + HCOLON.
-        let next = fold8(buf.word_at(line + 8));
-        if buf.get(sip::scan::UA) == 0 && next & 0xffff == fold8(u64::from_le_bytes(*b"nt\0\0\0\0\0\0")) & 0xffff {
-            buf.set(sip::scan::UA, after_colon(buf, line + 10, end) as u64);
+    // Most header lines start with another letter: one byte turns them away.
+    if !matches!(buf.byte(line) | 0x20, b'u' | b'a' | b'p') {
+        return;
+    }
+    let head = lower8(buf.word_at(line));
+    let name = if head == W_USER_AGE {
+        let next = lower8(buf.word_at(line + 8));
+        if next & 0xffff == u64::from_le_bytes(*b"nt\0\0\0\0\0\0") && buf.get(sip::scan::UA) == 0 {
+            HEADER_USER_AGENT
+        } else {
+            HEADER_NONE
         }
     } else if head == W_AUTHORIZ {
-        // "authoriz" + "ation" + HCOLON.
-        let next = fold8(buf.word_at(line + 8));
-        if next & 0xff_ffff_ffff == fold8(u64::from_le_bytes(*b"ation\0\0\0")) & 0xff_ffff_ffff
-            && after_colon(buf, line + 13, end) != 0
-        {
-            buf.set(sip::scan::AUTH, 1);
-        }
-    } else if head == W_PROXY_AU {
-        // "proxy-au" + "thorizat" + "ion" + HCOLON.
-        let next = fold8(buf.word_at(line + 8));
-        let last = fold8(buf.word_at(line + 16));
-        if next == W_THORIZAT
-            && last & 0xff_ffff == fold8(u64::from_le_bytes(*b"ion\0\0\0\0\0")) & 0xff_ffff
-            && after_colon(buf, line + 19, end) != 0
-        {
-            buf.set(sip::scan::AUTH, 1);
-        }
+        let next = lower8(buf.word_at(line + 8));
+        if next & 0xff_ffff_ffff == u64::from_le_bytes(*b"ation\0\0\0") { HEADER_AUTHORIZATION } else { HEADER_NONE }
+    } else if head == W_PROXY_AU
+        && lower8(buf.word_at(line + 8)) == W_THORIZAT
+        && lower8(buf.word_at(line + 16)) & 0xff_ffff == u64::from_le_bytes(*b"ion\0\0\0\0\0")
+    {
+        HEADER_PROXY_AUTHORIZATION
+    } else {
+        HEADER_NONE
+    };
+    // The whole name must lie in the line: bytes past the window belong to earlier packets.
+    if name == HEADER_NONE || line + name > end {
+        return;
+    }
+    let colon = after_hcolon(buf, line + name, end);
+    if colon == 0 {
+        return;
+    }
+    if name == HEADER_USER_AGENT {
+        buf.set(sip::scan::UA, colon as u64);
+    } else {
+        buf.set(sip::scan::FLAGS, buf.get(sip::scan::FLAGS) | FLAG_CREDENTIALS);
     }
 }
 
@@ -354,31 +528,51 @@ struct UaLoop {
     buf: Buf,
     matcher: *const UaMatcher,
     n: u32,
-    matched: u32,
+    /// `UA_*`, set by the callback.
+    verdict: u32,
 }
 
-/// Run the User-Agent value at `start` (and its continuation lines) through the automaton of
-/// this generation, one byte per `bpf_loop` step (see [`scan_request`] for why).
-#[inline(always)]
-fn ua_blocked(buf: Buf, n: u32, start: u32, generation: u32) -> bool {
+/// [`ua_verdict`]'s answers (`common::sip::grammar::UaVerdict`).
+const UA_CLEAN: u32 = 0;
+const UA_LISTED: u32 = 1;
+const UA_OVERLONG: u32 = 2;
+const UA_CUT: u32 = 3;
+
+/// Run the User-Agent value after the colon at `colon` (and its continuation lines) through the
+/// automaton of this generation, one byte per `bpf_loop` step (see [`first_line`] for why).
+// Own stack frame (BPF-to-BPF call): its loop context is not live beside the line walk's.
+#[inline(never)]
+fn ua_verdict(buf: Buf, n: u32, colon: u32, generation: u32) -> u32 {
     let Some(m) = SIP_UA.get(generation) else {
-        return false;
+        return UA_CLEAN;
     };
     let first = m.next[sip::UA_BEGIN as usize];
     if first & sip::UA_MATCH != 0 {
-        return true;
+        return UA_LISTED;
     }
-    buf.set(sip::scan::AT, start as u64);
-    buf.set(sip::scan::STATE, first as u64);
-    let mut ctx = UaLoop { buf, matcher: m as *const UaMatcher, n, matched: 0 };
-    // SAFETY: as in `scan_request`.
+    // SWS: usually one blank, and the value starts within 8 bytes; a fold or a long run of
+    // blanks is left to the loop.
+    let nb = non_blank_mask(buf.word_at(colon));
+    let value = colon + lowest_index(nb | 1 << 63);
+    let (at, limit) = if nb != 0 && value < n && !matches!(buf.byte(value), b'\r' | b'\n') {
+        (value, value + UA_VALUE_MAX)
+    } else {
+        (colon, 0)
+    };
+    buf.set(sip::scan::AT, at as u64);
+    buf.set(sip::scan::STATE, first as u64 | (limit as u64) << 32);
+    let mut ctx = UaLoop { buf, matcher: m as *const UaMatcher, n, verdict: UA_CLEAN };
+    // SAFETY: as in `first_line`. Steps: the blanks and folds before the value, then the
+    // value's bytes.
     unsafe {
-        bpf_loop(sip::UA_VALUE_MAX, ua_step as *const () as *mut c_void, &mut ctx as *mut UaLoop as *mut c_void, 0);
+        bpf_loop(sip::WINDOW_MAX + 2, ua_step as *const () as *mut c_void, &mut ctx as *mut UaLoop as *mut c_void, 0);
     }
-    ctx.matched != 0
+    ctx.verdict
 }
 
-/// One byte of [`ua_blocked`]: 0 to go on, 1 to stop.
+/// One byte of [`ua_verdict`]: 0 to go on, 1 to stop. `sip::scan::STATE` holds the automaton's
+/// state, and above bit 32 the position [`UA_VALUE_MAX`] bytes past the value's first byte once
+/// `SWS` is behind (0 before). A line end followed by a blank is a fold, read as one SP.
 extern "C" fn ua_step(_index: u64, ctx: *mut c_void) -> i64 {
     use sip::scan::{AT, STATE};
     // SAFETY: `ctx` is the caller's `UaLoop`; `matcher` points into `SIP_UA`.
@@ -386,30 +580,60 @@ extern "C" fn ua_step(_index: u64, ctx: *mut c_void) -> i64 {
     let (buf, n) = (ctx.buf, ctx.n);
     let m = unsafe { &*ctx.matcher };
     let i = buf.get(AT) as u32 & MASK;
+    let state = buf.get(STATE);
+    let mut limit = (state >> 32) as u32;
+    if limit != 0 && i >= limit {
+        // As many bytes as the bound allows: does the value end here?
+        let p = if buf.byte(i) == b'\r' && i + 1 < n && buf.byte(i + 1) == b'\n' { i + 1 } else { i };
+        ctx.verdict = if p >= n {
+            UA_CUT
+        } else if buf.byte(p) != b'\n' {
+            UA_OVERLONG
+        } else if p + 1 >= n {
+            UA_CUT
+        } else if blank(buf.byte(p + 1)) {
+            UA_OVERLONG
+        } else {
+            UA_CLEAN
+        };
+        return 1;
+    }
     if i >= n {
+        ctx.verdict = UA_CUT;
         return 1;
     }
     let mut c = buf.byte(i);
     buf.set(AT, (i + 1) as u64);
+    if c == b'\n' {
+        if i + 1 >= n {
+            // A fold may follow, unseen.
+            ctx.verdict = UA_CUT;
+            return 1;
+        }
+        if !blank(buf.byte(i + 1)) {
+            // The header's end.
+            return 1;
+        }
+        c = b' ';
+    }
+    if limit == 0 {
+        // Still in SWS.
+        if blank(c) || c == b'\r' {
+            return 0;
+        }
+        limit = i + UA_VALUE_MAX;
+    }
     if c == b'\r' {
         return 0;
     }
-    if c == b'\n' {
-        // A continuation line (starts with a blank) belongs to the value (RFC 3261 7.3.1).
-        if i + 1 < n && blank(buf.byte(i + 1)) {
-            c = b' ';
-        } else {
-            return 1;
-        }
-    }
     let class = (m.class[c as usize] as u32 & (sip::UA_CLASSES - 1)) as usize;
-    let s = (buf.get(STATE) as u16 & sip::UA_STATE_MASK) as usize;
+    let s = (state as u16 & sip::UA_STATE_MASK) as usize;
     let next = m.next[(s * sip::UA_CLASSES as usize + class) & NEXT_MASK];
     if next & sip::UA_MATCH != 0 {
-        ctx.matched = 1;
+        ctx.verdict = UA_LISTED;
         return 1;
     }
-    buf.set(STATE, next as u64);
+    buf.set(STATE, next as u64 | (limit as u64) << 32);
     0
 }
 
@@ -467,7 +691,7 @@ pub fn response(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig) {
     if cfg.sip_flags & SIP_AUTH_WATCH == 0 || pkt.payload_off == 0 {
         return;
     }
-    let Ok(head) = ctx.load::<[u8; 12]>(pkt.payload_off as usize) else {
+    let Ok(head) = ctx.load::<[u8; 16]>(pkt.payload_off as usize) else {
         return;
     };
     let Some(code) = sip::status_code(&head) else {

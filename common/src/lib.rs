@@ -74,9 +74,28 @@ pub mod maps {
     pub const SIP_SCRATCH: &str = "SIP_SCRATCH";
     /// `LruHashMap<SourceKey, SipPeer>`: per-source authentication counters.
     pub const SIP_PEERS: &str = "SIP_PEERS";
+    /// `LruHashMap<SourceKey, KnownPeer>`: sources that proved their address (see
+    /// [`crate::known`]), with their own rate state.
+    pub const KNOWN: &str = "KNOWN";
+    /// `Array<u64>`, [`crate::known::FILTER_WORDS`] words of 8 one-byte slots: a slot is non-zero
+    /// when a known peer hashes to it ([`crate::known::filter_slot`]), so an unknown source is
+    /// told apart with one array read. Slots are only ever set.
+    pub const KNOWN_FILTER: &str = "KNOWN_FILTER";
+    /// `Array<Budget>`, indexed by rate class: the shared budget of unknown sources per class.
+    pub const BUDGETS: &str = "BUDGETS";
+    /// `PerCpuArray<u64>`, indexed by rate class: packets the class's unknown budget refused.
+    pub const BUDGET_DROPS: &str = "BUDGET_DROPS";
+    /// `Array<u32>`, 65536 entries, one per IPv4 /16: bit `g` set when generation `g`'s source
+    /// sets hold an entry overlapping that /16, so unknown sources elsewhere skip the set trie.
+    pub const SETS_GATE: &str = "SETS_GATE";
+    /// `LruHashMap<SourceKey, SipCalls>`: Call-IDs of requests the host's SIP server sent to a
+    /// peer, whose responses prove the peer's address.
+    pub const SIP_CALLS: &str = "SIP_CALLS";
+    /// `Array<[u64; 16]>`, one entry of zeros the programs insert new entries from.
+    pub const ZERO: &str = "ZERO";
 
     /// Every map name.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 28] = [
         ACTIVE,
         POLICY,
         PORTS,
@@ -98,6 +117,13 @@ pub mod maps {
         SIP_UA,
         SIP_SCRATCH,
         SIP_PEERS,
+        KNOWN,
+        KNOWN_FILTER,
+        BUDGETS,
+        BUDGET_DROPS,
+        SETS_GATE,
+        SIP_CALLS,
+        ZERO,
     ];
 }
 
@@ -125,8 +151,14 @@ pub mod stat {
     /// SIP requests inspected only in part: their first line or headers ran past the inspected
     /// bytes before a User-Agent header turned up (or its value did), and they passed.
     pub const SIP_INCOMPLETE: u32 = 8;
+    /// Sources that became known, by proof (`known::PROOF_*` - 1 + this slot).
+    pub const KNOWN_LEARNED: u32 = 9;
+    /// New `KNOWN` entries.
+    pub const KNOWN_CREATED: u32 = 13;
+    /// New `SIP_CALLS` entries.
+    pub const SIP_CALLS_CREATED: u32 = 14;
     /// Slots of the array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 15;
 }
 
 /// Slots of `ACTIVE`.
@@ -216,6 +248,10 @@ pub mod capacity {
     pub const FRAGS: u32 = 8_192;
     /// Sources with SIP authentication counters.
     pub const SIP_PEERS: u32 = 65_536;
+    /// Known peers (phones, trunks, admins that proved their address).
+    pub const KNOWN: u32 = 131_072;
+    /// Peers the host's SIP server sent requests to, awaiting responses.
+    pub const SIP_CALLS: u32 = 16_384;
     /// Ring buffer bytes for ban events (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 256 * 1024;
 }
@@ -271,9 +307,12 @@ pub mod reason {
     /// than `sip::BLANKS_MAX` blanks before a header's colon or after the request line, or a
     /// User-Agent value longer than `sip::UA_VALUE_MAX` bytes that the block list did not match.
     pub const SIP_EVASION: u32 = 17;
+    /// An unknown source (one that never proved its address) above its rate class's shared
+    /// budget for unknown sources.
+    pub const UNKNOWN_OVER_BUDGET: u32 = 18;
 
     /// Number of reasons in use (the rest of [`crate::MAX_REASONS`] is reserved).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     const _: () = assert!(COUNT <= crate::MAX_REASONS);
 
     /// Metric label values, indexed by reason.
@@ -296,6 +335,7 @@ pub mod reason {
         "sip_user_agent",
         "sip_method_rate_limited",
         "sip_evasion",
+        "unknown_over_budget",
     ];
 
     /// The verdict a reason stands for when enforcing (dry run turns drops into would-drops).
@@ -411,6 +451,8 @@ pub struct PolicyConfig {
     pub sip_period_ns: u64,
     pub sip_failed_auth_ban_ns: u64,
     pub sip_unanswered_ban_ns: u64,
+    /// A known peer stays known this long after its last packet (`options.known_ttl`).
+    pub known_ttl_ns: u64,
 }
 
 /// `PolicyConfig::sip_flags`: the User-Agent block list is not empty.
@@ -453,11 +495,117 @@ pub struct RateLevel {
     pub ban_ns: u64,
 }
 
-/// Value of `CLASSES`: up to two levels; level index 0 is "level 1".
+/// Value of `CLASSES`: up to two per-source levels (index 0 is "level 1"), and the budget that
+/// unknown sources share (`emission_ns` 0: none; its `ban_ns` is unused).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateClass {
     pub levels: [RateLevel; 2],
+    pub unknown: RateLevel,
+}
+
+/// Value of `BUDGETS`: the theoretical arrival time of the class's unknown budget (GCRA, as a
+/// rate level), shared by every CPU and moved with atomic adds. Padded to a cache line so
+/// classes do not share one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub tat_ns: u64,
+    pub _pad: [u64; 7],
+}
+
+/// Value of `KNOWN`: a source that proved its address, and its per-source rate state for up to
+/// two rate classes (other classes keep theirs in `RATES`). Spoofed sources never create one,
+/// so they cannot evict it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KnownPeer {
+    /// Last packet from the peer, or its last proof (coarse monotonic clock, ns).
+    pub seen_ns: u64,
+    /// Its first proof.
+    pub since_ns: u64,
+    /// `known::PROOF_*` of its latest proof.
+    pub proof: u8,
+    /// Rate classes of `rates` (0: a free slot).
+    pub classes: [u8; 2],
+    pub _pad: [u8; 5],
+    pub rates: [RateState; 2],
+}
+
+/// Value of `SIP_CALLS`: hashes of the Call-IDs of the last requests the host's SIP server sent
+/// to a peer ([`known::call_id_hash`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SipCalls {
+    /// When the last one was sent (coarse monotonic clock, ns).
+    pub sent_ns: u64,
+    pub hashes: [u64; 4],
+    /// The slot the next one takes.
+    pub next: u32,
+    pub _pad: u32,
+}
+
+/// Known peers: who counts as known, how the fast filter indexes them, and the Call-ID hash both
+/// programs compute.
+pub mod known {
+    /// In a named source set (`[sets]`): the operator vouches for it.
+    pub const PROOF_SET: u8 = 1;
+    /// Completed a TCP handshake to an open port: the host sent it an acknowledgement that is
+    /// not a SYN-ACK or RST, which the kernel does only on a synchronized connection.
+    pub const PROOF_TCP: u8 = 2;
+    /// Answered the host's digest challenge and was let in: a 2xx to its REGISTER while it had a
+    /// request with credentials outstanding (the nonce went only to its address).
+    pub const PROOF_SIP_DIGEST: u8 = 3;
+    /// Answered a request the host's SIP server sent: its response carries that request's
+    /// Call-ID, which went only to its address.
+    pub const PROOF_SIP_RESPONSE: u8 = 4;
+    /// Metric and log names, indexed by proof - 1.
+    pub const PROOF_NAMES: [&str; 4] = ["set", "tcp", "sip-digest", "sip-response"];
+
+    /// Words of `KNOWN_FILTER` (8 one-byte slots each): 2^22 slots, 4 MiB. With 100 000 known
+    /// peers about 2.4% of unknown sources hit a set slot and pay one hash lookup more.
+    pub const FILTER_WORDS: u32 = 1 << 19;
+
+    /// Word and byte of a source key in `KNOWN_FILTER`.
+    #[inline(always)]
+    pub const fn filter_slot(key: &[u8; 16]) -> (u32, u32) {
+        let a = u64::from_le_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]]);
+        let b = u64::from_le_bytes([key[8], key[9], key[10], key[11], key[12], key[13], key[14], key[15]]);
+        let h = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = (h >> 42) as u32; // 22 bits
+        (slot >> 3, slot & 7)
+    }
+
+    /// One step of the Call-ID hash: fold in 8 bytes of the value (little-endian, the last word
+    /// zero-padded). The programs hash the value's words in order, starting from
+    /// [`CALL_ID_SEED`].
+    #[inline(always)]
+    pub const fn call_id_step(h: u64, word: u64) -> u64 {
+        (h ^ word).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(23)
+    }
+
+    pub const CALL_ID_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+    /// Bytes of a Call-ID value hashed (longer ones are hashed up to here).
+    pub const CALL_ID_MAX: u32 = 128;
+
+    /// The hash of a whole Call-ID value (the reference for the programs).
+    pub fn call_id_hash(value: &[u8]) -> u64 {
+        let v = if value.len() > CALL_ID_MAX as usize { &value[..CALL_ID_MAX as usize] } else { value };
+        let mut h = CALL_ID_SEED;
+        let mut i = 0;
+        while i < v.len() {
+            let mut w = [0u8; 8];
+            let n = if v.len() - i < 8 { v.len() - i } else { 8 };
+            let mut k = 0;
+            while k < n {
+                w[k] = v[i + k];
+                k += 1;
+            }
+            h = call_id_step(h, u64::from_le_bytes(w));
+            i += 8;
+        }
+        h
+    }
 }
 
 /// Key of `RATES`: a source (IPv4-mapped, or IPv6 masked to the configured prefix) and a class.
@@ -856,6 +1004,9 @@ mod pod {
     unsafe impl aya::Pod for UaMatcher {}
     unsafe impl aya::Pod for SipScratch {}
     unsafe impl aya::Pod for SipPeer {}
+    unsafe impl aya::Pod for Budget {}
+    unsafe impl aya::Pod for KnownPeer {}
+    unsafe impl aya::Pod for SipCalls {}
 }
 
 #[cfg(test)]
@@ -867,13 +1018,16 @@ mod tests {
     #[test]
     fn no_implicit_padding() {
         // Sum of field sizes == struct size means the compiler inserted no padding.
-        assert_eq!(size_of::<PolicyConfig>(), 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 4 * 8);
+        assert_eq!(size_of::<PolicyConfig>(), 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 5 * 8);
         assert_eq!(size_of::<UaMatcher>(), 256 + 2 * (sip::UA_STATES * sip::UA_CLASSES) as usize);
         assert_eq!(size_of::<SipScratch>(), 64 + sip::SCRATCH_BYTES as usize);
         assert_eq!(size_of::<SipPeer>(), 8 + 8 + 4 * 4);
         assert_eq!(size_of::<PortRule>(), 2 + 1 + 1 + 4 + 8);
         assert_eq!(size_of::<RateLevel>(), 24);
-        assert_eq!(size_of::<RateClass>(), 48);
+        assert_eq!(size_of::<RateClass>(), 72);
+        assert_eq!(size_of::<Budget>(), 64);
+        assert_eq!(size_of::<KnownPeer>(), 8 + 8 + 1 + 2 + 5 + 2 * size_of::<RateState>());
+        assert_eq!(size_of::<SipCalls>(), 8 + 32 + 4 + 4);
         assert_eq!(size_of::<RateKey>(), 16 + 4);
         assert_eq!(size_of::<RateState>(), 16 + 8 + 4 + 4 + 8);
         assert_eq!(size_of::<BanEntry>(), 8 + 4 + 4);

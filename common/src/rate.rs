@@ -104,7 +104,7 @@ mod tests {
     const HOUR: u64 = 3600 * SECOND_NS;
 
     fn portsip_class() -> RateClass {
-        RateClass { levels: [level(500, 1000, HOUR), level(2000, 2000, HOUR)] }
+        RateClass { levels: [level(500, 1000, HOUR), level(2000, 2000, HOUR)], ..Default::default() }
     }
 
     #[test]
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn level_two_bans_when_level_one_only_polices() {
-        let class = RateClass { levels: [level(500, 100, 0), level(2000, 400, HOUR)] };
+        let class = RateClass { levels: [level(500, 100, 0), level(2000, 400, HOUR)], ..Default::default() };
         let mut st = RateState::default();
         let now = SECOND_NS;
         let mut seen = [0u32; 3];

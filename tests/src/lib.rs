@@ -49,6 +49,7 @@ pub fn test_capacity() -> Capacity {
         flows: 1024,
         frags: 256,
         sip_peers: 1024,
+        known: 1024,
     }
 }
 

@@ -34,6 +34,7 @@ pub enum L4 {
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_RST: u8 = 0x04;
 
 #[derive(Clone, Debug)]
 pub enum Ip {

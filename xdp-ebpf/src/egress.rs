@@ -1,6 +1,7 @@
 //! The TC egress program: records the flows the host opens so that step 4 of the ingress chain
-//! can let their replies in, and reads the host's SIP responses for the authentication
-//! counters ([`sip::response`]). It never drops or changes a packet.
+//! can let their replies in, reads what the host's SIP server sends ([`sip::egress`]: responses
+//! for the authentication counters and the digest proof, its own requests' Call-IDs), and marks
+//! the peers of its established TCP connections as known. It never drops or changes a packet.
 //!
 //! A flow is recorded when the host sends UDP from a local port the policy does not open, or a
 //! TCP SYN (without ACK) from such a port; any later egress segment of a recorded flow refreshes
@@ -8,12 +9,15 @@
 //! when scans reach it) do not open doors.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use common::{FlowKey, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, active, flow_port_bit, port_index, stat};
+use common::{
+    FlowKey, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, active, addr::mask_prefix,
+    flow_port_bit, known::PROOF_TCP, port_index, stat,
+};
 
 use crate::{
-    clock,
+    clock, known,
     maps::{ACTIVE, FLOW_PORTS, FLOWS, POLICY, PORTS, bump},
-    parse::{FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
+    parse::{FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_RST, TCP_SYN, parse},
     sip,
 };
 
@@ -45,10 +49,13 @@ fn record(ctx: &TcContext) -> Result<(), ()> {
     {
         // A server answering on a listening port: the port policy judges its peer's packets.
         // The host's SIP server's responses feed the authentication counters.
-        if rule.flags & PORT_SIP != 0
-            && let Some(cfg) = POLICY.get(generation)
-        {
-            sip::response(ctx, &pkt, cfg);
+        if let Some(cfg) = POLICY.get(generation) {
+            if rule.flags & PORT_SIP != 0 {
+                sip::egress(ctx, &pkt, cfg);
+            }
+            if pkt.proto == IPPROTO_TCP {
+                tcp_peer(&pkt, cfg);
+            }
         }
         return Ok(());
     }
@@ -74,6 +81,25 @@ fn record(ctx: &TcContext) -> Result<(), ()> {
     }
     mark_port(proto_slot, pkt.sport);
     Ok(())
+}
+
+/// A segment the host sends from a listening TCP port that acknowledges without SYN or RST: the
+/// kernel sends those only on a synchronized connection (a SYN-ACK answers any SYN, spoofed ones
+/// included; a challenge ACK goes to the real peer of an existing connection), so the peer
+/// completed a handshake and proved its address (`known::PROOF_TCP`). Refreshes a known peer.
+#[inline(always)]
+fn tcp_peer(pkt: &Packet, cfg: &PolicyConfig) {
+    if pkt.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) != TCP_ACK {
+        return;
+    }
+    let key = if pkt.ipv6 { mask_prefix(pkt.dst, cfg.ipv6_prefix) } else { pkt.dst };
+    let now = clock::now();
+    match known::find(&key, now, cfg.known_ttl_ns) {
+        Some(p) => p.seen_ns = now,
+        None => {
+            known::learn(&key, PROOF_TCP, now, cfg.known_ttl_ns);
+        }
+    }
 }
 
 /// Tell ingress this local port has flows worth looking up. The BPF target has no atomic

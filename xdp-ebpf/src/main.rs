@@ -8,23 +8,28 @@
 //! `voipwall_tc` runs on the same interface's egress and records the flows the host opens.
 #![no_std]
 #![no_main]
+// `asm!` on the BPF target: the atomic add of the unknown sources' budget (see `budget`).
+#![feature(asm_experimental_arch)]
 // Map keys are passed by reference on purpose: a key lives on this program's stack and the
 // helper receives a pointer to it; handing aya-ebpf's `impl Borrow<K>` a value would move 16-40
 // byte keys into every call.
 #![expect(clippy::needless_borrows_for_generic_args, reason = "map keys stay on the caller's stack")]
 
 mod ban;
+mod budget;
 mod clock;
 mod egress;
 mod flows;
 mod fragments;
 mod icmp;
+mod known;
 mod lists;
 mod maps;
 mod parse;
 mod ports;
 mod rate;
 mod runtime;
+mod sets;
 mod sip;
 mod verdict;
 
@@ -87,7 +92,7 @@ fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
         return fragments::inherit(&pkt, cfg);
     }
     let payload = ports::Payload { xdp: ctx.ctx, frame_len: (frame.end - frame.start) as u32 };
-    let decision = transport(payload, &pkt, &source, generation, cfg);
+    let decision = transport(payload, &pkt, generation, cfg);
     if pkt.frag == FRAG_FIRST {
         fragments::remember(&pkt, decision);
     }
@@ -96,18 +101,12 @@ fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
 
 /// Steps 4 to 8 for a packet that has its transport header.
 #[inline(always)]
-fn transport(
-    payload: ports::Payload,
-    pkt: &parse::Packet,
-    source: &SourceKey,
-    generation: u32,
-    cfg: &PolicyConfig,
-) -> Decision {
+fn transport(payload: ports::Payload, pkt: &parse::Packet, generation: u32, cfg: &PolicyConfig) -> Decision {
     match pkt.proto {
-        IPPROTO_TCP => ports::decide(payload, pkt, source, generation, cfg, PROTO_SLOT_TCP),
-        IPPROTO_UDP => ports::decide(payload, pkt, source, generation, cfg, PROTO_SLOT_UDP),
-        IPPROTO_ICMP if !pkt.ipv6 => icmp::decide(pkt, source, generation, cfg),
-        IPPROTO_ICMPV6 if pkt.ipv6 => icmp::decide(pkt, source, generation, cfg),
+        IPPROTO_TCP => ports::decide(payload, pkt, generation, cfg, PROTO_SLOT_TCP),
+        IPPROTO_UDP => ports::decide(payload, pkt, generation, cfg, PROTO_SLOT_UDP),
+        IPPROTO_ICMP if !pkt.ipv6 => icmp::decide(pkt, generation, cfg),
+        IPPROTO_ICMPV6 if pkt.ipv6 => icmp::decide(pkt, generation, cfg),
         _ => Decision::of(reason::PROTOCOL_CLOSED),
     }
 }

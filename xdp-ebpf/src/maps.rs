@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use common::{
-    BanEntry, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey, FragState, GENERATIONS,
-    PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState, SipPeer, SipScratch,
-    SourceKey, UaMatcher, active, capacity, stat,
+    BanEntry, Budget, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey, FragState,
+    GENERATIONS, KnownPeer, MAX_CLASSES, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
+    RateKey, RateState, SipCalls, SipPeer, SipScratch, SourceKey, UaMatcher, active, capacity, known, stat,
 };
 
 #[map]
@@ -76,11 +76,45 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 #[map]
 pub static SIP_UA: Array<UaMatcher> = Array::with_max_entries(GENERATIONS, 0);
 
+/// Index 0 for the XDP program, 1 for the TC program.
 #[map]
-pub static SIP_SCRATCH: PerCpuArray<SipScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SIP_SCRATCH: PerCpuArray<SipScratch> = PerCpuArray::with_max_entries(2, 0);
 
 #[map]
 pub static SIP_PEERS: LruHashMap<SourceKey, SipPeer> = LruHashMap::with_max_entries(capacity::SIP_PEERS, 0);
+
+#[map]
+pub static KNOWN: LruHashMap<SourceKey, KnownPeer> = LruHashMap::with_max_entries(capacity::KNOWN, 0);
+
+#[map]
+pub static KNOWN_FILTER: Array<u64> = Array::with_max_entries(known::FILTER_WORDS, 0);
+
+#[map]
+pub static BUDGETS: Array<Budget> = Array::with_max_entries(MAX_CLASSES, 0);
+
+#[map]
+pub static BUDGET_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CLASSES, 0);
+
+#[map]
+pub static SETS_GATE: Array<u32> = Array::with_max_entries(65536, 0);
+
+#[map]
+pub static SIP_CALLS: LruHashMap<SourceKey, SipCalls> = LruHashMap::with_max_entries(capacity::SIP_CALLS, 0);
+
+/// One value of zeros (never written), large enough for any table's value: new entries are
+/// inserted from it rather than from a zeroed value on the stack, which the 512-byte stack
+/// cannot spare in the deeper calls.
+#[map]
+pub static ZERO: Array<[u64; 16]> = Array::with_max_entries(1, 0);
+
+/// A zeroed `V` to insert (see [`ZERO`]).
+#[inline(always)]
+pub fn zero<V>() -> Option<&'static V> {
+    const { assert!(core::mem::size_of::<V>() <= 128) };
+    // SAFETY: a 128-byte map value of zeros, valid as any plain-old-data `V` of at most that
+    // size (every boundary type is `#[repr(C)]` integers).
+    ZERO.get(0).map(|z| unsafe { &*(z as *const [u64; 16] as *const V) })
+}
 
 /// Add one to a `STATS` slot (per CPU, so no atomics).
 #[inline(always)]

@@ -43,6 +43,7 @@ pub const FRAG_LATER: u8 = 2;
 
 /// TCP flag bits (RFC 9293 section 3.1).
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// The bytes of a frame: `start..end` of the XDP buffer or of the TC socket buffer's linear

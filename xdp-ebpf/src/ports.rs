@@ -2,18 +2,10 @@
 //! for all 65536 ports, and a reload writes the other generation before flipping `ACTIVE`, so no
 //! packet sees a half-written table.
 
-use aya_ebpf::{bindings::xdp_md, maps::lpm_trie::Key};
-use common::{
-    PORT_OPEN, PORT_SIP, PolicyConfig, SET_KEY_GENERATION_BITS, SourceKey, port_index, reason, set_key_v4, set_key_v6,
-};
+use aya_ebpf::bindings::xdp_md;
+use common::{PORT_OPEN, PORT_SIP, PolicyConfig, port_index, reason};
 
-use crate::{
-    flows,
-    maps::{PORTS, SETS_V4, SETS_V6},
-    parse::Packet,
-    rate, sip,
-    verdict::Decision,
-};
+use crate::{flows, maps::PORTS, parse::Packet, rate, sets, sip, verdict::Decision};
 
 /// The frame as the SIP check needs it: the program's context (for `bpf_xdp_load_bytes`) and
 /// the frame's length.
@@ -23,16 +15,10 @@ pub struct Payload {
     pub frame_len: u32,
 }
 
-/// Decide a TCP or UDP packet (`proto_slot` is `PROTO_SLOT_TCP` or `PROTO_SLOT_UDP`).
+/// Decide a TCP or UDP packet (`proto_slot` is `PROTO_SLOT_TCP` or `PROTO_SLOT_UDP`). A closed
+/// port is decided here, inline; an open one by [`voipwall_open_port`].
 #[inline(always)]
-pub fn decide(
-    payload: Payload,
-    pkt: &Packet,
-    source: &SourceKey,
-    generation: u32,
-    cfg: &PolicyConfig,
-    proto_slot: u32,
-) -> Decision {
+pub fn decide(payload: Payload, pkt: &Packet, generation: u32, cfg: &PolicyConfig, proto_slot: u32) -> Decision {
     let Some(rule) = PORTS.get(port_index(generation, proto_slot, pkt.dport)) else {
         // Unreachable (the index is masked into range); the verifier wants the check.
         return Decision::of(reason::PORT_CLOSED);
@@ -44,33 +30,63 @@ pub fn decide(
         }
         return Decision::of(reason::PORT_CLOSED);
     }
-    let rule_id = rule.rule as u32;
-    if rule.sets != 0 && !in_sets(pkt, generation, rule.sets) {
-        return Decision::by_rule(reason::SOURCE_NOT_ALLOWED, rule_id);
+    let packed = voipwall_open_port(payload.xdp, payload.frame_len, pkt, generation | proto_slot << 1, cfg);
+    let (r, rule) = (packed as u32, (packed >> 32) as u32 & 0xffff);
+    if packed & INSPECT_SIP != 0 {
+        let r = sip::voipwall_sip_check(payload.xdp, payload.frame_len, pkt, generation, cfg);
+        if r != sip::CONTINUE {
+            return Decision::by_rule(r, rule);
+        }
     }
-    if rule.class != 0 && rate::over_limit(source, rule.class, generation, cfg, pkt.ipv6) {
-        return Decision::by_rule(reason::RATE_LIMITED, rule_id);
-    }
-    if rule.flags & PORT_SIP != 0
-        && cfg.sip_window != 0
-        && let Some(r) = sip::inspect(payload.xdp, payload.frame_len, pkt, generation, cfg)
-    {
-        return Decision::by_rule(r, rule_id);
-    }
-    Decision::by_rule(reason::PORT_OPEN, rule_id)
+    Decision::by_rule(r, rule)
 }
 
-/// The source belongs to one of the source sets in `sets` (a bitmask) of this generation. One LPM
-/// lookup returns the bitmask of every set containing the source (the controller folds covering
-/// prefixes into each entry's mask).
-// Own stack frame (BPF-to-BPF call): see `rate::over_limit`.
+/// [`voipwall_open_port`]'s answer: the SIP checks are still to run (`sip::voipwall_sip_check`,
+/// called from the caller so that the two global functions' stacks are not stacked).
+const INSPECT_SIP: u64 = 1 << 63;
+
+/// An open port: the sets it is open to, admission to its rate class (known peers and the
+/// unknown sources' budget). Returns the reason, the rule above bit 32, and [`INSPECT_SIP`]
+/// when the SIP checks are still to run.
+///
+/// A global BPF function (`no_mangle`, external linkage): the verifier checks it once, on its
+/// own, with its arguments unknown, instead of once for every path the parser can take to get
+/// here; that keeps the whole program far below the verifier's limits. Its pointers may be null
+/// as far as the verifier knows, so they are checked.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn in_sets(pkt: &Packet, generation: u32, sets: u64) -> bool {
-    let bits = SET_KEY_GENERATION_BITS;
-    let mask = if pkt.ipv6 {
-        SETS_V6.get(Key::new(bits + 128, set_key_v6(generation, pkt.src))).copied()
-    } else {
-        SETS_V4.get(Key::new(bits + 32, set_key_v4(generation, pkt.src_v4()))).copied()
+pub extern "C" fn voipwall_open_port(
+    xdp: *mut xdp_md,
+    frame_len: u32,
+    pkt: *const Packet,
+    generation_slot: u32,
+    cfg: *const PolicyConfig,
+) -> u64 {
+    // SAFETY: null or pointers to the caller's parsed packet and the policy map value.
+    let (Some(pkt), Some(cfg)) = (unsafe { pkt.as_ref() }, unsafe { cfg.as_ref() }) else {
+        return reason::PORT_CLOSED as u64;
     };
-    mask.is_some_and(|mask| mask & sets != 0)
+    let generation = generation_slot & 1;
+    let Some(rule) = PORTS.get(port_index(generation, (generation_slot >> 1) & 1, pkt.dport)) else {
+        return reason::PORT_CLOSED as u64;
+    };
+    let rule_id = rule.rule as u64;
+    let decided = |r: u32| r as u64 | rule_id << 32;
+    if rule.sets != 0 && !sets::member(pkt, generation, rule.sets) {
+        return decided(reason::SOURCE_NOT_ALLOWED);
+    }
+    if rule.class != 0 {
+        if rule.flags & PORT_SIP != 0 {
+            // A response to a request the host's SIP server sent proves its sender, before the
+            // budget of unknown sources could refuse it.
+            sip::learn_from_response(xdp, frame_len, pkt, cfg);
+        }
+        if let Some(r) = rate::admit(pkt, rule.class, generation, cfg, rule.sets != 0) {
+            return decided(r);
+        }
+    }
+    if rule.flags & PORT_SIP != 0 && cfg.sip_window != 0 {
+        return decided(reason::PORT_OPEN) | INSPECT_SIP;
+    }
+    decided(reason::PORT_OPEN)
 }

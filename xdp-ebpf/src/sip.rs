@@ -30,11 +30,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_md},
-    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_loop, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::TcContext,
 };
 use common::{
-    POLICY_DRY_RUN, PolicyConfig, SIP_AUTH_WATCH, SIP_UA_BLOCK, SOURCE_ALLOW, SipPeer, SourceKey, UaMatcher, reason,
+    POLICY_DRY_RUN, PolicyConfig, SIP_AUTH_WATCH, SIP_UA_BLOCK, SOURCE_ALLOW, SipCalls, SipPeer, SourceKey, UaMatcher,
+    known::{self as proofs, PROOF_SIP_DIGEST, PROOF_SIP_RESPONSE},
+    reason,
     sip::{
         self, BLANKS_MAX, REQUEST_LINE_MAX, UA_VALUE_MAX, VERSION_MAX, W_AUTHORIZ, W_PROXY_AU, W_SIP_SLASH, W_THORIZAT,
         W_USER_AGE,
@@ -47,8 +49,8 @@ use common::{
 
 use crate::{
     ban::{self, Trigger},
-    clock, lists,
-    maps::{SIP_PEERS, SIP_SCRATCH, SIP_UA, bump},
+    clock, known, lists,
+    maps::{SIP_CALLS, SIP_PEERS, SIP_SCRATCH, SIP_UA, bump, zero},
     parse::Packet,
     rate,
 };
@@ -123,18 +125,52 @@ impl Buf {
     }
 }
 
-/// What [`check`] returns when the request may go on: the first value that is not a reason
-/// code. (Not `u32::MAX`: LLVM may materialize it as a sign-extended 64-bit -1 in the callee
-/// and compare against a zero-extended constant in the caller.)
-const CONTINUE: u32 = common::MAX_REASONS;
+/// What [`voipwall_sip_check`] returns when the request may go on: the first value that is not
+/// a reason code. (Not `u32::MAX`: LLVM may materialize it as a sign-extended 64-bit -1 in the
+/// callee and compare against a zero-extended constant in the caller.)
+pub const CONTINUE: u32 = common::MAX_REASONS;
 
-/// Inspect a SIP request to a SIP port: the drop reason, or `None` to let it continue.
-///
-/// `xdp` is the program's context (for `bpf_xdp_load_bytes`), `frame_len` the frame's length.
+/// The scratch buffer of the XDP program (0) or the TC program (1). Separate slots because
+/// both may run on one CPU (egress runs with bottom halves off, so XDP never interrupts it, but
+/// the slots cost nothing).
 #[inline(always)]
-pub fn inspect(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &PolicyConfig) -> Option<u32> {
-    let r = check(xdp, frame_len, pkt, generation, cfg);
-    if r == CONTINUE { None } else { Some(r) }
+fn scratch(index: u32) -> Option<Buf> {
+    let s = SIP_SCRATCH.get_ptr_mut(index & 1)?;
+    // SAFETY: per-CPU scratch value, used only by this CPU while this program runs.
+    Some(unsafe {
+        Buf { state: (*s).scan.as_mut_ptr(), words: (*s).bytes.as_ptr() as *const u64, bytes: (*s).bytes.as_ptr() }
+    })
+}
+
+/// The window's length: `len` payload bytes, at most `window`; `None` when shorter than any
+/// request line. The upper bound is for the verifier (`sip_window` is validated to at most
+/// WINDOW_MAX).
+#[inline(always)]
+fn window_len(len: u32, window: u32) -> Option<u32> {
+    let n = if len > window { window } else { len };
+    if (16..=sip::WINDOW_MAX).contains(&n) { Some(n) } else { None }
+}
+
+/// Copy the first bytes of an XDP packet's payload (at `off`, `len` long) into the scratch
+/// buffer (`bpf_xdp_load_bytes` also reads multi-buffer frames).
+#[inline(always)]
+fn xdp_window(xdp: *mut xdp_md, off: u32, len: u32, window: u32) -> Option<(Buf, u32)> {
+    let n = window_len(len, window)?;
+    let buf = scratch(0)?;
+    // SAFETY: `n` is within 16..=WINDOW_MAX, inside the scratch value.
+    let r = unsafe { bpf_xdp_load_bytes(xdp, off, buf.bytes as *mut c_void, n) };
+    if r == 0 { Some((buf, n)) } else { None }
+}
+
+/// The same for a socket buffer leaving the host (`bpf_skb_load_bytes`).
+#[inline(always)]
+fn skb_window(ctx: &TcContext, off: u32, window: u32) -> Option<(Buf, u32)> {
+    let len = ctx.len().checked_sub(off)?;
+    let n = window_len(len, window)?;
+    let buf = scratch(1)?;
+    // SAFETY: as for `xdp_window`.
+    let r = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, off, buf.bytes as *mut c_void, n) };
+    if r == 0 { Some((buf, n)) } else { None }
 }
 
 /// What [`request_line`] made of the first line.
@@ -142,48 +178,41 @@ const READ_REQUEST: u32 = 0;
 const READ_NOT_REQUEST: u32 = 1;
 const READ_EVASION: u32 = 2;
 
-/// [`inspect`] as a BPF-to-BPF call: its own stack frame keeps the program under the 512-byte
-/// stack limit, and a scalar return value (an `Option` would come back through a sixth,
-/// stack-passed argument, which BPF calls cannot have).
+/// Inspect a SIP request to a SIP port: the drop reason, or [`CONTINUE`] to let it go on.
+///
+/// `xdp` is the program's context (for `bpf_xdp_load_bytes`), `frame_len` the frame's length.
+/// A global BPF function, like `ports::voipwall_open_port`: verified once, on its own. Its
+/// pointers may be null as far as the verifier knows, so they are checked.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn check(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &PolicyConfig) -> u32 {
+pub extern "C" fn voipwall_sip_check(
+    xdp: *mut xdp_md,
+    frame_len: u32,
+    pkt: *const Packet,
+    generation: u32,
+    cfg: *const PolicyConfig,
+) -> u32 {
+    // SAFETY: null or pointers to the caller's parsed packet and the policy map value.
+    let (Some(pkt), Some(cfg)) = (unsafe { pkt.as_ref() }, unsafe { cfg.as_ref() }) else {
+        return CONTINUE;
+    };
     // Recomputed rather than passed: BPF calls take at most five arguments.
     let source = &crate::source_key(pkt, cfg);
     let off = pkt.payload_off as u32;
     if off == 0 || frame_len <= off {
         return CONTINUE;
     }
-    let mut n = frame_len - off;
-    if n > cfg.sip_window {
-        n = cfg.sip_window;
-    }
-    // Shorter than any request line; the upper bound is for the verifier (sip_window is
-    // validated to at most WINDOW_MAX).
-    if !(16..=sip::WINDOW_MAX).contains(&n) {
-        return CONTINUE;
-    }
-    let Some(scratch) = SIP_SCRATCH.get_ptr_mut(0) else {
+    let Some((buf, n)) = xdp_window(xdp, off, frame_len - off, cfg.sip_window) else {
         return CONTINUE;
     };
-    // SAFETY: per-CPU scratch value, used only by this CPU while this program runs.
-    let buf = unsafe {
-        Buf {
-            state: (*scratch).scan.as_mut_ptr(),
-            words: (*scratch).bytes.as_ptr() as *const u64,
-            bytes: (*scratch).bytes.as_ptr(),
-        }
-    };
-    // SAFETY: `n` is within 16..=WINDOW_MAX, inside the scratch value.
-    if unsafe { bpf_xdp_load_bytes(xdp, off, buf.bytes as *mut c_void, n) } != 0 {
-        return CONTINUE;
-    }
     // A request starts with a method token (RFC 3261 25.1); a response with `SIP/`. Anything
     // else (RTP, STUN, TLS, keep-alives) is not scanned at all.
     let first8 = buf.aligned(0);
     if !is_token(first8 as u8) || (first8 as u32) | 0x0020_2020 == W_SIP_SLASH {
         return CONTINUE;
     }
-    let mut lines = first_line(buf, n, cfg);
+    let want = WANT_USER_AGENT | if cfg.sip_flags & SIP_AUTH_WATCH != 0 { WANT_CREDENTIALS } else { 0 };
+    let mut lines = first_line(buf, n, want);
     if lines.first_end == 0 {
         // A token at the start and no line end: a request line longer than we read.
         bump(stat::SIP_INCOMPLETE);
@@ -219,6 +248,8 @@ fn check(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &
     }
     let method = sip::method(first8, buf.byte(8));
     let class = cfg.sip_method_class[method & 3];
+    // The port's class already admitted the packet (known peer, or within the unknown
+    // sources' budget): the method's class is a per-source limit on top of it.
     if class != 0 && rate::over_limit(source, class, generation, cfg, pkt.ipv6) {
         return reason::SIP_METHOD_RATE_LIMITED;
     }
@@ -239,8 +270,8 @@ fn check(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, generation: u32, cfg: &
 struct LineLoop {
     buf: Buf,
     n: u32,
-    /// Stop once the User-Agent is found, unless credentials matter too.
-    want_auth: u32,
+    /// `WANT_*`: the headers this walk looks for.
+    want: u32,
     /// [`first_line_step`]: the first line's end, or 0 when it does not end within the
     /// request-line bound and the window.
     first_end: u32,
@@ -254,7 +285,7 @@ struct LineLoop {
 /// a callback is verified once rather than once per possible iteration, and the walk's state
 /// lives in map memory, so the verifier's view of the callback's entry never changes.
 #[inline(always)]
-fn first_line(buf: Buf, n: u32, cfg: &PolicyConfig) -> LineLoop {
+fn first_line(buf: Buf, n: u32, want: u32) -> LineLoop {
     use sip::scan::{FLAGS, LINE, LINES, PENDING, UA, WORD};
     buf.set(WORD, 0);
     buf.set(PENDING, sip::newline_mask(buf.aligned(0)));
@@ -262,7 +293,7 @@ fn first_line(buf: Buf, n: u32, cfg: &PolicyConfig) -> LineLoop {
     buf.set(LINES, 0);
     buf.set(UA, 0);
     buf.set(FLAGS, 0);
-    let mut ctx = LineLoop { buf, n, want_auth: (cfg.sip_flags & SIP_AUTH_WATCH != 0) as u32, first_end: 0, _pad: 0 };
+    let mut ctx = LineLoop { buf, n, want, first_end: 0, _pad: 0 };
     // SAFETY: `first_line_step` is a BPF subprogram taking (index, ctx); `ctx` outlives the call.
     unsafe {
         bpf_loop(
@@ -275,7 +306,7 @@ fn first_line(buf: Buf, n: u32, cfg: &PolicyConfig) -> LineLoop {
     ctx
 }
 
-/// Walk the header lines after the first: note in the scan slots where the User-Agent
+/// Walk a request's header lines after the first: note in the scan slots where the User-Agent
 /// header's colon is, and the `FLAG_*` facts.
 #[inline(always)]
 fn header_lines(ctx: &mut LineLoop) {
@@ -283,6 +314,53 @@ fn header_lines(ctx: &mut LineLoop) {
     unsafe {
         bpf_loop(STEPS, header_step as *const () as *mut c_void, ctx as *mut LineLoop as *mut c_void, 0);
     }
+}
+
+/// Walk a message's header lines after the first for one value header (`ctx.want`: CSeq or
+/// Call-ID): its colon and line end go to `sip::scan::UA`. A callback of its own, so that each
+/// walk's callback holds only the branches it needs (the verifier checks a callback at every
+/// call site).
+#[inline(always)]
+fn value_lines(ctx: &mut LineLoop) {
+    // SAFETY: as in `first_line`.
+    unsafe {
+        bpf_loop(STEPS, value_step as *const () as *mut c_void, ctx as *mut LineLoop as *mut c_void, 0);
+    }
+}
+
+/// The line the walk stands at, and whether it is the empty line (or past the window): the end
+/// of the headers. `None` while the walk is still looking for the line's end.
+#[inline(always)]
+fn next_header_line(buf: Buf, n: u32) -> Option<(u32, u32, bool, bool)> {
+    let (end, cut) = line_end(buf, n)?;
+    let line = buf.get(sip::scan::LINE) as u32 & MASK;
+    let first = buf.byte(line);
+    let last = line >= n || first == b'\n' || (first == b'\r' && line + 1 < n && buf.byte(line + 1) == b'\n');
+    Some((line, end, cut, last))
+}
+
+/// Move the walk to the next line.
+#[inline(always)]
+fn advance(buf: Buf, end: u32) {
+    buf.set(sip::scan::LINES, buf.get(sip::scan::LINES) + 1);
+    buf.set(sip::scan::LINE, end as u64);
+}
+
+/// One step of [`value_lines`]: 0 to go on, 1 to stop.
+extern "C" fn value_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `LineLoop`.
+    let ctx = unsafe { &mut *(ctx as *mut LineLoop) };
+    let buf = ctx.buf;
+    let Some((line, end, cut, last)) = next_header_line(buf, ctx.n) else { return 0 };
+    if last {
+        return 1;
+    }
+    value_header_line(buf, line, end, ctx.want);
+    if cut || buf.get(sip::scan::UA) != 0 {
+        return 1;
+    }
+    advance(buf, end);
+    0
 }
 
 /// The walk's next step: the current line's end (just past its `\n`, or the window's end when
@@ -338,14 +416,12 @@ extern "C" fn first_line_step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// One step of [`header_lines`]: 0 to go on, 1 to stop.
 extern "C" fn header_step(_index: u64, ctx: *mut c_void) -> i64 {
-    use sip::scan::{FLAGS, LINE, LINES, UA};
+    use sip::scan::{FLAGS, UA};
     // SAFETY: `ctx` is the caller's `LineLoop`.
     let ctx = unsafe { &mut *(ctx as *mut LineLoop) };
     let (buf, n) = (ctx.buf, ctx.n);
-    let Some((end, cut)) = line_end(buf, n) else { return 0 };
-    let line = buf.get(LINE) as u32 & MASK;
-    let first = buf.byte(line);
-    if line >= n || first == b'\n' || (first == b'\r' && line + 1 < n && buf.byte(line + 1) == b'\n') {
+    let Some((line, end, cut, last)) = next_header_line(buf, n) else { return 0 };
+    if last {
         if !cut && line < n {
             // The empty line: end of the headers.
             buf.set(FLAGS, buf.get(FLAGS) | FLAG_ENDED);
@@ -354,11 +430,12 @@ extern "C" fn header_step(_index: u64, ctx: *mut c_void) -> i64 {
     }
     header(buf, line, end);
     let flags = buf.get(FLAGS);
-    if cut || flags & FLAG_EVASION != 0 || (buf.get(UA) != 0 && (ctx.want_auth == 0 || flags & FLAG_CREDENTIALS != 0)) {
+    // The User-Agent, and credentials if they matter.
+    let done = buf.get(UA) != 0 && (ctx.want & WANT_CREDENTIALS == 0 || flags & FLAG_CREDENTIALS != 0);
+    if cut || flags & FLAG_EVASION != 0 || done {
         return 1;
     }
-    buf.set(LINES, buf.get(LINES) + 1);
-    buf.set(LINE, end as u64);
+    advance(buf, end);
     0
 }
 
@@ -474,14 +551,36 @@ fn after_hcolon(buf: Buf, at: u32, end: u32) -> u32 {
     if p < end && buf.byte(p) == b':' { p + 1 } else { 0 }
 }
 
+/// Headers a walk looks for (`LineLoop::want`). A request walk ([`header_lines`]) always reads
+/// the User-Agent and credentials, as the grammar does; `WANT_CREDENTIALS` makes it go on after
+/// the User-Agent until credentials turn up. A value walk ([`value_lines`]) looks for one
+/// header, whose colon and line end go to `sip::scan::UA` (`colon | end << 32`).
+const WANT_USER_AGENT: u32 = 1;
+const WANT_CREDENTIALS: u32 = 2;
+const WANT_CSEQ: u32 = 4;
+const WANT_CALL_ID: u32 = 8;
+
 /// Header names the checks read (`HEADER_*`), and their lengths.
 const HEADER_NONE: u32 = 0;
 const HEADER_USER_AGENT: u32 = 10;
 const HEADER_AUTHORIZATION: u32 = 13;
 const HEADER_PROXY_AUTHORIZATION: u32 = 19;
+const HEADER_CSEQ: u32 = 4;
+const HEADER_CALL_ID: u32 = 7;
+/// The compact form of Call-ID (`i`, RFC 3261 20.8).
+const HEADER_CALL_ID_COMPACT: u32 = 1;
 
-/// Look at one header line `[line, end)`: the first User-Agent (RFC 3261 allows one), or
-/// credentials. The name decides which (compared without case); then one `HCOLON` check.
+/// The name at `line` is `len` bytes of `word` (lower-cased) and then a blank or the colon.
+#[inline(always)]
+fn name_is(buf: Buf, line: u32, word: u64, len: u32) -> bool {
+    let mask = u64::MAX >> (64 - 8 * len);
+    let after = buf.byte(line + len);
+    lower8(buf.word_at(line)) & mask == word & mask && (after == b':' || blank(after))
+}
+
+/// Look at one header line `[line, end)` of a request: the first User-Agent (RFC 3261 allows
+/// one), or credentials. The name decides which (compared without case); then one `HCOLON`
+/// check.
 #[inline(always)]
 fn header(buf: Buf, line: u32, end: u32) {
     // Most header lines start with another letter: one byte turns them away.
@@ -519,6 +618,33 @@ fn header(buf: Buf, line: u32, end: u32) {
         buf.set(sip::scan::UA, colon as u64);
     } else {
         buf.set(sip::scan::FLAGS, buf.get(sip::scan::FLAGS) | FLAG_CREDENTIALS);
+    }
+}
+
+/// Look at one header line `[line, end)` for the value header `want` (CSeq, or Call-ID in its
+/// long or compact form): its colon and the line's end go to `sip::scan::UA`.
+#[inline(always)]
+fn value_header_line(buf: Buf, line: u32, end: u32, want: u32) {
+    let first = buf.byte(line) | 0x20;
+    let name = if want == WANT_CSEQ {
+        if first == b'c' && name_is(buf, line, u64::from_le_bytes(*b"cseq\0\0\0\0"), 4) {
+            HEADER_CSEQ
+        } else {
+            HEADER_NONE
+        }
+    } else if first == b'c' && name_is(buf, line, u64::from_le_bytes(*b"call-id\0"), 7) {
+        HEADER_CALL_ID
+    } else if first == b'i' && name_is(buf, line, u64::from_le_bytes(*b"i\0\0\0\0\0\0\0"), 1) {
+        HEADER_CALL_ID_COMPACT
+    } else {
+        HEADER_NONE
+    };
+    if name == HEADER_NONE || line + name > end {
+        return;
+    }
+    let colon = after_hcolon(buf, line + name, end);
+    if colon != 0 {
+        buf.set(sip::scan::UA, colon as u64 | (end as u64) << 32);
     }
 }
 
@@ -647,7 +773,7 @@ fn peer(source: &SourceKey, create: bool) -> Option<&'static mut SipPeer> {
     if !create {
         return None;
     }
-    if SIP_PEERS.insert(source, &SipPeer::default(), BPF_NOEXIST as u64).is_ok() {
+    if SIP_PEERS.insert(source, zero::<SipPeer>()?, BPF_NOEXIST as u64).is_ok() {
         bump(stat::SIP_PEERS_CREATED);
     }
     // SAFETY: as above.
@@ -682,26 +808,44 @@ fn ban_source(source: &SourceKey, class: u8, observed: u32, ban_ns: u64, cfg: &P
     }
 }
 
-/// Egress: a response the host's SIP server sends to `pkt.dst`. 401/407 to a request without
-/// credentials is a challenge; 401/407 while a request with credentials is pending, and every
-/// 403, is a failed authentication. Enough of either within the detection period bans the
-/// destination.
+/// Egress: a SIP message the host's SIP server sends from a SIP port to `pkt.dst`: a response
+/// feeds the authentication counters ([`response`]); a request the server sends itself (an
+/// OPTIONS ping, a REGISTER to a trunk) has its Call-ID remembered, so that the peer's response
+/// proves the peer ([`learn_from_response`]).
 #[inline(always)]
-pub fn response(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig) {
-    if cfg.sip_flags & SIP_AUTH_WATCH == 0 || pkt.payload_off == 0 {
+pub fn egress(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig) {
+    if pkt.payload_off == 0 {
         return;
     }
     let Ok(head) = ctx.load::<[u8; 16]>(pkt.payload_off as usize) else {
         return;
     };
-    let Some(code) = sip::status_code(&head) else {
-        return;
-    };
-    if code < 200 {
+    match sip::status_code(&head) {
+        Some(code) => response(ctx, pkt, cfg, code),
+        None if is_token(head[0]) => {
+            record_request(ctx, pkt, cfg);
+        }
+        None => {}
+    }
+}
+
+/// The destination of an egress packet as ingress keys its source.
+#[inline(always)]
+fn dst_key(pkt: &Packet, cfg: &PolicyConfig) -> SourceKey {
+    if pkt.ipv6 { common::addr::mask_prefix(pkt.dst, cfg.ipv6_prefix) } else { pkt.dst }
+}
+
+/// A response the host's SIP server sends to `pkt.dst`. 401/407 to a request without
+/// credentials is a challenge; 401/407 while a request with credentials is pending, and every
+/// 403, is a failed authentication. Enough of either within the detection period bans the
+/// destination. A 2xx to a REGISTER while credentials were pending proves the destination
+/// (`known::PROOF_SIP_DIGEST`): it answered the challenge that went only to its address.
+#[inline(always)]
+fn response(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig, code: u16) {
+    if cfg.sip_flags & SIP_AUTH_WATCH == 0 || code < 200 {
         return;
     }
-    // The destination as ingress keys it.
-    let key = if pkt.ipv6 { common::addr::mask_prefix(pkt.dst, cfg.ipv6_prefix) } else { pkt.dst };
+    let key = dst_key(pkt, cfg);
     let challenge = code == 401 || code == 407;
     // Allow-listed peers never get counters: asked only when one would be created (ingress
     // never creates one for them either, the allow list bypasses the SIP checks), so other
@@ -712,6 +856,13 @@ pub fn response(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig) {
     };
     let now = clock::now();
     roll(peer, now, cfg);
+    if code < 300 && peer.pending > 0 {
+        peer.pending -= 1;
+        if cseq_is_register(ctx, pkt) {
+            known::learn(&key, PROOF_SIP_DIGEST, now, cfg.known_ttl_ns);
+        }
+        return;
+    }
     if challenge && peer.pending == 0 {
         peer.challenges = peer.challenges.saturating_add(1);
         bump(stat::SIP_CHALLENGES);
@@ -735,4 +886,207 @@ pub fn response(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig) {
         peer.answers = 0;
         ban::insert(&key, trigger, cfg.sip_unanswered_ban_ns, now, cfg, pkt.ipv6, &mut peer.quiet_until_ns);
     }
+}
+
+/// The value of the header a value walk found: `colon | end << 32` from `sip::scan::UA`.
+#[inline(always)]
+fn value_header(buf: Buf, n: u32, want: u32) -> Option<(u32, u32)> {
+    let mut lines = first_line(buf, n, want);
+    if lines.first_end == 0 {
+        return None;
+    }
+    value_lines(&mut lines);
+    let v = buf.get(sip::scan::UA);
+    if v == 0 {
+        return None;
+    }
+    Some((v as u32 & MASK, (v >> 32) as u32 & (2 * sip::WINDOW_MAX - 1)))
+}
+
+/// The response is to a REGISTER: its `CSeq: 1*DIGIT LWS Method` names REGISTER.
+// Own stack frame (BPF-to-BPF call): see `ua_verdict`.
+#[inline(never)]
+fn cseq_is_register(ctx: &TcContext, pkt: &Packet) -> bool {
+    let Some((buf, n)) = skb_window(ctx, pkt.payload_off as u32, sip::WINDOW_MAX) else {
+        return false;
+    };
+    let Some((colon, _)) = value_header(buf, n, WANT_CSEQ) else {
+        return false;
+    };
+    // The host's own server writes it plainly: a few blanks, a number, a blank.
+    let nb = non_blank_mask(buf.word_at(colon));
+    if nb == 0 {
+        return false;
+    }
+    let number = colon + lowest_index(nb);
+    let not_digit = non_digit_mask(buf.word_at(number)) | 1 << 63;
+    let digits = lowest_index(not_digit);
+    let nb = non_blank_mask(buf.word_at(number + digits));
+    if digits == 0 || nb == 0 {
+        return false;
+    }
+    let method = number + digits + lowest_index(nb);
+    let after = buf.byte(method + 8);
+    method + 8 < n
+        && lower8(buf.word_at(method)) == u64::from_le_bytes(*b"register")
+        && (blank(after) || after == b'\r' || after == b'\n')
+}
+
+/// Bytes of `w` that are not ASCII digits: bit 7 of exactly those bytes set (as in `lower8`).
+#[inline(always)]
+fn non_digit_mask(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let h = w & 0x7f7f_7f7f_7f7f_7f7f;
+    let ge_0 = h + ONES * (0x80 - b'0' as u64);
+    let gt_9 = h + ONES * (0x80 - b'9' as u64 - 1);
+    let digit = (ge_0 ^ gt_9) & !w & (ONES * 0x80);
+    !digit & (ONES * 0x80)
+}
+
+/// The Call-ID value's hash (`known::call_id_hash` of the value, blanks around it aside).
+#[inline(always)]
+fn call_id(buf: Buf, n: u32) -> Option<u64> {
+    let (colon, end) = value_header(buf, n, WANT_CALL_ID)?;
+    // The value: after the blanks that follow the colon, up to the line end (before CR LF and
+    // trailing blanks).
+    let nb = non_blank_mask(buf.word_at(colon));
+    if nb == 0 {
+        return None;
+    }
+    let start = colon + lowest_index(nb);
+    let mut e = end;
+    if e > start && buf.byte(e - 1) == b'\n' {
+        e -= 1;
+    }
+    if e > start && buf.byte(e - 1) == b'\r' {
+        e -= 1;
+    }
+    let tail = non_blank_mask(buf.word_before(e));
+    if tail == 0 {
+        return None;
+    }
+    let e = e - lowest_index(tail);
+    if e <= start {
+        return None;
+    }
+    Some(hash_value(buf, start, e))
+}
+
+/// What the hash callback needs.
+#[repr(C)]
+struct HashLoop {
+    buf: Buf,
+    end: u32,
+    _pad: u32,
+}
+
+/// `known::call_id_hash` of `[start, end)`, 8 bytes per `bpf_loop` step, position and hash in
+/// the scan slots (see [`blank_run`] for why).
+#[inline(always)]
+fn hash_value(buf: Buf, start: u32, end: u32) -> u64 {
+    use sip::scan::{AT, STATE};
+    let end = if end - start > proofs::CALL_ID_MAX { start + proofs::CALL_ID_MAX } else { end };
+    buf.set(AT, start as u64);
+    buf.set(STATE, proofs::CALL_ID_SEED);
+    let mut ctx = HashLoop { buf, end, _pad: 0 };
+    // SAFETY: as in `first_line`.
+    unsafe {
+        bpf_loop(
+            proofs::CALL_ID_MAX / 8,
+            hash_step as *const () as *mut c_void,
+            &mut ctx as *mut HashLoop as *mut c_void,
+            0,
+        );
+    }
+    buf.get(STATE)
+}
+
+/// One word of [`hash_value`]: 0 to go on, 1 to stop.
+extern "C" fn hash_step(_index: u64, ctx: *mut c_void) -> i64 {
+    use sip::scan::{AT, STATE};
+    // SAFETY: `ctx` is the caller's `HashLoop`.
+    let ctx = unsafe { &mut *(ctx as *mut HashLoop) };
+    let buf = ctx.buf;
+    let at = buf.get(AT) as u32 & MASK;
+    if at >= ctx.end {
+        return 1;
+    }
+    let left = ctx.end - at;
+    let w = buf.word_at(at);
+    let w = if left >= 8 { w } else { w & (u64::MAX >> ((8 - (left & 7)) * 8)) };
+    buf.set(STATE, proofs::call_id_step(buf.get(STATE), w));
+    buf.set(AT, (at + 8) as u64);
+    0
+}
+
+/// Egress: a request the host's SIP server sends to `pkt.dst`: remember its Call-ID, and set
+/// the destination's filter slot so that ingress looks its responses up.
+// Own stack frame (BPF-to-BPF call): see `ua_verdict`.
+#[inline(never)]
+fn record_request(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig) -> u32 {
+    let Some((buf, n)) = skb_window(ctx, pkt.payload_off as u32, sip::WINDOW_MAX) else {
+        return 0;
+    };
+    let Some(h) = call_id(buf, n) else {
+        return 0;
+    };
+    let key = dst_key(pkt, cfg);
+    let now = clock::now();
+    if SIP_CALLS.get_ptr_mut(&key).is_none() {
+        let Some(zero) = zero::<SipCalls>() else { return 0 };
+        if SIP_CALLS.insert(&key, zero, BPF_NOEXIST as u64).is_ok() {
+            bump(stat::SIP_CALLS_CREATED);
+        }
+        known::mark(&key);
+    }
+    if let Some(c) = SIP_CALLS.get_ptr_mut(&key) {
+        // SAFETY: value pointer from a successful lookup.
+        let c = unsafe { &mut *c };
+        let i = (c.next & 3) as usize;
+        c.hashes[i] = h;
+        c.next = c.next.wrapping_add(1);
+        c.sent_ns = now;
+    }
+    1
+}
+
+/// Ingress, before the budget of unknown sources: a response from a source the host's SIP
+/// server sent requests to proves the source when it carries one of their Call-IDs
+/// (`known::PROOF_SIP_RESPONSE`). Sources with a clear filter slot (every spoofed one) cost one
+/// array read.
+#[inline(always)]
+pub fn learn_from_response(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, cfg: &PolicyConfig) {
+    if pkt.payload_off != 0 && known::maybe(&crate::source_key(pkt, cfg)) {
+        learn_call(xdp, frame_len, pkt, cfg);
+    }
+}
+
+// Own stack frame (BPF-to-BPF call): see `ua_verdict`.
+#[inline(never)]
+fn learn_call(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, cfg: &PolicyConfig) -> u32 {
+    let source = crate::source_key(pkt, cfg);
+    let now = clock::now();
+    if known::find(&source, now, cfg.known_ttl_ns).is_some() {
+        return 0;
+    }
+    // SAFETY: value reference from a lookup; the hashes are copied out at once (the egress
+    // program may overwrite one meanwhile, which at worst misses this response).
+    let Some(hashes) = (unsafe { SIP_CALLS.get(&source) }).map(|c| c.hashes) else {
+        return 0;
+    };
+    let off = pkt.payload_off as u32;
+    let Some((buf, n)) = xdp_window(xdp, off, frame_len.saturating_sub(off), sip::WINDOW_MAX) else {
+        return 0;
+    };
+    if (buf.aligned(0) as u32) | 0x0020_2020 != W_SIP_SLASH {
+        return 0;
+    }
+    let Some(h) = call_id(buf, n) else {
+        return 0;
+    };
+    if hashes[0] == h || hashes[1] == h || hashes[2] == h || hashes[3] == h {
+        known::learn(&source, PROOF_SIP_RESPONSE, now, cfg.known_ttl_ns);
+        return 1;
+    }
+    0
 }

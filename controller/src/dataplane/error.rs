@@ -75,6 +75,10 @@ pub enum DataplaneError {
         "pinned map {path} belongs to an incompatible voipwall (key {found_key} / value {found_value} bytes, expected {want_key} / {want_value}); stop that daemon and remove {dir} to start fresh"
     )]
     Incompatible { path: PathBuf, dir: PathBuf, found_key: u32, found_value: u32, want_key: u32, want_value: u32 },
+    #[error(
+        "pinned map {path} belongs to an incompatible voipwall ({found} entries, expected {want}); stop that daemon and remove {dir} to start fresh"
+    )]
+    IncompatibleEntries { path: PathBuf, dir: PathBuf, found: u32, want: u32 },
     #[error("attaching to {iface} failed: {detail}")]
     Attach { iface: String, detail: String },
     #[error("pinning under {path} failed: {detail}")]

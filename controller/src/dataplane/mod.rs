@@ -25,10 +25,10 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use common::{
-    BanEntry, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GENERATIONS, MAX_CLASSES, PORT_PROTOS,
-    PORT_SLOTS, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState, SET_KEY_GENERATION_BITS,
-    SipPeer, SipScratch, SourceKey, UaMatcher, active, class_index, counter_index, maps, port_index, port_slot,
-    programs, reason, rule_counter_index, set_key_v4, set_key_v6, stat, verdict,
+    BanEntry, Budget, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GENERATIONS, KnownPeer, MAX_CLASSES,
+    PORT_PROTOS, PORT_SLOTS, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState,
+    SET_KEY_GENERATION_BITS, SipCalls, SipPeer, SipScratch, SourceKey, UaMatcher, active, class_index, counter_index,
+    known, maps, port_index, port_slot, programs, reason, rule_counter_index, set_key_v4, set_key_v6, stat, verdict,
 };
 
 #[cfg(feature = "test-hooks")]
@@ -105,6 +105,12 @@ pub struct Dataplane {
     stats: PerCpuArray<MapData, u64>,
     sip_ua: Array<MapData, UaMatcher>,
     sip_peers: HashMap<MapData, SourceKey, SipPeer>,
+    known: HashMap<MapData, SourceKey, KnownPeer>,
+    known_filter: Array<MapData, u64>,
+    budget_drops: PerCpuArray<MapData, u64>,
+    sets_gate: Array<MapData, u32>,
+    /// What `SETS_GATE` holds.
+    sets_gate_mirror: Vec<u32>,
     events: Option<RingBuf<MapData>>,
     /// What each generation of `PORTS` holds, so a reload writes only what changed.
     shadow_ports: [Vec<PortRule>; GENERATIONS as usize],
@@ -146,6 +152,28 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
         (maps::SIP_UA, u(4, s::<UaMatcher>())),
         (maps::SIP_SCRATCH, u(4, s::<SipScratch>())),
         (maps::SIP_PEERS, u(16, s::<SipPeer>())),
+        (maps::KNOWN, u(16, s::<KnownPeer>())),
+        (maps::KNOWN_FILTER, u(4, 8)),
+        (maps::BUDGETS, u(4, s::<Budget>())),
+        (maps::BUDGET_DROPS, u(4, 8)),
+        (maps::SETS_GATE, u(4, 4)),
+        (maps::SIP_CALLS, u(16, s::<SipCalls>())),
+        (maps::ZERO, u(4, 128)),
+    ])
+}
+
+/// Entries of the maps whose size is fixed by the program (not by `[capacity]`): a pinned map
+/// of another size belongs to another layout.
+fn fixed_entries() -> StdHashMap<&'static str, u32> {
+    StdHashMap::from([
+        (maps::ACTIVE, active::COUNT),
+        (maps::STATS, stat::COUNT),
+        (maps::SIP_SCRATCH, 2),
+        (maps::KNOWN_FILTER, known::FILTER_WORDS),
+        (maps::BUDGETS, MAX_CLASSES),
+        (maps::BUDGET_DROPS, MAX_CLASSES),
+        (maps::SETS_GATE, 65536),
+        (maps::ZERO, 1),
     ])
 }
 
@@ -210,7 +238,8 @@ impl Dataplane {
             .map_max_entries(maps::RATES, caps.rates)
             .map_max_entries(maps::FLOWS, caps.flows)
             .map_max_entries(maps::FRAGS, caps.frags)
-            .map_max_entries(maps::SIP_PEERS, caps.sip_peers);
+            .map_max_entries(maps::SIP_PEERS, caps.sip_peers)
+            .map_max_entries(maps::KNOWN, caps.known);
         let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => maps::ALL.iter().chain([AYA_LOGS].iter()).map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -249,6 +278,11 @@ impl Dataplane {
             stats: take(&mut ebpf, maps::STATS)?,
             sip_ua: take(&mut ebpf, maps::SIP_UA)?,
             sip_peers: take(&mut ebpf, maps::SIP_PEERS)?,
+            known: take(&mut ebpf, maps::KNOWN)?,
+            known_filter: take(&mut ebpf, maps::KNOWN_FILTER)?,
+            budget_drops: take(&mut ebpf, maps::BUDGET_DROPS)?,
+            sets_gate: take(&mut ebpf, maps::SETS_GATE)?,
+            sets_gate_mirror: vec![0; 65536],
             events: Some(take(&mut ebpf, maps::EVENTS)?),
             ebpf,
             shadow_ports: [vec![PortRule::default(); PORT_SLOTS], vec![PortRule::default(); PORT_SLOTS]],
@@ -364,12 +398,58 @@ impl Dataplane {
             self.shadow_sets[next as usize].1.push(key);
             self.sets_v6.insert(&key, mask, 0).map_err(MapOpError::on(maps::SETS_V6, "write"))?;
         }
+        self.write_sets_gate(next, compiled)?;
         self.policy.set(next, compiled.config, 0).map_err(MapOpError::on(maps::POLICY, "write"))?;
         // The flip: one 4-byte array store.
         self.active.set(active::GENERATION, next, 0).map_err(MapOpError::on(maps::ACTIVE, "flip"))?;
         self.generation = next;
         self.last_flip = Some(Instant::now());
         Ok(())
+    }
+
+    /// Give generation `generation`'s bit in `SETS_GATE` to exactly the /16s its IPv4 set entries
+    /// overlap (the generation is inactive while this runs).
+    fn write_sets_gate(&mut self, generation: u32, compiled: &CompiledPolicy) -> Result<()> {
+        let bit = 1u32 << (generation & 1);
+        let mut want = vec![false; 65536];
+        for (net, _) in &compiled.sets_v4 {
+            let first = (u32::from(net.network()) >> 16) as usize;
+            let count = if net.prefix_len() >= 16 { 1 } else { 1usize << (16 - net.prefix_len()) };
+            want[first..first + count].iter_mut().for_each(|w| *w = true);
+        }
+        for (g, &w) in want.iter().enumerate() {
+            let value = if w { self.sets_gate_mirror[g] | bit } else { self.sets_gate_mirror[g] & !bit };
+            if value != self.sets_gate_mirror[g] {
+                self.sets_gate.set(g as u32, value, 0).map_err(MapOpError::on(maps::SETS_GATE, "write"))?;
+                self.sets_gate_mirror[g] = value;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry of the known-peer table (walks it).
+    pub fn known_peers(&self) -> Result<Vec<(SourceKey, KnownPeer)>> {
+        walk(&self.known, maps::KNOWN)
+    }
+
+    /// Make `key` a known peer (a restore after a reboot): its entry, then its filter slot.
+    pub fn known_insert(&mut self, key: &SourceKey, peer: &KnownPeer) -> Result<()> {
+        self.known.insert(key, peer, 0).map_err(MapOpError::on(maps::KNOWN, "insert"))?;
+        let (word, byte) = known::filter_slot(key);
+        let w = self.known_filter.get(&word, 0).map_err(MapOpError::on(maps::KNOWN_FILTER, "read"))?;
+        let w = w | 1u64 << (byte * 8);
+        self.known_filter.set(word, w, 0).map_err(MapOpError::on(maps::KNOWN_FILTER, "write"))?;
+        Ok(())
+    }
+
+    /// Packets each class's unknown budget refused so far (summed over CPUs), by class id.
+    pub fn budget_drops(&self) -> Result<Vec<u64>> {
+        (0..MAX_CLASSES)
+            .map(|c| {
+                let v = self.budget_drops.get(&c, 0).map_err(MapOpError::on(maps::BUDGET_DROPS, "read"))?;
+                Ok(v.iter().sum())
+            })
+            .collect()
     }
 
     /// Insert or replace a ban (and raise the "bans may exist" flag after it).
@@ -473,6 +553,7 @@ impl Dataplane {
             n if n == maps::FRAGS => self.frags.map().info(),
             n if n == maps::PORTS => self.ports.map().info(),
             n if n == maps::SIP_PEERS => self.sip_peers.map().info(),
+            n if n == maps::KNOWN => self.known.map().info(),
             _ => return None,
         };
         info.ok().map(|i| i.max_entries())
@@ -514,6 +595,16 @@ fn check_pinned_layout(dir: &Path) -> Result<()> {
                 found_value: info.value_size(),
                 want_key: key,
                 want_value: value,
+            });
+        }
+        if let Some(&want) = fixed_entries().get(name)
+            && info.max_entries() != want
+        {
+            return Err(DataplaneError::IncompatibleEntries {
+                path,
+                dir: dir.to_path_buf(),
+                found: info.max_entries(),
+                want,
             });
         }
     }

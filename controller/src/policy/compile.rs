@@ -15,7 +15,7 @@ use common::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
-use super::{Action, Level, Policy, RuleOrigin, SourceRef, sip::UaAutomaton};
+use super::{Action, Budget, Level, Policy, RuleOrigin, SourceRef, sip::UaAutomaton};
 
 /// Map contents for one policy generation.
 #[derive(Clone, Debug)]
@@ -120,14 +120,15 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         .map(|(i, n)| (n.as_str(), i as u8))
         .collect();
     let mut classes = vec![RateClass::default(); common::MAX_CLASSES as usize];
-    classes[1] = rate_class(&[policy.options.icmp_echo]);
+    classes[1] = rate_class(&[policy.options.icmp_echo], Some(policy.options.icmp_echo_unknown));
     for (name, &id) in &class_id {
-        classes[id as usize] = rate_class(&policy.limits[*name].levels);
+        let limit = &policy.limits[*name];
+        classes[id as usize] = rate_class(&limit.levels, limit.unknown);
     }
     let mut method_class = [0u8; 4];
     for (i, (method, limit)) in policy.sip.methods.iter().enumerate() {
         let id = first_method_class + i;
-        classes[id] = rate_class(&limit.levels);
+        classes[id] = rate_class(&limit.levels, limit.unknown);
         let m = super::sip::method_index(method).expect("validated");
         method_class[m] = id as u8;
     }
@@ -165,6 +166,14 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
             mask |= 1u64.checked_shl((set_names.len() - 1) as u32).unwrap_or(0);
         }
         rule_sets.push(Some(mask));
+    }
+    // Every named set makes its members known peers (see `common::known::PROOF_SET`), also
+    // those no rule restricts a port to: they get a bit too.
+    for (name, nets) in &policy.sets {
+        if !nets.is_empty() && !set_names.contains(name) {
+            set_names.push(name.clone());
+            set_entries.push(nets.clone());
+        }
     }
     if set_names.len() > MAX_SETS as usize {
         errors.push((
@@ -340,11 +349,9 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         echo_class: 1,
         sip_window: if policy.sip_ports.is_empty() { 0 } else { policy.sip.ua_window },
         sip_flags: if policy.sip.ua_block.is_empty() { 0 } else { SIP_UA_BLOCK }
-            | if policy.sip.failed_auth.count != 0 || policy.sip.unanswered_challenges.count != 0 {
-                SIP_AUTH_WATCH
-            } else {
-                0
-            },
+            // Credentials are always followed: the digest proof of known peers needs them, the
+            // bans only when their counts are set.
+            | SIP_AUTH_WATCH,
         sip_method_class: method_class,
         sip_failed_auth: policy.sip.failed_auth.count,
         sip_unanswered: policy.sip.unanswered_challenges.count,
@@ -352,6 +359,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         sip_period_ns: policy.sip.detection_period.as_nanos() as u64,
         sip_failed_auth_ban_ns: policy.sip.failed_auth.ban.as_nanos() as u64,
         sip_unanswered_ban_ns: policy.sip.unanswered_challenges.ban.as_nanos() as u64,
+        known_ttl_ns: o.known_ttl.as_nanos() as u64,
     };
 
     let mut rule_names = vec![String::new()];
@@ -375,10 +383,13 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     })
 }
 
-pub(crate) fn rate_class(levels: &[Level]) -> RateClass {
+pub(crate) fn rate_class(levels: &[Level], unknown: Option<Budget>) -> RateClass {
     let mut class = RateClass::default();
     for (slot, l) in class.levels.iter_mut().zip(levels) {
         *slot = level(l.pps, l.burst, l.ban.as_nanos() as u64);
+    }
+    if let Some(b) = unknown {
+        class.unknown = level(b.pps, b.burst, 0);
     }
     class
 }

@@ -67,10 +67,20 @@ pub struct Level {
     pub ban: Duration,
 }
 
-/// A rate class: one or two levels (PortSIP's level 1 and level 2).
+/// A rate class: one or two per-source levels (PortSIP's level 1 and level 2), and the budget
+/// all unknown sources share (`unknown`; `None`: unknown sources are not budgeted).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Limit {
     pub levels: Vec<Level>,
+    pub unknown: Option<Budget>,
+}
+
+/// `unknown = { pps, burst }`: the packets per second all unknown sources of a class may send
+/// together, and how many back to back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    pub pps: u64,
+    pub burst: u64,
 }
 
 /// Where a rule comes from.
@@ -137,6 +147,15 @@ pub struct Options {
     pub fragment_timeout: Duration,
     /// Per-source limit of ICMP/ICMPv6 echo requests. Default 10/s, burst 20, police only.
     pub icmp_echo: Level,
+    /// The budget all unknown sources' echo requests share. Default 100/s, burst 200: pings
+    /// from monitoring and users fit; a random-source ping flood does not get past it.
+    pub icmp_echo_unknown: Budget,
+    /// How long a known peer stays known after its last packet. Default 2 h: longer than the
+    /// registration interval of nearly every phone (Expires 3600 s by default in Asterisk,
+    /// Kamailio and most handsets), and every packet of the peer refreshes it, so a registered
+    /// phone never drops out.
+    #[serde(with = "humantime_serde_secs")]
+    pub known_ttl: Duration,
 }
 
 impl Default for Options {
@@ -148,6 +167,8 @@ impl Default for Options {
             return_timeout: Duration::from_secs(120),
             fragment_timeout: Duration::from_secs(10),
             icmp_echo: Level { pps: 10, burst: 20, ban: Duration::ZERO },
+            icmp_echo_unknown: Budget { pps: 100, burst: 200 },
+            known_ttl: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -165,6 +186,7 @@ pub struct Capacity {
     pub flows: u32,
     pub frags: u32,
     pub sip_peers: u32,
+    pub known: u32,
 }
 
 impl Default for Capacity {
@@ -180,6 +202,7 @@ impl Default for Capacity {
             flows: c::FLOWS,
             frags: c::FRAGS,
             sip_peers: c::SIP_PEERS,
+            known: c::KNOWN,
         }
     }
 }
@@ -399,6 +422,15 @@ enum RawPort {
 #[serde(deny_unknown_fields)]
 struct RawLimit {
     levels: Spanned<Vec<Spanned<RawLevel>>>,
+    /// `{ pps, burst }`, or "off" (read by hand: serde's untagged enums lose spans).
+    unknown: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudgetLevel {
+    pps: Spanned<i64>,
+    burst: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +450,8 @@ struct RawOptions {
     return_timeout: Option<Spanned<String>>,
     fragment_timeout: Option<Spanned<String>>,
     icmp_echo: Option<Spanned<RawLevel>>,
+    icmp_echo_unknown: Option<Spanned<RawBudgetLevel>>,
+    known_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +466,7 @@ struct RawCapacity {
     flows: Option<Spanned<i64>>,
     frags: Option<Spanned<i64>>,
     sip_peers: Option<Spanned<i64>>,
+    known: Option<Spanned<i64>>,
 }
 
 // ---- validation ----------------------------------------------------------------------------
@@ -499,7 +534,11 @@ impl Validator<'_> {
                     "use letters, digits, '-' and '_'",
                 );
             }
-            if let Some(limit) = self.limit(&name, raw_limit.into_inner(), span) {
+            if let Some(mut limit) = self.limit(&name, raw_limit.into_inner(), span) {
+                if limit.unknown.is_some_and(|b| b.pps == 0) {
+                    // No `unknown` key: a built-in class keeps its budget, others have none.
+                    limit.unknown = limits.get(&name).and_then(|l| l.unknown);
+                }
                 limits.insert(name, limit);
             }
         }
@@ -696,11 +735,11 @@ impl Validator<'_> {
             let what = format!("sip.methods.{method}");
             let limit = match (raw_limit.levels, raw_limit.pps) {
                 (Some(levels), None) if raw_limit.burst.is_none() && raw_limit.ban.is_none() => {
-                    self.limit(&what, RawLimit { levels }, span)
+                    self.limit(&what, RawLimit { levels, unknown: None }, span)
                 }
                 (None, Some(pps)) => self
                     .level(RawLevel { pps, burst: raw_limit.burst, ban: raw_limit.ban }, span, &what)
-                    .map(|l| Limit { levels: vec![l] }),
+                    .map(|l| Limit { levels: vec![l], unknown: None }),
                 _ => {
                     self.error(
                         span,
@@ -757,7 +796,39 @@ impl Validator<'_> {
                 "put the lower rate first: level 1 is the early warning, level 2 the hard ceiling",
             );
         }
-        Some(Limit { levels })
+        let unknown = match raw.unknown {
+            None => None,
+            Some(u) => {
+                let uspan = u.span();
+                let hint = "write unknown = { pps = 2000, burst = 4000 } or unknown = \"off\"";
+                match u.into_inner() {
+                    toml::Value::String(s) if s == "off" => Some(None),
+                    toml::Value::Table(t)
+                        if t.keys().all(|k| k == "pps" || k == "burst")
+                            && t.get("pps").is_some_and(toml::Value::is_integer)
+                            && t.get("burst").is_none_or(toml::Value::is_integer) =>
+                    {
+                        let int = |k: &str| t.get(k).and_then(toml::Value::as_integer);
+                        let pps = Spanned::new(uspan.clone(), int("pps").unwrap_or(0));
+                        let burst = int("burst").map(|b| Spanned::new(uspan.clone(), b));
+                        let what = format!("limit `{name}`: unknown");
+                        let level = self.level(RawLevel { pps, burst, ban: None }, uspan, &what)?;
+                        Some(Some(Budget { pps: level.pps, burst: level.burst }))
+                    }
+                    other => {
+                        self.error(
+                            uspan,
+                            format!("limit `{name}`: unknown = {other} is neither a budget nor \"off\""),
+                            hint,
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        // An absent `unknown` keeps the built-in class's budget (see `limits`), marked here as
+        // `Some(Budget { pps: 0 })` until then.
+        Some(Limit { levels, unknown: unknown.unwrap_or(Some(Budget { pps: 0, burst: 0 })) })
     }
 
     fn level(&mut self, raw: RawLevel, span: Range<usize>, what: &str) -> Option<Level> {
@@ -958,6 +1029,7 @@ impl Validator<'_> {
         for (raw_d, slot, key) in [
             (raw.return_timeout, &mut o.return_timeout, "return_timeout"),
             (raw.fragment_timeout, &mut o.fragment_timeout, "fragment_timeout"),
+            (raw.known_ttl, &mut o.known_ttl, "known_ttl"),
         ] {
             if let Some(d) = raw_d {
                 match parse_duration(d.get_ref()) {
@@ -979,6 +1051,15 @@ impl Validator<'_> {
                 o.icmp_echo = level;
             }
         }
+        if let Some(b) = raw.icmp_echo_unknown {
+            let span = b.span();
+            let b = b.into_inner();
+            if let Some(l) =
+                self.level(RawLevel { pps: b.pps, burst: b.burst, ban: None }, span, "options.icmp_echo_unknown")
+            {
+                o.icmp_echo_unknown = Budget { pps: l.pps, burst: l.burst };
+            }
+        }
         o
     }
 
@@ -994,6 +1075,7 @@ impl Validator<'_> {
             (raw.flows, &mut c.flows, "flows"),
             (raw.frags, &mut c.frags, "frags"),
             (raw.sip_peers, &mut c.sip_peers, "sip_peers"),
+            (raw.known, &mut c.known, "known"),
         ] {
             if let Some(v) = v {
                 match u32::try_from(*v.get_ref()) {

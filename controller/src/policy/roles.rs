@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use super::{Level, Limit, Proto};
+use super::{Budget, Level, Limit, Proto};
 
 /// Source sets every policy has, empty unless the policy file fills them.
 pub const BUILTIN_SETS: [(&str, &str); 3] = [
@@ -23,7 +23,20 @@ pub const BUILTIN_SETS: [(&str, &str); 3] = [
     ("carriers", "SIP trunk providers' signalling addresses"),
 ];
 
-/// Rate classes every policy has; a `[limit.NAME]` with the same name replaces one.
+/// Rate classes every policy has; a `[limit.NAME]` with the same name replaces one (keeping its
+/// `unknown` budget unless it sets one).
+///
+/// The budgets of unknown sources (those that never proved their address, which includes every
+/// spoofed one) are what a random-source flood can get through, together, per class:
+/// - `signaling`: 2000/s, burst 4000. PortSIP's level-2 rate, the most one source may send
+///   before it is banned; for the unknown it covers new phones registering (a mass
+///   re-registration of 10 000 phones after an outage, challenge round trips included, is about
+///   that over ten seconds) while a SIP server handles it without effort. Registered phones,
+///   trunks the server pings and peers in `[sets]` are known and never draw from it.
+/// - `media`: 20 000/s, burst 40 000. About 400 RTP streams at 50 packets/s from addresses
+///   that never signalled themselves (carriers send media from outside their signalling
+///   ranges): put such ranges in `carriers` to make them known.
+/// - `web`: 1000/s, burst 2000, the per-source rate of the class.
 pub fn builtin_limits() -> Vec<(&'static str, Limit)> {
     const HOUR: Duration = Duration::from_secs(3600);
     vec![
@@ -33,15 +46,28 @@ pub fn builtin_limits() -> Vec<(&'static str, Limit)> {
             "signaling",
             Limit {
                 levels: vec![Level { pps: 500, burst: 1000, ban: HOUR }, Level { pps: 2000, burst: 2000, ban: HOUR }],
+                unknown: Some(Budget { pps: 2000, burst: 4000 }),
             },
         ),
         // RTP needs no control protocol and carriers send media from addresses outside their
         // published ranges ("VICIdial: Ports", SIP and RTP traffic), so media is open to all
         // and only policed. One carrier address can carry hundreds of calls at 50 packets/s
         // each (20 ms ptime): 50 000 packets/s per source.
-        ("media", Limit { levels: vec![Level { pps: 50_000, burst: 100_000, ban: Duration::ZERO }] }),
+        (
+            "media",
+            Limit {
+                levels: vec![Level { pps: 50_000, burst: 100_000, ban: Duration::ZERO }],
+                unknown: Some(Budget { pps: 20_000, burst: 40_000 }),
+            },
+        ),
         // Self-care and admin web front ends: police a single source to 1000 packets/s.
-        ("web", Limit { levels: vec![Level { pps: 1000, burst: 2000, ban: Duration::ZERO }] }),
+        (
+            "web",
+            Limit {
+                levels: vec![Level { pps: 1000, burst: 2000, ban: Duration::ZERO }],
+                unknown: Some(Budget { pps: 1000, burst: 2000 }),
+            },
+        ),
     ]
 }
 

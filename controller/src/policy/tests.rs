@@ -356,7 +356,7 @@ other = { levels = [{ pps = 100 }, { pps = 200, ban = "1h" }] }
     assert_eq!(c.class_name(other), "sip-other");
     assert_eq!(
         c.classes[reg as usize],
-        compile::rate_class(&[Level { pps: 20, burst: 40, ban: std::time::Duration::from_secs(600) }])
+        compile::rate_class(&[Level { pps: 20, burst: 40, ban: std::time::Duration::from_secs(600) }], None)
     );
     assert!(c.classes[other as usize].levels[1].ban_ns > 0);
     assert_eq!(c.class_name(common::sip::CLASS_FAILED_AUTH), "sip-failed-auth");
@@ -388,4 +388,46 @@ fn sip_section_errors_name_the_key() {
     assert!(d[0].message.contains("pps = 0"), "{d:?}");
     let d = err("[sip]\nua_window = 10\n");
     assert!(d[0].message.contains("ua_window"), "{d:?}");
+}
+
+#[test]
+fn unknown_budgets_default_per_builtin_class_and_parse() {
+    let (p, c) = parse("t.toml", "roles = [\"voip-edge\"]\n").unwrap();
+    assert_eq!(p.limits["signaling"].unknown, Some(Budget { pps: 2000, burst: 4000 }));
+    assert_eq!(p.limits["media"].unknown, Some(Budget { pps: 20_000, burst: 40_000 }));
+    assert_eq!(p.options.known_ttl, std::time::Duration::from_secs(7200));
+    let sig = c.class_names.iter().position(|n| n == "signaling").unwrap();
+    assert_eq!(c.classes[sig].unknown, common::rate::level(2000, 4000, 0));
+    assert_eq!(c.config.known_ttl_ns, 7200 * 1_000_000_000);
+    // A replaced built-in keeps its budget unless it sets one; "off" turns it off; a new class
+    // has none.
+    let text = r#"
+[limit.signaling]
+levels = [{ pps = 100 }]
+[limit.media]
+levels = [{ pps = 100 }]
+unknown = "off"
+[limit.mine]
+levels = [{ pps = 5 }]
+[limit.budgeted]
+levels = [{ pps = 5 }]
+unknown = { pps = 50 }
+[options]
+known_ttl = "30m"
+"#;
+    let (p, _) = parse("t.toml", text).unwrap();
+    assert_eq!(p.limits["signaling"].unknown, Some(Budget { pps: 2000, burst: 4000 }));
+    assert_eq!(p.limits["media"].unknown, None);
+    assert_eq!(p.limits["mine"].unknown, None);
+    assert_eq!(p.limits["budgeted"].unknown, Some(Budget { pps: 50, burst: 50 }));
+    assert_eq!(p.options.known_ttl, std::time::Duration::from_secs(1800));
+    for (bad, what) in [
+        ("[limit.x]\nlevels = [{ pps = 5 }]\nunknown = \"never\"\n", "unknown = \"never\""),
+        ("[limit.x]\nlevels = [{ pps = 5 }]\nunknown = { pps = 0 }\n", "pps = 0"),
+        ("[limit.x]\nlevels = [{ pps = 5 }]\nunknown = { pps = 5, ban = \"1h\" }\n", "neither a budget"),
+        ("[options]\nknown_ttl = \"0s\"\n", "known_ttl must be longer than zero"),
+    ] {
+        let e = parse("t.toml", bad).unwrap_err().to_string();
+        assert!(e.contains(what), "{bad:?}: {e}");
+    }
 }

@@ -56,9 +56,9 @@ pub enum Command {
     Allow(AddCmd),
     /// Remove CIDRs from the allow list.
     Disallow(RemoveCmd),
-    /// Show blocked, allowed and banned sources.
+    /// Show blocked, allowed and banned sources, or the known peers (`list known`).
     List {
-        #[arg(value_parser = ["blocked", "allowed", "banned"])]
+        #[arg(value_parser = ["blocked", "allowed", "banned", "known"])]
         which: Option<String>,
         #[arg(long)]
         json: bool,

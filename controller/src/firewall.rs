@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::{
     bans::{BanRecord, Bans, key_of, mono_to_unix, source_of, unix_to_mono},
     dataplane::{AttachedMode, Attachment, Counters, Dataplane, LoadOptions, XdpModeChoice, monotonic_ns},
+    peers,
     policy::{self, CompiledPolicy, Policy, SshReach},
     render::{self, MapFill, TopRow, Which, summarize},
     sources::{ListKind, Lists, ManualEntry, RemoveError, SourceTables, Sources},
@@ -111,6 +112,8 @@ pub struct Firewall {
     attached_since: u64,
     /// Unix time of the last successful reload (or start).
     pub policy_loaded_at: u64,
+    /// Known peers by proof and the classes over their unknown budget.
+    pub peers: peers::Watch,
 }
 
 fn load_policy(path: Option<&Path>, force_dry_run: bool) -> Result<(Policy, CompiledPolicy), OpError> {
@@ -176,8 +179,20 @@ impl Firewall {
             bans_total: BTreeMap::new(),
             attached_since: now,
             policy_loaded_at: now,
+            peers: peers::Watch::default(),
         };
         fw.merge_bans(now)?;
+        if !adopted {
+            // A new table (after a reboot): the known peers of the state folder come back, so
+            // the phones of a host rebooted during an attack stay known.
+            let ttl = fw.policy.options.known_ttl.as_secs();
+            match peers::restore(&mut fw.dp, &fw.state_dir, ttl) {
+                Ok(0) => {}
+                Ok(n) => info!(peers = n, "known peers restored from the state folder"),
+                Err(peers::RestoreError::State(e)) => return Err(e.into()),
+                Err(peers::RestoreError::Dataplane(e)) => return Err(e.into()),
+            }
+        }
         fw.attach(opts, now)?;
         fw.persist_bans();
         Ok(fw)
@@ -598,16 +613,37 @@ impl Firewall {
         }
         self.sources.expire(now);
         self.persist_bans();
+        match self.dp.budget_drops() {
+            Ok(drops) => self.peers.budgets(drops, |id| self.compiled.class_name(id)),
+            Err(e) => error!(error = %e, "reading the unknown budgets failed"),
+        }
+        if self.peers.snapshot_due(now) {
+            let result = self
+                .known_peers()
+                .map_err(OpError::from)
+                .and_then(|live| self.peers.snapshot(&self.state_dir, &live, now).map_err(OpError::from));
+            if let Err(e) = result {
+                error!(error = %e, "keeping the known peers failed; retrying at the next snapshot");
+            }
+        }
+    }
+
+    /// The live known peers (walks the table).
+    pub fn known_peers(&self) -> Result<Vec<peers::KnownRecord>, crate::dataplane::DataplaneError> {
+        peers::live(&self.dp, self.policy.options.ipv6_prefix, self.policy.options.known_ttl.as_secs())
     }
 
     /// `voipwall list`.
     pub fn list(&self, which: Option<&str>) -> Result<Reply, OpError> {
         let Some(which) = Which::parse(which) else {
             return Err(OpError::Invalid(format!(
-                "`{}` is not a list; write blocked, allowed or banned",
+                "`{}` is not a list; write blocked, allowed, banned or known",
                 which.unwrap_or_default()
             )));
         };
+        if which == Which::Known {
+            return Ok(render::known(&self.known_peers()?));
+        }
         let lists = self.sources.lists();
         Ok(render::list(which, |kind| lists.rows(kind), &self.bans.records()))
     }
@@ -628,6 +664,10 @@ impl Firewall {
     pub fn top(&self, limit: usize) -> Result<Reply, OpError> {
         let now = monotonic_ns();
         let prefix = self.policy.options.ipv6_prefix;
+        // A window older than two seconds is a source that went quiet.
+        let pps = |st: &common::RateState| {
+            if now.saturating_sub(st.window_start_ns) > 2_000_000_000 { 0 } else { observed_pps(st, now) }
+        };
         let mut rows: Vec<TopRow> = self
             .dp
             .rates()?
@@ -635,11 +675,27 @@ impl Firewall {
             .map(|(k, st)| TopRow {
                 source: source_of(&k.addr, prefix),
                 class: self.compiled.class_name(k.class as u8),
-                // A window older than two seconds is a source that went quiet.
-                pps: if now.saturating_sub(st.window_start_ns) > 2_000_000_000 { 0 } else { observed_pps(&st, now) },
+                pps: pps(&st),
                 window_packets: st.window_packets,
+                known: false,
             })
             .collect();
+        // Known peers keep their rate state in their own entries.
+        let ttl_ns = self.policy.options.known_ttl.as_nanos() as u64;
+        for (key, peer) in self.dp.known_peers()? {
+            if now.saturating_sub(peer.seen_ns) > ttl_ns {
+                continue;
+            }
+            for (class, st) in peer.classes.iter().zip(&peer.rates).filter(|(c, _)| **c != 0) {
+                rows.push(TopRow {
+                    source: source_of(&key, prefix),
+                    class: self.compiled.class_name(*class),
+                    pps: pps(st),
+                    window_packets: st.window_packets,
+                    known: true,
+                });
+            }
+        }
         rows.sort_by(|a, b| b.pps.cmp(&a.pps).then(a.source.cmp(&b.source)));
         rows.truncate(limit);
         Ok(render::top(&rows))
@@ -662,6 +718,7 @@ impl Firewall {
             (maps::FLOWS, created(stat::FLOWS_CREATED, maps::FLOWS), cap(maps::FLOWS)),
             (maps::FRAGS, created(stat::FRAGS_CREATED, maps::FRAGS), cap(maps::FRAGS)),
             (maps::SIP_PEERS, created(stat::SIP_PEERS_CREATED, maps::SIP_PEERS), cap(maps::SIP_PEERS)),
+            (maps::KNOWN, created(stat::KNOWN_CREATED, maps::KNOWN), cap(maps::KNOWN)),
         ]
     }
 
@@ -688,6 +745,8 @@ impl Firewall {
             "ssh": self.compiled.ssh,
             "maps": fill.iter().map(|(m, e, c)| json!({ "map": m, "entries": e, "capacity": c })).collect::<Vec<_>>(),
             "reloads": { "ok": self.reloads.ok, "error": self.reloads.error, "rolled_back": self.reloads.rolled_back },
+            "known": { "total": self.peers.total(), "by_proof": self.peers.by_proof },
+            "over_budget": self.peers.over,
         });
         Ok(render::status(data, &fill))
     }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod firewall;
 pub mod metrics;
 pub mod paths;
+pub mod peers;
 pub mod policy;
 pub mod render;
 pub mod sources;

@@ -43,6 +43,11 @@ pub const FAMILIES: &[&str] = &[
     "voipwall_build_info",
     "voipwall_events_lost_total",
     "voipwall_sip_auth_events_total",
+    "voipwall_sip_incomplete_total",
+    "voipwall_known_peers",
+    "voipwall_known_learned_total",
+    "voipwall_unknown_budget_drops_total",
+    "voipwall_unknown_over_budget",
 ];
 
 fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
@@ -221,10 +226,57 @@ pub fn gather(fw: &Firewall) -> Vec<MetricFamily> {
     push(&mut incomplete, &[], stat_of(stat::SIP_INCOMPLETE));
     out.push(incomplete);
 
+    let mut known = family(
+        "voipwall_known_peers",
+        "Known peers (sources that proved their address) by proof, as of the last walk of the table (every 10 s).",
+        MetricType::GAUGE,
+    );
+    let mut learned = family(
+        "voipwall_known_learned_total",
+        "Sources that became known (new, or known again after known_ttl), by proof.",
+        MetricType::COUNTER,
+    );
+    for (i, name) in common::known::PROOF_NAMES.iter().enumerate() {
+        push(&mut known, &[("proof", name)], fw.peers.by_proof.get(name).copied().unwrap_or(0) as f64);
+        push(&mut learned, &[("proof", name)], stat_of(stat::KNOWN_LEARNED + i as u32));
+    }
+    out.push(known);
+    out.push(learned);
+
+    let mut budget_drops = family(
+        "voipwall_unknown_budget_drops_total",
+        "Packets of unknown sources refused by their rate class's shared budget, by class.",
+        MetricType::COUNTER,
+    );
+    let mut over = family(
+        "voipwall_unknown_over_budget",
+        "1 while a class's unknown sources are over their budget (packets refused in the last second), else 0.",
+        MetricType::GAUGE,
+    );
+    let drops = fw.dataplane().budget_drops().ok();
+    for (id, class) in budgeted_classes(fw) {
+        push(&mut budget_drops, &[("class", &class)], drops.as_ref().map_or(0.0, |d| d[id as usize] as f64));
+        push(&mut over, &[("class", &class)], if fw.peers.over.contains_key(&class) { 1.0 } else { 0.0 });
+    }
+    out.push(budget_drops);
+    out.push(over);
+
     let mut build = family("voipwall_build_info", "voipwall build (value 1).", MetricType::GAUGE);
     push(&mut build, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     out.push(build);
     out
+}
+
+/// Rate classes with an unknown budget: (id, name).
+fn budgeted_classes(fw: &Firewall) -> Vec<(u8, String)> {
+    let (_, compiled) = fw.policy();
+    compiled
+        .classes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.unknown.emission_ns != 0)
+        .map(|(id, _)| (id as u8, compiled.class_name(id as u8)))
+        .collect()
 }
 
 /// The classic text exposition of [`gather`].

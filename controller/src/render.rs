@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::{
     bans::BanRecord,
     dataplane::Counters,
+    peers::KnownRecord,
     sources::{ListKind, ListRow, ManualEntry},
     state::rfc3339,
 };
@@ -44,6 +45,7 @@ pub enum Which {
     Blocked,
     Allowed,
     Banned,
+    Known,
 }
 
 impl Which {
@@ -54,6 +56,7 @@ impl Which {
             "blocked" => Some(Self::Blocked),
             "allowed" => Some(Self::Allowed),
             "banned" => Some(Self::Banned),
+            "known" => Some(Self::Known),
             _ => None,
         }
     }
@@ -113,6 +116,22 @@ pub fn list(which: Which, rows: impl Fn(ListKind) -> Vec<ListRow>, bans: &[BanRe
     Reply::new(text, Value::Object(data))
 }
 
+/// `voipwall list known`: the known peers, how each proved its address, since and last seen.
+pub fn known(peers: &[KnownRecord]) -> Reply {
+    let mut text = format!("known ({}):\n", peers.len());
+    for p in peers {
+        let _ = writeln!(
+            text,
+            "  {:<43} {:<13} since {}  seen {}",
+            p.source.to_string(),
+            p.proof,
+            rfc3339(p.since),
+            rfc3339(p.seen)
+        );
+    }
+    Reply::new(text, json!({ "known": peers }))
+}
+
 /// `voipwall stats`: the counters by verdict and reason, then per rule (`rules[i]` is rule
 /// `rule_names[i]`'s pass/drop/would-drop, rule 0 being "no rule").
 pub fn stats(c: &Counters, rules: &[[common::Counter; verdict::COUNT as usize]], rule_names: &[String]) -> Reply {
@@ -146,17 +165,26 @@ pub struct TopRow {
     pub class: String,
     pub pps: u32,
     pub window_packets: u32,
+    /// A known peer (its state lives in its known-peer entry).
+    pub known: bool,
 }
 
 /// `voipwall top`: rows already sorted and cut.
 pub fn top(rows: &[TopRow]) -> Reply {
-    let mut text = format!("{:<43} {:<14} {:>10}\n", "source", "class", "pps");
+    let mut text = format!("{:<43} {:<14} {:>10}  {}\n", "source", "class", "pps", "known");
     for r in rows {
-        let _ = writeln!(text, "{:<43} {:<14} {:>10}", r.source.to_string(), r.class, r.pps);
+        let _ = writeln!(
+            text,
+            "{:<43} {:<14} {:>10}  {}",
+            r.source.to_string(),
+            r.class,
+            r.pps,
+            if r.known { "yes" } else { "no" }
+        );
     }
     let data: Vec<Value> = rows
         .iter()
-        .map(|r| json!({ "source": r.source, "class": r.class, "pps": r.pps, "window_packets": r.window_packets }))
+        .map(|r| json!({ "source": r.source, "class": r.class, "pps": r.pps, "window_packets": r.window_packets, "known": r.known }))
         .collect();
     Reply::new(text, json!({ "sources": data }))
 }
@@ -193,6 +221,22 @@ pub fn status(data: Value, fill: &[MapFill]) -> Reply {
     }
     let r = &data["reloads"];
     let _ = writeln!(text, "reloads        ok {} / error {} / rolled back {}", r["ok"], r["error"], r["rolled_back"]);
+    let k = &data["known"];
+    let by: Vec<String> = k["by_proof"]
+        .as_object()
+        .map(|m| m.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(n, v)| format!("{n} {v}")).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        text,
+        "known peers    {}{}",
+        k["total"],
+        if by.is_empty() { String::new() } else { format!(" ({})", by.join(", ")) }
+    );
+    let over: Vec<String> = data["over_budget"]
+        .as_object()
+        .map(|m| m.iter().map(|(c, v)| format!("{c} (refusing {v}/s)")).collect())
+        .unwrap_or_default();
+    let _ = writeln!(text, "over budget    {}", if over.is_empty() { "-".into() } else { over.join(", ") });
     let _ = writeln!(text, "maps           entries / capacity");
     for (m, e, c) in fill {
         let _ = writeln!(text, "  {:<13} {:>9} / {}", m, e.map_or("-".to_string(), |e| e.to_string()), c);

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod daemon;
 pub mod netns;
 pub mod packet;
+pub mod pbx;
 pub mod sipgen;
 pub mod site;
 pub mod voip;

@@ -198,6 +198,52 @@ impl Drop for RtpCall {
     }
 }
 
+/// A media server's RTP socket that answers only the peer it negotiated with, as Asterisk's
+/// `strictrtp` or rtpengine do: it echoes datagrams from `peer` and counts the others (the
+/// spoofed datagrams that reached it). Bounded: stops when dropped, or after two minutes.
+pub struct StrictEcho {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<u64>>,
+}
+
+impl StrictEcho {
+    pub fn start(ns: &NetNs, local: &str, peer: &str) -> Self {
+        let sock = ns.enter(|| UdpSocket::bind(local)).unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let peer: std::net::IpAddr = peer.parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s1 = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut others = 0u64;
+            let mut buf = [0u8; 2048];
+            while !s1.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if from.ip() == peer {
+                        let _ = sock.send_to(&buf[..n], from);
+                    } else {
+                        others += 1;
+                    }
+                }
+            }
+            others
+        });
+        Self { stop, handle: Some(handle) }
+    }
+
+    /// Stop: how many datagrams came from others than the peer.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for StrictEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// UDP datagrams from `sources` (round robin) to `dst` at `pps` for at most `duration`, until
 /// stopped. Payloads are `payload` with `{n}` replaced by a running number.
 pub struct Flood {
@@ -471,4 +517,164 @@ pub fn udp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
         found.extend(answers.join().unwrap());
         found
     })
+}
+
+/// Counts, with nftables in `ns` (an independent witness, after XDP), the UDP datagrams to
+/// `port` from any source but `legit`: the flood packets that passed XDP.
+pub struct PassedCounter<'a> {
+    ns: &'a NetNs,
+}
+
+impl<'a> PassedCounter<'a> {
+    pub fn new(ns: &'a NetNs, port: u16, legit: &[&str]) -> Self {
+        let (v4, v6): (Vec<&str>, Vec<&str>) = legit.iter().partition(|a| !a.contains(':'));
+        let set = |l: &[&str]| if l.is_empty() { "{ 0.0.0.0 }".to_string() } else { format!("{{ {} }}", l.join(", ")) };
+        let set6 = |l: &[&str]| if l.is_empty() { "{ ::1 }".to_string() } else { format!("{{ {} }}", l.join(", ")) };
+        ns.sh(&format!(
+            "nft -f - <<'EOF'\ntable inet vwpassed {{\n counter passed {{ }}\n chain pre {{\n  type filter hook prerouting priority -300;\n  ip saddr != {} udp dport {port} counter name passed\n  ip6 saddr != {} udp dport {port} counter name passed\n }}\n}}\nEOF",
+            set(&v4),
+            set6(&v6)
+        ));
+        Self { ns }
+    }
+
+    pub fn packets(&self) -> u64 {
+        let out = self.ns.sh("nft list counter inet vwpassed passed");
+        out.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no packet count in: {out}"))
+    }
+}
+
+/// Whether a UDP datagram from `src` to `dst:port` reaches the host: it answers, or its ICMP
+/// port unreachable comes back (three tries, 400 ms each).
+pub fn udp_probe(ns: &NetNs, src: &str, dst: &str, port: u16) -> bool {
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    ns.enter(move || {
+        let s = UdpSocket::bind((src, 0)).expect("bind the probe socket");
+        s.connect((dst, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+        let mut buf = [0u8; 1500];
+        (0..3).any(|_| {
+            let _ = s.send(b"probe");
+            match s.recv(&mut buf) {
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            }
+        })
+    })
+}
+
+/// A random-source flood from trafgen (Debian's `netsniff-ng`): one frame template whose source
+/// address (and source port) is random in every packet, checksums recomputed by trafgen, sent
+/// out of `iface` in `ns` as fast as trafgen goes (or at `pps`), bounded by a packet count and by
+/// `timeout(1)`.
+pub struct Trafgen {
+    child: Option<std::process::Child>,
+    out: std::path::PathBuf,
+    pub started: Instant,
+}
+
+/// What a [`Trafgen`] flood carries.
+pub enum Spoofed<'a> {
+    /// UDP from random IPv4 sources to `dst:port`.
+    Udp4 { dst: &'a str, port: u16 },
+    /// UDP from random IPv6 /64s to `dst:port`.
+    Udp6 { dst: &'a str, port: u16 },
+    /// UDP from random IPv4 sources to every port of `dst` in `lo..=hi`, in turn.
+    Udp4Range { dst: &'a str, lo: u16, hi: u16 },
+    /// TCP SYNs from random IPv4 sources inside 198.18.0.0/16 (so the receiver can route its
+    /// SYN-ACKs into a sink) to `dst:port`.
+    Syn4 { dst: &'a str, port: u16 },
+}
+
+/// A [`Trafgen`] flood: what, with which UDP payload, how many packets at most, how fast
+/// (`None`: as fast as trafgen goes) and for how long at most.
+pub struct FloodSpec<'a> {
+    pub what: Spoofed<'a>,
+    pub payload: &'a [u8],
+    pub count: u64,
+    pub pps: Option<u64>,
+    pub limit: Duration,
+}
+
+impl Trafgen {
+    /// Start a flood out of `iface` in `ns` towards `dst_mac`; its files go to `dir`.
+    pub fn start(ns: &NetNs, iface: &str, dst_mac: [u8; 6], spec: FloodSpec, dir: &std::path::Path) -> Self {
+        let FloodSpec { what, payload, count, pps, limit } = spec;
+        let bytes: Vec<String> = payload.iter().map(|b| format!("0x{b:02x}")).collect();
+        let body = if bytes.is_empty() { String::new() } else { format!(", {}", bytes.join(", ")) };
+        let mac = dst_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let l34 = match what {
+            Spoofed::Udp4 { dst, port } => {
+                format!("ipv4(sa=drnd(), da={dst}, ttl=64), udp(sp=drnd(1024, 65535), dp={port})")
+            }
+            Spoofed::Udp6 { dst, port } => format!(
+                "ipv6(sa=2001:db8::1, sa[0:4]=drnd(), sa[4:4]=drnd(), da={dst}, hl=64), udp(sp=drnd(1024, 65535), dp={port})"
+            ),
+            Spoofed::Udp4Range { dst, lo, hi } => {
+                format!("ipv4(sa=drnd(), da={dst}, ttl=64), udp(sp=drnd(1024, 65535), dp=dinc({lo}, {hi}))")
+            }
+            Spoofed::Syn4 { dst, port } => format!(
+                "ipv4(sa=198.18.0.1, sa[2:2]=drnd(), da={dst}, ttl=64), tcp(sp=drnd(1024, 65535), dp={port}, seq=drnd(), syn, win=64240)"
+            ),
+        };
+        let cfg = format!("{{ eth(da={mac}), {l34}{body} }}\n");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("trafgen-{n}.cfg"));
+        std::fs::write(&path, cfg).unwrap();
+        let out = dir.join(format!("trafgen-{n}.out"));
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns.name,
+            "timeout",
+            "-s",
+            "INT",
+            "-k",
+            "2",
+            &limit.as_secs().max(1).to_string(),
+            "trafgen",
+        ])
+        .args(["-o", iface, "-i"])
+        .arg(&path)
+        .args(["-n", &count.to_string(), "--cpus", "1"]);
+        // `-t 0`: sendto(2) per packet, which waits while the veth's ring is full; the TX_RING
+        // path gives up with EAGAIN when the receiver's XDP program applies backpressure.
+        cmd.args(["-t", "0"]);
+        if let Some(pps) = pps {
+            cmd.args(["-b", &format!("{pps}pps")]);
+        }
+        // trafgen prints its summary on stdout or stderr depending on how it ended: both go
+        // to the file.
+        let file = std::fs::File::create(&out).unwrap();
+        let child = cmd.stdout(file.try_clone().unwrap()).stderr(file).spawn().expect("spawn trafgen");
+        Self { child: Some(child), out, started: Instant::now() }
+    }
+
+    /// Wait for the flood to end: packets sent.
+    pub fn wait(mut self) -> u64 {
+        let _ = self.child.take().expect("child").wait();
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let sent = text
+            .lines()
+            .find(|l| l.contains("packets outgoing"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        sent.unwrap_or_else(|| panic!("trafgen printed no packet count:\n{text}"))
+    }
+}
+
+impl Drop for Trafgen {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // The `ip netns exec` child runs timeout(1), which ends trafgen.
+            // SAFETY: signalling a child this test spawned.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
 }

@@ -410,3 +410,92 @@ fn a_real_prometheus_scrapes_the_daemon() {
         query(&pair, "sum(increase(voipwall_packets_total{reason=\"port_closed\"}[1m]))").expect("increase() result");
     assert!(inc >= 25.0, "increase over the last minute is {inc}");
 }
+
+/// The known peers and the unknown sources' budgets, seen from outside: a TCP peer that
+/// completed a handshake (and sent data the host acknowledged) counts as known by `tcp`; a
+/// random-source flood over the signaling budget shows as budget drops, as the class over its
+/// budget while it lasts, and as one log line going over and one coming back.
+#[test]
+#[ignore = "needs root and BPF"]
+fn known_peers_and_unknown_budgets_in_metrics_status_and_log() {
+    if !bpf_available() {
+        return;
+    }
+    let (pair, inj, host) = quiet_pair();
+    let env = Env::new();
+    let policy = env.write("p.toml", "roles = [\"voip-edge\"]\n[limit.signaling]\nunknown = { pps = 5, burst = 5 }\n");
+    let d = Daemon::start(&pair, &env, &["--metrics", "127.0.0.1:9947", "--policy", policy.to_str().unwrap()]);
+
+    // A TCP SIP peer: handshake, a request, an answer.
+    let (server, client) = (pair.server_v4(), pair.client_v4(2));
+    let listener = pair.server.enter(|| std::net::TcpListener::bind(format!("{server}:5060"))).unwrap();
+    let accept = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        std::io::Write::write_all(&mut s, &buf[..n]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let mut c = pair.client.enter(|| std::net::TcpStream::connect(format!("{server}:5060"))).unwrap();
+    std::io::Write::write_all(&mut c, b"OPTIONS sip:x SIP/2.0\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(std::io::Read::read(&mut c, &mut buf).unwrap() > 0, "the TCP peer is answered");
+    accept.join().unwrap();
+    let known = d.json(&["list", "known"]);
+    let rows = known["known"].as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["source"] == format!("{client}/32") && r["proof"] == "tcp"),
+        "the TCP peer is known: {known}"
+    );
+
+    // 600 packets in 3 s from 600 sources: 5 fit the budget's burst, about 15 more its rate.
+    let before = parse(&scrape(&pair));
+    let started = Instant::now();
+    let mut over_seen = (0.0, String::new());
+    for i in 0..600u32 {
+        let src = [198, 18, (i >> 8) as u8, i as u8];
+        inj.send(&Packet::udp4(src, 5060, host, 5060).payload(b"OPTIONS sip:x SIP/2.0\r\n\r\n").bytes());
+        tests::daemon::pace(started, u64::from(i), Duration::from_millis(5));
+        if i == 400 {
+            let text = scrape(&pair);
+            over_seen =
+                (get(&parse(&text), "voipwall_unknown_over_budget", &[("class", "signaling")]), d.ok(&["status"]));
+        }
+    }
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = parse(&scrape(&pair));
+    let delta = |name: &str, l: &[(&str, &str)]| get(&after, name, l) - get(&before, name, l);
+    let refused = delta("voipwall_unknown_budget_drops_total", &[("class", "signaling")]);
+    assert_eq!(
+        refused,
+        delta("voipwall_packets_total", &[("verdict", "drop"), ("reason", "unknown_over_budget")]),
+        "the per-class budget drops add up to the reason's"
+    );
+    let admitted = 600.0 - refused;
+    let bound = 5.0 + 5.0 * took.as_secs_f64() + 1.0;
+    assert!(admitted >= 5.0 && admitted <= bound, "{admitted} unknown packets admitted, budget allows {bound:.0}");
+    assert_eq!(over_seen.0, 1.0, "the class shows over its budget during the flood");
+    assert!(over_seen.1.contains("over budget    signaling (refusing"), "status shows it:\n{}", over_seen.1);
+
+    // It recovers, logged once each way; the known peer is counted by its proof.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let settled = loop {
+        let s = parse(&scrape(&pair));
+        let done = get(&s, "voipwall_unknown_over_budget", &[("class", "signaling")]) == 0.0
+            && get(&s, "voipwall_known_peers", &[("proof", "tcp")]) == 1.0;
+        if done || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(get(&settled, "voipwall_unknown_over_budget", &[("class", "signaling")]), 0.0, "recovered");
+    assert_eq!(get(&settled, "voipwall_known_peers", &[("proof", "tcp")]), 1.0);
+    assert_eq!(get(&settled, "voipwall_known_learned_total", &[("proof", "tcp")]), 1.0);
+    let log = d.log_text();
+    let over_lines = log.lines().filter(|l| l.contains("over their budget") && l.contains("class=signaling")).count();
+    let back_lines =
+        log.lines().filter(|l| l.contains("back within their budget") && l.contains("class=signaling")).count();
+    assert_eq!((over_lines, back_lines), (1, 1), "one line over, one line back:\n{log}");
+}

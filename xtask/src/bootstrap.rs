@@ -40,6 +40,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The SIP server and the SIP user agents of the network tests.
     ("kamailio", "kamailio"),
     ("sipp", "sip-tester"),
+    // The random-source flood generator of the flood tests.
+    ("trafgen", "netsniff-ng"),
 ];
 
 const BENCH_PACKAGES: &[(&str, &str)] = &[];

@@ -421,7 +421,8 @@ enum RawPort {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimit {
-    levels: Spanned<Vec<Spanned<RawLevel>>>,
+    /// Absent: a built-in class keeps its levels (to set only its `unknown` budget).
+    levels: Option<Spanned<Vec<Spanned<RawLevel>>>>,
     /// `{ pps, burst }`, or "off" (read by hand: serde's untagged enums lose spans).
     unknown: Option<Spanned<toml::Value>>,
 }
@@ -534,7 +535,8 @@ impl Validator<'_> {
                     "use letters, digits, '-' and '_'",
                 );
             }
-            if let Some(mut limit) = self.limit(&name, raw_limit.into_inner(), span) {
+            let builtin = limits.get(&name).cloned();
+            if let Some(mut limit) = self.limit(&name, raw_limit.into_inner(), span, builtin.as_ref()) {
                 if limit.unknown.is_some_and(|b| b.pps == 0) {
                     // No `unknown` key: a built-in class keeps its budget, others have none.
                     limit.unknown = limits.get(&name).and_then(|l| l.unknown);
@@ -735,7 +737,7 @@ impl Validator<'_> {
             let what = format!("sip.methods.{method}");
             let limit = match (raw_limit.levels, raw_limit.pps) {
                 (Some(levels), None) if raw_limit.burst.is_none() && raw_limit.ban.is_none() => {
-                    self.limit(&what, RawLimit { levels, unknown: None }, span)
+                    self.limit(&what, RawLimit { levels: Some(levels), unknown: None }, span, None)
                 }
                 (None, Some(pps)) => self
                     .level(RawLevel { pps, burst: raw_limit.burst, ban: raw_limit.ban }, span, &what)
@@ -768,9 +770,23 @@ impl Validator<'_> {
         out
     }
 
-    fn limit(&mut self, name: &str, raw: RawLimit, span: Range<usize>) -> Option<Limit> {
-        let levels_span = raw.levels.span();
-        let raw_levels = raw.levels.into_inner();
+    fn limit(&mut self, name: &str, raw: RawLimit, span: Range<usize>, builtin: Option<&Limit>) -> Option<Limit> {
+        let Some(raw_levels) = raw.levels else {
+            let Some(builtin) = builtin else {
+                self.error(
+                    span,
+                    format!(
+                        "limit `{name}` has no levels; only a built-in class (signaling, media, web) keeps its own"
+                    ),
+                    "write levels = [{ pps = 500, burst = 1000, ban = \"1h\" }]",
+                );
+                return None;
+            };
+            let unknown = self.budget(name, raw.unknown)?;
+            return Some(Limit { levels: builtin.levels.clone(), unknown: unknown.unwrap_or(builtin.unknown) });
+        };
+        let levels_span = raw_levels.span();
+        let raw_levels = raw_levels.into_inner();
         if raw_levels.is_empty() || raw_levels.len() > 2 {
             self.error(
                 if raw_levels.is_empty() { span } else { levels_span },
@@ -796,7 +812,16 @@ impl Validator<'_> {
                 "put the lower rate first: level 1 is the early warning, level 2 the hard ceiling",
             );
         }
-        let unknown = match raw.unknown {
+        let unknown = self.budget(name, raw.unknown)?;
+        // An absent `unknown` keeps the built-in class's budget (see `limits`), marked here as
+        // `Some(Budget { pps: 0 })` until then.
+        Some(Limit { levels, unknown: unknown.unwrap_or(Some(Budget { pps: 0, burst: 0 })) })
+    }
+
+    /// `unknown = { pps, burst }` or `"off"` of a `[limit.NAME]`: `Some(None)` if absent,
+    /// `Some(Some(None))` for off, `None` on an error.
+    fn budget(&mut self, name: &str, raw: Option<Spanned<toml::Value>>) -> Option<Option<Option<Budget>>> {
+        let unknown = match raw {
             None => None,
             Some(u) => {
                 let uspan = u.span();
@@ -826,9 +851,7 @@ impl Validator<'_> {
                 }
             }
         };
-        // An absent `unknown` keeps the built-in class's budget (see `limits`), marked here as
-        // `Some(Budget { pps: 0 })` until then.
-        Some(Limit { levels, unknown: unknown.unwrap_or(Some(Budget { pps: 0, burst: 0 })) })
+        Some(unknown)
     }
 
     fn level(&mut self, raw: RawLevel, span: Range<usize>, what: &str) -> Option<Level> {

@@ -365,7 +365,11 @@ other = { levels = [{ pps = 100 }, { pps = 200, ban = "1h" }] }
     let (_, c) = ok(
         "roles = [\"voip-edge\"]\n[sip]\nua_block = []\nfailed_auth = { count = 0 }\nunanswered_challenges = { count = 0 }\n",
     );
-    assert_eq!(c.config.sip_flags, 0, "both checks off");
+    assert_eq!(
+        c.config.sip_flags,
+        common::SIP_AUTH_WATCH,
+        "both checks off; the digest watch stays on: it proves phones known"
+    );
     assert_eq!(c.config.sip_window, common::sip::WINDOW_DEFAULT, "method limits may still need the request line");
     let (_, c) = ok("roles = [\"portaswitch-db\"]\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [\"22\"]\n");
     assert_eq!(c.config.sip_window, 0, "no SIP ports, no inspection");
@@ -421,11 +425,16 @@ known_ttl = "30m"
     assert_eq!(p.limits["mine"].unknown, None);
     assert_eq!(p.limits["budgeted"].unknown, Some(Budget { pps: 50, burst: 50 }));
     assert_eq!(p.options.known_ttl, std::time::Duration::from_secs(1800));
+    // A built-in class may set only its budget, keeping its levels.
+    let (p, _) = parse("t.toml", "[limit.signaling]\nunknown = { pps = 5, burst = 7 }\n").unwrap();
+    assert_eq!(p.limits["signaling"].unknown, Some(Budget { pps: 5, burst: 7 }));
+    assert_eq!(p.limits["signaling"].levels, crate::policy::roles::builtin_limits()[0].1.levels);
     for (bad, what) in [
         ("[limit.x]\nlevels = [{ pps = 5 }]\nunknown = \"never\"\n", "unknown = \"never\""),
         ("[limit.x]\nlevels = [{ pps = 5 }]\nunknown = { pps = 0 }\n", "pps = 0"),
         ("[limit.x]\nlevels = [{ pps = 5 }]\nunknown = { pps = 5, ban = \"1h\" }\n", "neither a budget"),
         ("[options]\nknown_ttl = \"0s\"\n", "known_ttl must be longer than zero"),
+        ("[limit.x]\nunknown = { pps = 5 }\n", "limit `x` has no levels"),
     ] {
         let e = parse("t.toml", bad).unwrap_err().to_string();
         assert!(e.contains(what), "{bad:?}: {e}");

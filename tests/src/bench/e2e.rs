@@ -44,7 +44,7 @@ pub struct E2eRow {
 const BLOCK_ENTRIES: usize = 10_000;
 
 fn policy_text() -> String {
-    "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 10000000, burst = 100000000, ban = \"1h\" }]\n"
+    "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 10000000, burst = 100000000, ban = \"1h\" }]\nunknown = \"off\"\n[limit.media]\nunknown = \"off\"\n"
         .to_string()
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use common::{BanEntry, addr::v4_mapped};
+use common::{BanEntry, KnownPeer, addr::v4_mapped, known};
 use serde::Serialize;
 use voipwall::dataplane::monotonic_ns;
 
@@ -18,7 +18,11 @@ pub const HOST: [u8; 4] = [10, 0, 0, 1];
 pub const HOST6: &str = "2001:db8:feed::1";
 
 /// A policy whose limits never trigger on the measured packets (huge bursts), plus a
-/// police-only class that is always exceeded, so every path is measured steady-state.
+/// police-only class that is always exceeded, so every path is measured steady-state. The
+/// built-in classes have no budget for unknown sources, so their rows measure the per-source
+/// path every source took before budgets existed; `spent` is a class whose budget is always
+/// spent (the refused spoofed packet) and `budgeted` one whose budget never runs out (an unknown
+/// source admitted by it).
 pub const POLICY: &str = r#"
 roles = ["voip-edge"]
 allow = ["198.51.100.10/32"]
@@ -30,14 +34,36 @@ proto = "udp"
 ports = ["6000"]
 limit = "always-over"
 
+[[rule]]
+name = "budget-spent"
+proto = "udp"
+ports = ["6001"]
+limit = "spent"
+
+[[rule]]
+name = "budgeted"
+proto = "udp"
+ports = ["6002"]
+limit = "budgeted"
+
 [limit.signaling]
 levels = [{ pps = 1000000, burst = 100000000, ban = "1h" }]
+unknown = "off"
 
 [limit.media]
 levels = [{ pps = 1000000, burst = 100000000 }]
+unknown = "off"
 
 [limit.always-over]
 levels = [{ pps = 1, burst = 1 }]
+
+[limit.spent]
+levels = [{ pps = 1000000, burst = 100000000 }]
+unknown = { pps = 1, burst = 1 }
+
+[limit.budgeted]
+levels = [{ pps = 1000000, burst = 100000000 }]
+unknown = { pps = 100000000, burst = 100000000 }
 
 [sip]
 ua_ban = "0"
@@ -194,6 +220,22 @@ pub fn cases() -> Vec<Case> {
         },
         Case { name: "first fragment", reason: "port_open", frame: frags[0].clone() },
         Case { name: "non-first fragment", reason: "port_open", frame: frags[1].clone() },
+        Case {
+            name: "refused spoofed packet (unknown source, class budget spent)",
+            reason: "unknown_over_budget",
+            frame: Packet::udp4([192, 0, 2, 40], 40000, HOST, 6001).payload(&[0; 172]).bytes(),
+        },
+        Case {
+            name: "allowed RTP-sized packet, unknown source within its class budget",
+            reason: "port_open",
+            frame: Packet::udp4([192, 0, 2, 41], 40000, HOST, 6002).payload(&[0; 172]).bytes(),
+        },
+        Case { name: "allowed SIP, known peer", reason: "port_open", frame: sip(KNOWN_PEER) },
+        Case {
+            name: "allowed RTP, known peer",
+            reason: "port_open",
+            frame: Packet::udp4(KNOWN_PEER, 40000, HOST, 12000).payload(&[0; 172]).bytes(),
+        },
         // From here on the ban table holds a ban, so every packet also looks it up.
         Case { name: "ban hit", reason: "banned", frame: sip([192, 0, 2, 13]) },
         Case { name: "allowed SIP, bans present", reason: "port_open", frame: sip([192, 0, 2, 10]) },
@@ -205,8 +247,14 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// Prepare state some paths need (a remembered first fragment).
+/// A phone that proved its address (digest challenge answered), as the data plane learns it.
+pub const KNOWN_PEER: [u8; 4] = [192, 0, 2, 30];
+
+/// Prepare state some paths need (a remembered first fragment, a known peer).
 pub fn prepare(h: &mut Harness, cases: &[Case]) {
+    let now = monotonic_ns();
+    let peer = KnownPeer { seen_ns: now, since_ns: now, proof: known::PROOF_SIP_DIGEST, ..KnownPeer::default() };
+    h.dp.known_insert(&v4_mapped(KNOWN_PEER), &peer).expect("known insert");
     for c in cases {
         // The first fragment must be remembered before the non-first one is measured.
         if c.name == "first fragment" {
@@ -234,7 +282,7 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool) {
             )
             .expect("ban insert");
         }
-        if case.reason == "rate_limited" {
+        if matches!(case.reason, "rate_limited" | "unknown_over_budget") {
             // Spend the one-packet burst now: earlier cases took longer than the refill time.
             h.run(&case.frame);
         }

@@ -146,6 +146,42 @@ pub fn targets(r: &Results) -> Vec<Target> {
         met: r.glue.ratio <= 1.2,
         note: "Operations measured alone by the single-operation programs on the same frames and table fill; the parser counts as an operation.".into(),
     });
+    let refused = path(&r.paths, "refused spoofed packet (unknown source, class budget spent)");
+    let closed = path(&r.paths, "closed port");
+    let admitted = path(&r.paths, "allowed RTP-sized packet, unknown source within its class budget");
+    t.push(Target {
+        target: "A spoofed packet the budget refuses <= 1.5x a closed-port drop".into(),
+        measured: format!(
+            "{:.1} ns vs {:.1} ns = {:.2}x (empty program {:.1} ns)",
+            refused.ns.median,
+            closed.ns.median,
+            refused.ns.median / closed.ns.median,
+            refused.empty_ns.median
+        ),
+        met: refused.ns.median <= 1.5 * closed.ns.median,
+        note: format!(
+            "A refused packet reads the known-peer filter (one array word), the class and its budget, and one atomic add on the budget; it creates no per-source state. An unknown source the budget admits costs {:.1} ns on a plain UDP port; a new source without any budget (the per-source table's insert) is in section 2.",
+            admitted.ns.median
+        ),
+    });
+    let pairs =
+        [("allowed RTP, known peer", "allowed RTP"), ("allowed SIP, known peer", "allowed SIP, unknown source (warm)")];
+    let ratios: Vec<(f64, f64, f64)> = pairs
+        .iter()
+        .map(|(k, u)| {
+            let (k, u) = (path(&r.paths, k), path(&r.paths, u));
+            (k.ns.median, u.ns.median, k.ns.median / u.ns.median)
+        })
+        .collect();
+    t.push(Target {
+        target: "A known peer's allowed packet <= 1.1x the allowed path without known peers".into(),
+        measured: format!(
+            "RTP {:.1} ns vs {:.1} ns = {:.2}x; SIP REGISTER {:.1} ns vs {:.1} ns = {:.2}x",
+            ratios[0].0, ratios[0].1, ratios[0].2, ratios[1].0, ratios[1].1, ratios[1].2
+        ),
+        met: ratios.iter().all(|r| r.2 <= 1.1),
+        note: "The path without known peers is the per-source rate table (budgets off, as every source was treated before); a known peer's rate state lives in its own known-peer entry instead, found through the filter word and one hash lookup.".into(),
+    });
     if let (Some(k10), Some(last)) = (r.block_list.iter().find(|p| p.size == 10_000), r.block_list.last()) {
         let ratio = last.hot.median / k10.hot.median;
         let dense = |p: &ScalePoint| p.hot_dense.map_or(0.0, |s| s.median);

@@ -101,7 +101,7 @@ fn spread_empty(b: &Baseline, frames: &[Vec<u8>]) -> f64 {
 }
 
 fn policy() -> &'static str {
-    "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 1000000, burst = 100000000, ban = \"1h\" }]\n"
+    "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 1000000, burst = 100000000, ban = \"1h\" }]\nunknown = \"off\"\n"
 }
 
 /// Closed-port traffic (the list lookup without the rate table) against growing block lists.

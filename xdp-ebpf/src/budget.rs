@@ -45,6 +45,25 @@ pub fn refuse(class: u8, level: &RateLevel, now: u64) -> bool {
     false
 }
 
+/// Class `class`'s budget `level` is spent at `now`: [`refuse`] would refuse a packet, which is
+/// counted as refused here. Only reads the budget.
+#[inline(always)]
+pub fn spent(class: u8, level: &RateLevel, now: u64) -> bool {
+    if level.emission_ns == 0 {
+        return false;
+    }
+    let Some(b) = BUDGETS.get(class as u32) else {
+        return false;
+    };
+    // SAFETY: array value pointer; the u64 is 8-byte aligned and only ever accessed as a whole.
+    let seen = unsafe { core::ptr::read_volatile(&b.tat_ns) };
+    if seen > now && seen - now > level.tolerance_ns {
+        count(class);
+        return true;
+    }
+    false
+}
+
 /// `*p += v` as one atomic instruction (BPF_ATOMIC BPF_ADD, "XADD", which the generic BPF CPU
 /// and every kernel since 3.18 have). Rust's atomics offer no read-modify-write on the BPF
 /// target, hence the instruction by hand.

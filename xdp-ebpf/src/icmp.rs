@@ -15,7 +15,7 @@ pub fn decide(pkt: &Packet, generation: u32, cfg: &PolicyConfig) -> Decision {
     match class {
         IcmpClass::Pass => Decision::of(reason::ICMP),
         IcmpClass::Echo if cfg.echo_class != 0 => {
-            match rate::admit(pkt, cfg.echo_class as u8, generation, cfg, false) {
+            match rate::admit(pkt, cfg.echo_class as u8, generation, cfg, false, false) {
                 Some(reason::RATE_LIMITED) => Decision::of(reason::ICMP_RATE_LIMITED),
                 Some(r) => Decision::of(r),
                 None => Decision::of(reason::ICMP),

@@ -30,6 +30,12 @@ pub fn decide(payload: Payload, pkt: &Packet, generation: u32, cfg: &PolicyConfi
         }
         return Decision::of(reason::PORT_CLOSED);
     }
+    // A flood from spoofed IPv4 sources ends here, as cheaply as a closed port: certainly not
+    // known, in no named set, and the class's budget spent. Anything else takes the full path
+    // (which decides the same for such a packet, and charges the budget when it admits).
+    if rule.class != 0 && rule.sets == 0 && !pkt.ipv6 && rate::refused_early(pkt, rule.class, generation) {
+        return Decision::by_rule(reason::UNKNOWN_OVER_BUDGET, rule.rule as u32);
+    }
     let packed = voipwall_open_port(payload.xdp, payload.frame_len, pkt, generation | proto_slot << 1, cfg);
     let (r, rule) = (packed as u32, (packed >> 32) as u32 & 0xffff);
     if packed & INSPECT_SIP != 0 {
@@ -76,12 +82,15 @@ pub extern "C" fn voipwall_open_port(
         return decided(reason::SOURCE_NOT_ALLOWED);
     }
     if rule.class != 0 {
-        if rule.flags & PORT_SIP != 0 {
-            // A response to a request the host's SIP server sent proves its sender, before the
-            // budget of unknown sources could refuse it.
+        // On a SIP port, a response to a request the host's SIP server sent proves its sender
+        // before the budget of unknown sources could refuse it.
+        let sip = rule.flags & PORT_SIP != 0;
+        let mut r = rate::admit(pkt, rule.class, generation, cfg, rule.sets != 0, sip);
+        if r == Some(rate::NEEDS_LEARN) {
             sip::learn_from_response(xdp, frame_len, pkt, cfg);
+            r = rate::admit(pkt, rule.class, generation, cfg, rule.sets != 0, false);
         }
-        if let Some(r) = rate::admit(pkt, rule.class, generation, cfg, rule.sets != 0) {
+        if let Some(r) = r {
             return decided(r);
         }
     }

@@ -28,20 +28,27 @@ const CONTINUE: u32 = common::MAX_REASONS;
 
 /// Admit one packet of `pkt`'s source to rate class `class`: `None` to let it go on, or the
 /// drop reason (`rate_limited`, `unknown_over_budget`). `member`: the caller already found the
-/// source in a named set (which makes it known).
+/// source in a named set (which makes it known). `sip`: the port carries SIP; a source that is
+/// not known but may prove itself by a response (the host's SIP server has requests out to
+/// it) is then answered [`NEEDS_LEARN`] before it draws from the budget.
 #[inline(always)]
-pub fn admit(pkt: &Packet, class: u8, generation: u32, cfg: &PolicyConfig, member: bool) -> Option<u32> {
-    let r = admit_call(pkt, class as u32 | (member as u32) << 8, generation, cfg);
+pub fn admit(pkt: &Packet, class: u8, generation: u32, cfg: &PolicyConfig, member: bool, sip: bool) -> Option<u32> {
+    let r = admit_call(pkt, class as u32 | (member as u32) << 8 | (sip as u32) << 9, generation, cfg);
     if r == CONTINUE { None } else { Some(r) }
 }
 
+/// What [`admit`] answers for a source that should first be offered to
+/// `sip::learn_from_response` (then admitted again without `sip`).
+pub const NEEDS_LEARN: u32 = CONTINUE + 1;
+
 /// [`admit`] as a BPF-to-BPF call: its own stack frame keeps the program under the verifier's
 /// 512-byte combined stack limit (and BPF calls take at most five arguments: the class and the
-/// `member` flag share one).
+/// flags share one).
 #[inline(never)]
-fn admit_call(pkt: &Packet, class_member: u32, generation: u32, cfg: &PolicyConfig) -> u32 {
-    let class = class_member as u8;
-    let member = class_member >> 8 != 0;
+fn admit_call(pkt: &Packet, packed: u32, generation: u32, cfg: &PolicyConfig) -> u32 {
+    let class = packed as u8;
+    let member = packed & 1 << 8 != 0;
+    let sip = packed & 1 << 9 != 0;
     let Some(limits) = CLASSES.get(class_index(generation, class as u32)) else {
         return CONTINUE;
     };
@@ -51,6 +58,7 @@ fn admit_call(pkt: &Packet, class_member: u32, generation: u32, cfg: &PolicyConf
     let peer = match known::find(&source, now, ttl) {
         Some(p) => Some(p),
         None if member || sets::member(pkt, generation, u64::MAX) => known::learn(&source, PROOF_SET, now, ttl),
+        None if sip && known::maybe(&source) => return NEEDS_LEARN,
         None => None,
     };
     let state = match peer {
@@ -76,6 +84,21 @@ fn admit_call(pkt: &Packet, class_member: u32, generation: u32, cfg: &PolicyConf
         }
     };
     if over(state, &source, class, limits, now, cfg, pkt.ipv6) { reason::RATE_LIMITED } else { CONTINUE }
+}
+
+/// An IPv4 packet that [`admit`] would certainly refuse, found without charging anything: its
+/// source is certainly not known (its filter slot is clear, so it has no `KNOWN` entry and no
+/// SIP request of the host outstanding), its /16 holds no named-set entry, and the class's
+/// budget is spent. Counted as a budget drop.
+#[inline(always)]
+pub fn refused_early(pkt: &Packet, class: u8, generation: u32) -> bool {
+    if known::maybe(&pkt.src) || sets::gate_v4(pkt, generation) {
+        return false;
+    }
+    let Some(limits) = CLASSES.get(class_index(generation, class as u32)) else {
+        return false;
+    };
+    budget::spent(class, &limits.unknown, clock::now())
 }
 
 /// Charge one packet from `source` to rate class `class` in `RATES`, with no budget and no known

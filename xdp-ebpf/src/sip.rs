@@ -1050,15 +1050,13 @@ fn record_request(ctx: &TcContext, pkt: &Packet, cfg: &PolicyConfig) -> u32 {
     1
 }
 
-/// Ingress, before the budget of unknown sources: a response from a source the host's SIP
-/// server sent requests to proves the source when it carries one of their Call-IDs
-/// (`known::PROOF_SIP_RESPONSE`). Sources with a clear filter slot (every spoofed one) cost one
-/// array read.
+/// Ingress, for a source that is not known, before the budget of unknown sources: a response
+/// from a source the host's SIP server sent requests to proves the source when it carries one
+/// of their Call-IDs (`known::PROOF_SIP_RESPONSE`). True when it did. Sources with a clear
+/// filter slot (every spoofed one) cost one array read.
 #[inline(always)]
-pub fn learn_from_response(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, cfg: &PolicyConfig) {
-    if pkt.payload_off != 0 && known::maybe(&crate::source_key(pkt, cfg)) {
-        learn_call(xdp, frame_len, pkt, cfg);
-    }
+pub fn learn_from_response(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, cfg: &PolicyConfig) -> bool {
+    pkt.payload_off != 0 && known::maybe(&crate::source_key(pkt, cfg)) && learn_call(xdp, frame_len, pkt, cfg) != 0
 }
 
 // Own stack frame (BPF-to-BPF call): see `ua_verdict`.
@@ -1066,9 +1064,6 @@ pub fn learn_from_response(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, cfg: 
 fn learn_call(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, cfg: &PolicyConfig) -> u32 {
     let source = crate::source_key(pkt, cfg);
     let now = clock::now();
-    if known::find(&source, now, cfg.known_ttl_ns).is_some() {
-        return 0;
-    }
     // SAFETY: value reference from a lookup; the hashes are copied out at once (the egress
     // program may overwrite one meanwhile, which at worst misses this response).
     let Some(hashes) = (unsafe { SIP_CALLS.get(&source) }).map(|c| c.hashes) else {

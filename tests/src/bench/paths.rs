@@ -263,9 +263,33 @@ pub fn prepare(h: &mut Harness, cases: &[Case]) {
     }
 }
 
-/// The per-path table, and whether the early drops (closed port, block list) left the rate
-/// table untouched.
-pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool) {
+/// Two paths measured side by side: in every round one right after the other (the order
+/// alternating), and the ratio taken per round, so the machine's drift between rounds cancels.
+#[derive(Clone, Debug, Serialize)]
+pub struct PairedRow {
+    pub what: String,
+    pub a: String,
+    pub b: String,
+    pub a_ns: Stat,
+    pub b_ns: Stat,
+    /// a / b, per round.
+    pub ratio: Stat,
+}
+
+/// The side-by-side comparisons the targets are judged on: (what, path a, path b).
+pub const PAIRS: [(&str, &str, &str); 3] = [
+    (
+        "refused spoofed packet / closed-port drop",
+        "refused spoofed packet (unknown source, class budget spent)",
+        "closed port",
+    ),
+    ("known peer's RTP / RTP without known peers", "allowed RTP, known peer", "allowed RTP"),
+    ("known peer's SIP / SIP without known peers", "allowed SIP, known peer", "allowed SIP, unknown source (warm)"),
+];
+
+/// The per-path table, whether the early drops (closed port, block list) left the rate table
+/// untouched, and the side-by-side comparisons.
+pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool, Vec<PairedRow>) {
     let mut h = Harness::new_with_capacity(POLICY, settings.capacity());
     let cases = cases();
     prepare(&mut h, &cases);
@@ -309,7 +333,35 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool) {
             empty_ns,
         });
     }
-    (rows, early_untouched)
+    let frame = |name: &str| &cases.iter().find(|c| c.name == name).expect("a measured path").frame;
+    let paired = PAIRS
+        .iter()
+        .map(|(what, a, b)| {
+            let (fa, fb) = (frame(a), frame(b));
+            let (mut va, mut vb, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..settings.rounds.max(5) * 2 {
+                let (x, y) = if round % 2 == 0 {
+                    let x = ns(&h, fa, settings.repeat);
+                    (x, ns(&h, fb, settings.repeat))
+                } else {
+                    let y = ns(&h, fb, settings.repeat);
+                    (ns(&h, fa, settings.repeat), y)
+                };
+                va.push(x);
+                vb.push(y);
+                ratio.push(x / y);
+            }
+            PairedRow {
+                what: (*what).to_string(),
+                a: (*a).to_string(),
+                b: (*b).to_string(),
+                a_ns: median_spread(&va),
+                b_ns: median_spread(&vb),
+                ratio: median_spread(&ratio),
+            }
+        })
+        .collect();
+    (rows, early_untouched, paired)
 }
 
 fn ns(h: &Harness, frame: &[u8], repeat: u32) -> f64 {

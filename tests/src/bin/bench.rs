@@ -37,7 +37,7 @@ fn main() {
     step("single operations");
     let op_rows = ops::run(&settings, &mut baseline);
     step("per-path costs");
-    let (path_rows, early_untouched) = paths::run(&settings, &baseline);
+    let (path_rows, early_untouched, paired) = paths::run(&settings, &baseline);
     step("block-list scale");
     let block_list = scale::block_list(&settings, &mut baseline);
     step("tracked-sources scale and glue");
@@ -52,6 +52,7 @@ fn main() {
         settings,
         ops: op_rows,
         paths: path_rows,
+        paired,
         early_drops_touch_no_rate_table: early_untouched,
         block_list,
         tracked_known: tracked.known,

@@ -209,8 +209,12 @@ pub const MAX_FRAGMENTS_PER_DATAGRAM: u16 = 64;
 pub const SOURCE_ALLOW: u32 = 1;
 /// Value of a `SOURCES_*` entry: the source is blocked.
 pub const SOURCE_BLOCK: u32 = 2;
+/// Value of a `SOURCES_*` entry: the source is blocked by a fleet decision only (not by the
+/// policy or the operator's block list).
+pub const SOURCE_FLEET: u32 = 3;
 
-/// `SOURCES_GATE` value bits 0-1: the /16's answer (0, [`SOURCE_ALLOW`] or [`SOURCE_BLOCK`]);
+/// `SOURCES_GATE` value bits 0-1: the /16's answer (0, [`SOURCE_ALLOW`], [`SOURCE_BLOCK`] or
+/// [`SOURCE_FLEET`]);
 /// this bit: entries longer than /16 exist inside it, so the trie must be asked.
 pub const GATE_MORE: u32 = 4;
 /// Mask of the answer bits of a `SOURCES_GATE` value.
@@ -310,9 +314,11 @@ pub mod reason {
     /// An unknown source (one that never proved its address) above its rate class's shared
     /// budget for unknown sources.
     pub const UNKNOWN_OVER_BUDGET: u32 = 18;
+    /// Source blocked by a fleet decision (a CrowdSec decision pulled from the Local API).
+    pub const FLEET_BLOCK: u32 = 19;
 
     /// Number of reasons in use (the rest of [`crate::MAX_REASONS`] is reserved).
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     const _: () = assert!(COUNT <= crate::MAX_REASONS);
 
     /// Metric label values, indexed by reason.
@@ -336,6 +342,7 @@ pub mod reason {
         "sip_method_rate_limited",
         "sip_evasion",
         "unknown_over_budget",
+        "fleet_block",
     ];
 
     /// The verdict a reason stands for when enforcing (dry run turns drops into would-drops).

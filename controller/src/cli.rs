@@ -100,6 +100,11 @@ pub enum Command {
     },
     /// Keep the policy of a `reload --confirm-within`.
     Confirm,
+    /// The fleet (CrowdSec Local API): sync state, decisions by origin, pushes.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCmd,
+    },
     /// List the built-in roles, or describe one.
     Roles { name: Option<String> },
 }
@@ -157,6 +162,15 @@ pub struct RemoveCmd {
     /// Remove even if it cuts your SSH session.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCmd {
+    /// Last sync, errors by kind, decisions by origin, entries, pushes.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -370,6 +384,7 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
         Command::Stats { json } => (Request::Stats, json),
         Command::Top { json, limit } => (Request::Top { limit }, json),
         Command::Status { json } => (Request::Status, json),
+        Command::Fleet { command: FleetCmd::Status { json } } => (Request::FleetStatus, json),
         Command::Policy { command: PolicyCmd::Show { json } } => (Request::PolicyShow, json),
         Command::Reload { policy, confirm_within, allow_lockout } => {
             let policy = absolute(policy);

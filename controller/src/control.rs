@@ -50,6 +50,7 @@ pub enum Request {
         ssh_client: Option<IpAddr>,
     },
     Confirm,
+    FleetStatus,
 }
 
 /// Whether a failure was the caller's input or the system.
@@ -127,6 +128,7 @@ pub fn handle(fw: &mut Firewall, req: Request, who: &str) -> Response {
         Request::Stats => fw.stats(),
         Request::Top { limit } => fw.top(limit.max(1)),
         Request::Status => fw.status(),
+        Request::FleetStatus => Ok(fw.fleet_status()),
         Request::PolicyShow => Ok(fw.policy_show()),
         Request::Reload { policy, confirm_within, allow_lockout, ssh_client } => {
             match confirm_within.as_deref().map(crate::policy::parse_duration).transpose() {

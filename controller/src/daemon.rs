@@ -22,7 +22,10 @@ use crate::{
     control,
     dataplane::XdpModeChoice,
     firewall::{Firewall, OpError, ReloadRequest, StartOptions},
-    metrics, paths, system,
+    fleet::lapi,
+    metrics, paths,
+    policy::fleet::Crowdsec,
+    system,
 };
 
 /// Flags of `voipwall run`.
@@ -122,6 +125,8 @@ async fn serve(
         tasks.push(tokio::spawn(ebpf_logs(id, stop_rx.clone())));
     }
     tasks.push(tokio::spawn(sweeper(fw.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(fleet_pull(fw.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(fleet_push(fw.clone(), stop_rx.clone())));
     if !args.stats_interval.is_zero() {
         tasks.push(tokio::spawn(counter_lines(fw.clone(), args.stats_interval, stop_rx.clone())));
     }
@@ -231,6 +236,117 @@ async fn sweeper(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
                     fw.sweep();
                 }).await;
             }
+        }
+    }
+}
+
+/// The wait before the next try after `failures` failures in a row: the interval, doubling up
+/// to 30 s.
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return interval;
+    }
+    (interval * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(30)).max(interval)
+}
+
+/// Pull the fleet's decisions every `interval` while the policy has `[fleet.crowdsec]` with
+/// `pull`. The HTTP call and the kernel writes run on blocking threads.
+async fn fleet_pull(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
+    let mut client: Option<(Arc<Crowdsec>, Arc<lapi::Client>)> = None;
+    loop {
+        let config = fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_config();
+        let wait = match config {
+            Some((cfg, startup, _)) if cfg.pull => {
+                if client.as_ref().is_none_or(|(c, _)| !Arc::ptr_eq(c, &cfg)) {
+                    client = match lapi::Client::new(&cfg) {
+                        Ok(c) => Some((cfg.clone(), Arc::new(c))),
+                        Err(e) => {
+                            fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_pulled(&cfg, startup, Err(e), "config");
+                            None
+                        }
+                    };
+                }
+                if let Some((_, c)) = &client {
+                    let c = c.clone();
+                    let answer = tokio::task::spawn_blocking(move || c.stream(startup)).await;
+                    let (result, kind) = match answer {
+                        Ok(Ok(s)) => (Ok(s), ""),
+                        Ok(Err(e)) => (Err(e.to_string()), e.kind()),
+                        Err(e) => (Err(e.to_string()), "internal"),
+                    };
+                    let fw = fw.clone();
+                    let cfg2 = cfg.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_pulled(&cfg2, startup, result, kind);
+                    })
+                    .await;
+                }
+                let failures = fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_config().map_or(0, |c| c.2);
+                backoff(cfg.interval, failures)
+            }
+            _ => {
+                client = None;
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Send this host's bans to the LAPI as alerts, in batches, while the policy has
+/// `[fleet.crowdsec]` with `push`. The data plane never waits on it: bans queue in the fleet.
+async fn fleet_push(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
+    const BATCH: usize = 100;
+    let mut client: Option<(Arc<Crowdsec>, lapi::Client)> = None;
+    let mut failures = 0u32;
+    loop {
+        let (cfg, alerts) = fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_take(BATCH);
+        let mut wait = Duration::from_millis(200);
+        if let Some(cfg) = cfg
+            && !alerts.is_empty()
+        {
+            if client.as_ref().is_none_or(|(c, _)| !Arc::ptr_eq(c, &cfg)) {
+                client = lapi::Client::new(&cfg).map(|c| (cfg.clone(), c)).ok();
+            }
+            let full = alerts.len() == BATCH;
+            let result = match client.take() {
+                Some((cfg_of, mut c)) => {
+                    let batch = alerts.clone();
+                    match tokio::task::spawn_blocking(move || {
+                        let r = c.push(&batch);
+                        (c, r)
+                    })
+                    .await
+                    {
+                        Ok((c, r)) => {
+                            client = Some((cfg_of, c));
+                            r
+                        }
+                        Err(e) => Err(lapi::LapiError::Config(e.to_string())),
+                    }
+                }
+                None => Err(lapi::LapiError::Config(
+                    lapi::Client::new(&cfg).err().unwrap_or_else(|| "no client".into()),
+                )),
+            };
+            let ok = result.is_ok();
+            fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_pushed(alerts, result);
+            if ok {
+                failures = 0;
+                if full {
+                    wait = Duration::ZERO;
+                }
+            } else {
+                failures = failures.saturating_add(1);
+                wait = backoff(cfg.interval, failures);
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

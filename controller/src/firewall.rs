@@ -10,6 +10,7 @@ use std::{
     fmt::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -22,10 +23,14 @@ use tracing::{error, info, warn};
 use crate::{
     bans::{BanRecord, Bans, key_of, mono_to_unix, source_of, unix_to_mono},
     dataplane::{AttachedMode, Attachment, Counters, Dataplane, LoadOptions, XdpModeChoice, monotonic_ns},
+    fleet::{
+        Fleet, Protected,
+        lapi::{Alert, LapiError, Stream},
+    },
     peers,
-    policy::{self, CompiledPolicy, Policy, SshReach},
+    policy::{self, CompiledPolicy, Policy, SshReach, fleet::Crowdsec},
     render::{self, MapFill, TopRow, Which, summarize},
-    sources::{ListKind, Lists, ManualEntry, RemoveError, SourceTables, Sources},
+    sources::{FleetEntry, ListKind, Lists, ManualEntry, RemoveError, SourceTables, Sources},
     state::{self, StateError, rfc3339, unix_now},
     system,
 };
@@ -114,6 +119,8 @@ pub struct Firewall {
     pub policy_loaded_at: u64,
     /// Known peers by proof and the classes over their unknown budget.
     pub peers: peers::Watch,
+    /// `[fleet.crowdsec]`, when the policy has it.
+    fleet: Option<Fleet>,
 }
 
 fn load_policy(path: Option<&Path>, force_dry_run: bool) -> Result<(Policy, CompiledPolicy), OpError> {
@@ -180,7 +187,9 @@ impl Firewall {
             attached_since: now,
             policy_loaded_at: now,
             peers: peers::Watch::default(),
+            fleet: None,
         };
+        fw.configure_fleet();
         fw.merge_bans(now)?;
         if !adopted {
             // A new table (after a reboot): the known peers of the state folder come back, so
@@ -317,7 +326,108 @@ impl Firewall {
         self.policy = policy;
         self.compiled = compiled;
         self.policy_loaded_at = unix_now();
+        self.configure_fleet();
         Ok(())
+    }
+
+    /// Follow the policy's `[fleet.crowdsec]`: start, reconfigure, or (the section removed) stop
+    /// the fleet and remove its entries.
+    fn configure_fleet(&mut self) {
+        match (self.policy.fleet.clone(), &mut self.fleet) {
+            (Some(cfg), Some(f)) => f.reconfigure(Arc::new(cfg)),
+            (Some(cfg), None) => {
+                info!(url = %cfg.url, pull = cfg.pull, push = cfg.push, "fleet: CrowdSec LAPI configured");
+                self.fleet = Some(Fleet::new(Arc::new(cfg)));
+            }
+            (None, Some(_)) => {
+                self.fleet = None;
+                let all: Vec<IpNet> = self.sources.lists().fleet().map(|(n, _)| n).collect();
+                match self.sources.apply_fleet(&[], &all) {
+                    Ok(()) => info!(entries = all.len(), "fleet: removed from the policy; its entries are gone"),
+                    Err(e) => error!(error = %e, "fleet: removing its entries failed"),
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// The fleet's configuration, and whether its next pull asks for every decision.
+    pub fn fleet_config(&self) -> Option<(Arc<Crowdsec>, bool, u32)> {
+        self.fleet.as_ref().map(|f| (f.cfg.clone(), f.startup, f.failures))
+    }
+
+    /// Apply one pull of the decision stream (or its failure). Fail-static: an error changes
+    /// nothing in the kernel.
+    pub fn fleet_pulled(&mut self, cfg: &Arc<Crowdsec>, startup: bool, answer: Result<Stream, String>, kind: &'static str) {
+        let now = unix_now();
+        let Some(fleet) = self.fleet.as_mut().filter(|f| Arc::ptr_eq(&f.cfg, cfg)) else {
+            return; // reconfigured meanwhile: the answer belongs to the old configuration
+        };
+        let stream = match answer {
+            Ok(s) => s,
+            Err(message) => {
+                let first = fleet.status.failing_since.is_none();
+                let since = fleet.status.failing_since.unwrap_or(now);
+                fleet.failed(kind, message.clone(), now);
+                // One line when the trouble starts, then one a minute: never a line per retry.
+                if first || (now - since) % 60 == 0 {
+                    warn!(target: "voipwall::fleet", error = %message, kind, failing_for_s = now - since, "fleet: LAPI pull failed; keeping every entry as it is");
+                }
+                return;
+            }
+        };
+        let protected = self.protected();
+        let current: BTreeMap<IpNet, FleetEntry> =
+            self.sources.lists().fleet().map(|(n, e)| (n, e.clone())).collect();
+        let fleet = self.fleet.as_mut().expect("checked above");
+        let (plan, change) = fleet.plan(&stream, startup, now, &protected, &current);
+        if let Err(e) = self.sources.apply_fleet(&change.add, &change.remove) {
+            let fleet = self.fleet.as_mut().expect("checked above");
+            fleet.failed("kernel", e.to_string(), now);
+            error!(target: "voipwall::fleet", error = %e, "fleet: writing decisions to the kernel failed; nothing changed");
+            return;
+        }
+        let fleet = self.fleet.as_mut().expect("checked above");
+        if let Some(since) = fleet.status.failing_since {
+            info!(target: "voipwall::fleet", after_s = now - since, "fleet: LAPI answering again; resynchronised");
+        }
+        fleet.commit(plan, now);
+        if !change.add.is_empty() || !change.remove.is_empty() {
+            info!(target: "voipwall::fleet", added = change.add.len(), removed = change.remove.len(), startup, "fleet: decisions applied");
+        }
+    }
+
+    /// What fleet decisions must not block: this host's addresses, `admins` and `cluster`.
+    fn protected(&self) -> Protected {
+        let nets = ["admins", "cluster"].iter().filter_map(|s| self.policy.sets.get(*s)).flatten().copied().collect();
+        Protected { addrs: system::local_addrs(), nets }
+    }
+
+    /// Up to `n` of this host's bans waiting for the LAPI.
+    pub fn fleet_take(&mut self, n: usize) -> (Option<Arc<Crowdsec>>, Vec<Alert>) {
+        match self.fleet.as_mut() {
+            Some(f) if f.cfg.push => (Some(f.cfg.clone()), f.take(n)),
+            _ => (None, Vec::new()),
+        }
+    }
+
+    /// The outcome of a push of `alerts`.
+    pub fn fleet_pushed(&mut self, alerts: Vec<Alert>, result: Result<(), LapiError>) {
+        let Some(f) = self.fleet.as_mut() else { return };
+        match result {
+            Ok(()) => f.sent(alerts.len()),
+            Err(e) => {
+                if f.status.last_push_error.is_none() {
+                    warn!(target: "voipwall::fleet", error = %e, queued = f.queued() + alerts.len(), "fleet: pushing bans to the LAPI failed; they wait in the queue");
+                }
+                f.unsent(alerts, &e);
+            }
+        }
+    }
+
+    /// The fleet's state (`None`: no `[fleet.crowdsec]`).
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
     }
 
     /// Every allow/block CIDR in force (policy and manual), for the SSH guard.
@@ -514,7 +624,7 @@ impl Firewall {
                         if kind == ListKind::Block { "neither blocked nor banned" } else { "not on the allow list" };
                     return Err(OpError::Invalid(format!("{net} is {what}; `voipwall list` shows the entries")));
                 }
-                Err(e @ RemoveError::PolicyOnly) => {
+                Err(e @ (RemoveError::PolicyOnly | RemoveError::FleetOnly)) => {
                     self.sources.abort(staged);
                     return Err(OpError::Invalid(format!("{net} {e}")));
                 }
@@ -579,6 +689,14 @@ impl Firewall {
             return;
         }
         *self.bans_total.entry((class.clone(), ev.level)).or_default() += 1;
+        if let Some(f) = self.fleet.as_mut() {
+            let detail = if sip_check {
+                format!("{class}, count {}", ev.rate_pps)
+            } else {
+                format!("{class} level {}, {} packets/s", ev.level, ev.rate_pps)
+            };
+            f.ban(source, &class, &detail, now, until);
+        }
         self.bans.insert(BanRecord {
             source,
             class,
@@ -612,6 +730,13 @@ impl Firewall {
             error!(error = %e, "clearing the bans-present flag failed");
         }
         self.sources.expire(now);
+        let ended = self.sources.expire_fleet(now);
+        if ended > 0 {
+            info!(target: "voipwall::fleet", entries = ended, "fleet: decisions ended; entries removed");
+        }
+        if let Some(f) = self.fleet.as_mut() {
+            f.expire(now);
+        }
         self.persist_bans();
         match self.dp.budget_drops() {
             Ok(drops) => self.peers.budgets(drops, |id| self.compiled.class_name(id)),
@@ -747,8 +872,42 @@ impl Firewall {
             "reloads": { "ok": self.reloads.ok, "error": self.reloads.error, "rolled_back": self.reloads.rolled_back },
             "known": { "total": self.peers.total(), "by_proof": self.peers.by_proof },
             "over_budget": self.peers.over,
+            "fleet": self.fleet_json(),
         });
         Ok(render::status(data, &fill))
+    }
+
+    /// The fleet's state as `fleet status --json` and `status --json` show it (null without
+    /// `[fleet.crowdsec]`).
+    fn fleet_json(&self) -> serde_json::Value {
+        let Some(f) = &self.fleet else { return serde_json::Value::Null };
+        let now = unix_now();
+        json!({
+            "url": f.cfg.url,
+            "pull": f.cfg.pull,
+            "push": f.cfg.push,
+            "interval_s": f.cfg.interval.as_secs_f64(),
+            "last_sync": f.status.last_sync.map(rfc3339),
+            "last_sync_age_s": f.status.last_sync.map(|t| now.saturating_sub(t)),
+            "failing_since": f.status.failing_since.map(rfc3339),
+            "last_error": f.status.last_error,
+            "errors": f.status.errors,
+            "syncs": f.status.syncs,
+            "entries": self.sources.lists().fleet_len(),
+            "decisions": f.held(),
+            "decisions_by_origin": f.by_origin(),
+            "skipped": f.status.skipped,
+            "push_queue": f.queued(),
+            "pushed": f.status.pushed,
+            "push_dropped": f.status.push_dropped,
+            "push_errors": f.status.push_errors,
+            "last_push_error": f.status.last_push_error,
+        })
+    }
+
+    /// `voipwall fleet status`.
+    pub fn fleet_status(&self) -> Reply {
+        render::fleet(self.fleet_json())
     }
 
     /// `voipwall policy show`.

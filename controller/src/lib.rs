@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod error;
 pub mod firewall;
+pub mod fleet;
 pub mod metrics;
 pub mod paths;
 pub mod peers;

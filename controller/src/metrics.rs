@@ -50,6 +50,22 @@ pub const FAMILIES: &[&str] = &[
     "voipwall_unknown_over_budget",
 ];
 
+/// Families exported while the policy has `[fleet.crowdsec]`.
+pub const FLEET_FAMILIES: &[&str] = &[
+    "voipwall_fleet_up",
+    "voipwall_fleet_last_sync_age_seconds",
+    "voipwall_fleet_errors_total",
+    "voipwall_fleet_decisions",
+    "voipwall_fleet_skipped_total",
+    "voipwall_fleet_pushed_total",
+    "voipwall_fleet_push_dropped_total",
+    "voipwall_fleet_push_errors_total",
+    "voipwall_fleet_push_queue",
+];
+
+/// Kinds of `voipwall_fleet_errors_total`, always exported (0 until they happen).
+const FLEET_ERROR_KINDS: &[&str] = &["unreachable", "timeout", "auth", "http_status", "garbage", "kernel", "config"];
+
 fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_string());
@@ -159,7 +175,9 @@ pub fn gather(fw: &Firewall) -> Vec<MetricFamily> {
     push(&mut lists, &[("list", "block")], fw.lists().len(ListKind::Block) as f64);
     push(&mut lists, &[("list", "allow")], fw.lists().len(ListKind::Allow) as f64);
     push(&mut lists, &[("list", "ban")], fw.bans().len() as f64);
+    push(&mut lists, &[("list", "fleet")], fw.lists().fleet_len() as f64);
     out.push(lists);
+    fleet_families(fw, &mut out);
 
     let mut entries = family(
         "voipwall_map_entries",
@@ -265,6 +283,57 @@ pub fn gather(fw: &Firewall) -> Vec<MetricFamily> {
     push(&mut build, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     out.push(build);
     out
+}
+
+fn fleet_families(fw: &Firewall, out: &mut Vec<MetricFamily>) {
+    let Some(f) = fw.fleet() else { return };
+    let st = &f.status;
+    let now = crate::state::unix_now();
+    let mut up = family(
+        "voipwall_fleet_up",
+        "1 while the last pull of CrowdSec decisions succeeded, else 0 (entries are kept either way).",
+        MetricType::GAUGE,
+    );
+    push(&mut up, &[], if st.last_sync.is_some() && st.failing_since.is_none() { 1.0 } else { 0.0 });
+    out.push(up);
+    let mut age = family(
+        "voipwall_fleet_last_sync_age_seconds",
+        "Seconds since the last successful pull of CrowdSec decisions (+Inf before the first).",
+        MetricType::GAUGE,
+    );
+    push(&mut age, &[], st.last_sync.map_or(f64::INFINITY, |t| now.saturating_sub(t) as f64));
+    out.push(age);
+    let mut errors = family("voipwall_fleet_errors_total", "Failed pulls of CrowdSec decisions, by kind.", MetricType::COUNTER);
+    for kind in FLEET_ERROR_KINDS {
+        push(&mut errors, &[("kind", kind)], st.errors.get(kind).copied().unwrap_or(0) as f64);
+    }
+    out.push(errors);
+    let mut decisions = family("voipwall_fleet_decisions", "CrowdSec decisions applied, by origin.", MetricType::GAUGE);
+    for (origin, n) in f.by_origin() {
+        push(&mut decisions, &[("origin", &origin)], n as f64);
+    }
+    out.push(decisions);
+    let mut skipped = family(
+        "voipwall_fleet_skipped_total",
+        "CrowdSec decisions not applied, by why (type:TYPE, scope, invalid, ended, filtered, protected, own).",
+        MetricType::COUNTER,
+    );
+    for (why, n) in &st.skipped {
+        push(&mut skipped, &[("why", why)], *n as f64);
+    }
+    out.push(skipped);
+    for (name, help, v) in [
+        ("voipwall_fleet_pushed_total", "This host's bans sent to the LAPI as alerts.", st.pushed),
+        ("voipwall_fleet_push_dropped_total", "Bans dropped from the full push queue (oldest first).", st.push_dropped),
+        ("voipwall_fleet_push_errors_total", "Failed pushes to the LAPI (the alerts stay queued).", st.push_errors),
+    ] {
+        let mut fam = family(name, help, MetricType::COUNTER);
+        push(&mut fam, &[], v as f64);
+        out.push(fam);
+    }
+    let mut queue = family("voipwall_fleet_push_queue", "Bans waiting to be pushed to the LAPI.", MetricType::GAUGE);
+    push(&mut queue, &[], f.queued() as f64);
+    out.push(queue);
 }
 
 /// Rate classes with an unknown budget: (id, name).

@@ -89,7 +89,11 @@ pub fn list(which: Which, rows: impl Fn(ListKind) -> Vec<ListRow>, bans: &[BanRe
             let rows = rows(kind);
             let _ = writeln!(text, "{name} ({}):", rows.len());
             for r in &rows {
-                let _ = writeln!(text, "  {:<43} {:<14} {}", r.cidr.to_string(), r.origin, manual_details(&r.manual));
+                let mut details = manual_details(&r.manual);
+                if let Some(f) = &r.fleet {
+                    let _ = write!(details, "{}fleet: {} {} until {}", if details.is_empty() { "" } else { "; " }, f.origin, f.scenario, rfc3339(f.expires));
+                }
+                let _ = writeln!(text, "  {:<43} {:<14} {}", r.cidr.to_string(), r.origin, details);
             }
             data.insert(name.into(), serde_json::to_value(&rows).expect("serializable"));
         }
@@ -114,6 +118,42 @@ pub fn list(which: Which, rows: impl Fn(ListKind) -> Vec<ListRow>, bans: &[BanRe
         data.insert("banned".into(), Value::Array(rows));
     }
     Reply::new(text, Value::Object(data))
+}
+
+/// `voipwall fleet status`: `data` is the fleet's JSON (null: no fleet configured).
+pub fn fleet(data: Value) -> Reply {
+    if data.is_null() {
+        return Reply::new("fleet: not configured (no [fleet.crowdsec] in the policy)\n", json!({ "fleet": null }));
+    }
+    let mut text = String::new();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let _ = writeln!(text, "fleet          crowdsec {} (pull {}, push {})", data["url"].as_str().unwrap_or("?"), data["pull"], data["push"]);
+    let sync = match (data["last_sync"].as_str(), data["last_sync_age_s"].as_u64()) {
+        (Some(at), Some(age)) => format!("{at} ({age} s ago), {} syncs", n(&data["syncs"])),
+        _ => "never".into(),
+    };
+    let _ = writeln!(text, "last sync      {sync}");
+    if let Some(since) = data["failing_since"].as_str() {
+        let _ = writeln!(text, "failing since  {since}: {}", data["last_error"].as_str().unwrap_or("?"));
+        let _ = writeln!(text, "               every entry is kept; retrying with backoff");
+    }
+    let pairs = |v: &Value| -> String {
+        v.as_object()
+            .filter(|m| !m.is_empty())
+            .map_or("-".into(), |m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+    };
+    let _ = writeln!(text, "errors         {}", pairs(&data["errors"]));
+    let _ = writeln!(text, "entries        {} ({} decisions: {})", n(&data["entries"]), n(&data["decisions"]), pairs(&data["decisions_by_origin"]));
+    let _ = writeln!(text, "not applied    {}", pairs(&data["skipped"]));
+    let _ = writeln!(
+        text,
+        "pushed         {} ({} queued, {} dropped, {} failed pushes)",
+        n(&data["pushed"]),
+        n(&data["push_queue"]),
+        n(&data["push_dropped"]),
+        n(&data["push_errors"])
+    );
+    Reply::new(text, json!({ "fleet": data }))
 }
 
 /// `voipwall list known`: the known peers, how each proved its address, since and last seen.
@@ -237,6 +277,15 @@ pub fn status(data: Value, fill: &[MapFill]) -> Reply {
         .map(|m| m.iter().map(|(c, v)| format!("{c} (refusing {v}/s)")).collect())
         .unwrap_or_default();
     let _ = writeln!(text, "over budget    {}", if over.is_empty() { "-".into() } else { over.join(", ") });
+    let f = &data["fleet"];
+    if !f.is_null() {
+        let state = match (f["failing_since"].as_str(), f["last_sync_age_s"].as_u64()) {
+            (Some(since), _) => format!("FAILING since {since} (entries kept)"),
+            (None, Some(age)) => format!("synced {age} s ago"),
+            (None, None) => "not synced yet".into(),
+        };
+        let _ = writeln!(text, "fleet          {} entries, {state}", f["entries"].as_u64().unwrap_or(0));
+    }
     let _ = writeln!(text, "maps           entries / capacity");
     for (m, e, c) in fill {
         let _ = writeln!(text, "  {:<13} {:>9} / {}", m, e.map_or("-".to_string(), |e| e.to_string()), c);

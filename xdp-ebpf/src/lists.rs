@@ -15,7 +15,7 @@ use crate::{
     parse::Packet,
 };
 
-/// Steps 2 and 3a: `SOURCE_ALLOW`, `SOURCE_BLOCK`, or 0 for a source on neither list.
+/// Steps 2 and 3a: `SOURCE_ALLOW`, `SOURCE_BLOCK`, `SOURCE_FLEET`, or 0 for a source on no list.
 ///
 /// IPv4 first asks the /16 gate: one array read answers for every /16 holding no entry longer
 /// than /16, which is most of the address space even with a large list; only the rest walk the

@@ -39,7 +39,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use common::{
-    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SourceKey, active,
+    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SOURCE_FLEET, SourceKey, active,
     addr::mask_prefix, reason,
 };
 
@@ -82,6 +82,7 @@ fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
     match lists::source_list(&pkt) {
         SOURCE_ALLOW => return Decision::of(reason::ALLOW_LIST),
         SOURCE_BLOCK => return Decision::of(reason::BLOCK_LIST),
+        SOURCE_FLEET => return Decision::of(reason::FLEET_BLOCK),
         _ => {}
     }
     let source = source_key(&pkt, cfg);

@@ -6,6 +6,7 @@
 //! [`Capacity`].
 
 pub mod compile;
+pub mod fleet;
 pub mod roles;
 pub mod sip;
 
@@ -14,7 +15,7 @@ use std::{
     fmt,
     net::IpAddr,
     ops::Range,
-    path::Path,
+    path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
 };
@@ -232,6 +233,8 @@ pub struct Policy {
     pub sip_ports: Vec<(u16, u16)>,
     /// The roles' SIP-over-TLS/WSS ports (reported: their content cannot be inspected).
     pub sip_encrypted_ports: Vec<(u16, u16)>,
+    /// `[fleet.crowdsec]`.
+    pub fleet: Option<fleet::Crowdsec>,
     /// The file's text, for `policy show`.
     #[serde(skip)]
     pub text: String,
@@ -366,6 +369,33 @@ struct RawPolicy {
     capacity: Option<Spanned<RawCapacity>>,
     #[serde(default)]
     sip: Option<Spanned<RawSip>>,
+    #[serde(default)]
+    fleet: Option<Spanned<RawFleet>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    crowdsec: Option<Spanned<RawCrowdsec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrowdsec {
+    url: Spanned<String>,
+    api_key_file: Option<Spanned<String>>,
+    machine_file: Option<Spanned<String>>,
+    pull: Option<bool>,
+    push: Option<bool>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    origins: Vec<String>,
+    #[serde(default)]
+    scenarios: Vec<String>,
+    ca_file: Option<Spanned<String>>,
+    insecure_skip_verify: Option<bool>,
+    push_queue: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -592,6 +622,19 @@ impl Validator<'_> {
             Some(s) => self.sip(s.into_inner()),
             None => sip::Sip::default(),
         };
+        let fleet = raw.fleet.and_then(|f| {
+            let span = f.span();
+            match f.into_inner().crowdsec {
+                Some(c) => {
+                    let span = c.span();
+                    self.crowdsec(c.into_inner(), span)
+                }
+                None => {
+                    self.error(span, "[fleet] without [fleet.crowdsec]", "add a [fleet.crowdsec] table with url and api_key_file");
+                    None
+                }
+            }
+        });
         let mut sip_ports = Vec::new();
         let mut sip_encrypted_ports = Vec::new();
         for (role_name, _) in &roles {
@@ -629,8 +672,93 @@ impl Validator<'_> {
             sip,
             sip_ports,
             sip_encrypted_ports,
+            fleet,
             text: self.text.to_string(),
         }
+    }
+
+    fn crowdsec(&mut self, raw: RawCrowdsec, span: Range<usize>) -> Option<fleet::Crowdsec> {
+        let before = self.diags.len();
+        let url = raw.url.get_ref().trim().trim_end_matches('/').to_string();
+        let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+            self.error(
+                raw.url.span(),
+                format!("fleet.crowdsec.url = {:?} is not an http:// or https:// URL", raw.url.get_ref()),
+                "write the LAPI's address, e.g. url = \"http://10.0.0.5:8080\"",
+            );
+        }
+        let mut file = |v: Option<Spanned<String>>, key: &str, what: &str| -> Option<PathBuf> {
+            let v = v?;
+            let path = PathBuf::from(v.get_ref());
+            if let Err(e) = std::fs::metadata(&path) {
+                self.error(v.span(), format!("fleet.crowdsec.{key}: cannot read {}: {e}", path.display()), what);
+            }
+            Some(path)
+        };
+        let api_key_file = file(raw.api_key_file, "api_key_file", "write the key `cscli bouncers add NAME` printed into this file");
+        let machine_file =
+            file(raw.machine_file, "machine_file", "create it with `cscli machines add NAME --password P -f FILE`");
+        let ca_file = file(raw.ca_file, "ca_file", "the PEM file of the CA that signed the LAPI's certificate");
+        let pull = raw.pull.unwrap_or(true);
+        let push = raw.push.unwrap_or(machine_file.is_some());
+        if pull && api_key_file.is_none() {
+            self.error(
+                span.clone(),
+                "fleet.crowdsec pulls decisions (pull = true) but has no api_key_file",
+                "run `cscli bouncers add NAME`, write the key into a file and set api_key_file, or set pull = false",
+            );
+        }
+        if push && machine_file.is_none() {
+            self.error(
+                span.clone(),
+                "fleet.crowdsec pushes bans (push = true) but has no machine_file",
+                "run `cscli machines add NAME --password P -f FILE` and set machine_file, or set push = false",
+            );
+        }
+        if !pull && !push {
+            self.error(span.clone(), "fleet.crowdsec neither pulls nor pushes", "set pull = true, push = true, or both");
+        }
+        let mut duration = |v: Option<Spanned<String>>, key: &str, default: Duration, range: (Duration, Duration)| {
+            let Some(v) = v else { return default };
+            match parse_duration(v.get_ref()) {
+                Ok(d) if d >= range.0 && d <= range.1 => d,
+                _ => {
+                    self.error(
+                        v.span(),
+                        format!("fleet.crowdsec.{key} = {:?} is not a duration from {:?} to {:?}", v.get_ref(), range.0, range.1),
+                        "write e.g. \"1s\", \"500ms\" or \"5s\"",
+                    );
+                    default
+                }
+            }
+        };
+        let interval = duration(raw.interval, "interval", Duration::from_secs(1), (Duration::from_millis(100), Duration::from_secs(3600)));
+        let timeout = duration(raw.timeout, "timeout", Duration::from_secs(5), (Duration::from_millis(100), Duration::from_secs(120)));
+        let push_queue = match raw.push_queue {
+            None => 10_000,
+            Some(q) => match usize::try_from(*q.get_ref()) {
+                Ok(v) if (1..=1_000_000).contains(&v) => v,
+                _ => {
+                    self.error(q.span(), format!("fleet.crowdsec.push_queue = {} is out of range", q.get_ref()), "write 1 to 1000000");
+                    10_000
+                }
+            },
+        };
+        (self.diags.len() == before).then_some(fleet::Crowdsec {
+            url,
+            api_key_file,
+            machine_file,
+            pull,
+            push,
+            interval,
+            timeout,
+            origins: raw.origins,
+            scenarios: raw.scenarios,
+            ca_file,
+            insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+            push_queue,
+        })
     }
 
     fn sip(&mut self, raw: RawSip) -> sip::Sip {

@@ -19,7 +19,10 @@ use ipnet::IpNet;
 use tracing::{error, info};
 
 pub use self::{
-    model::{KernelChange, KernelDiff, ListKind, ListOp, ListRow, Lists, ManualEntry, PersistedLists, RemoveError},
+    model::{
+        FleetEntry, KernelChange, KernelDiff, ListKind, ListOp, ListRow, Lists, ManualEntry, PersistedLists, RemoveError,
+        TrieValue,
+    },
     tables::SourceTables,
 };
 use crate::{
@@ -34,6 +37,8 @@ const JOURNAL_MAX_LINES: usize = 2000;
 
 const SNAPSHOT: &str = "lists.json";
 const JOURNAL: &str = "lists.journal";
+/// The fleet entries (rewritten after every change: the fleet has no journal).
+const FLEET: &str = "fleet.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourcesError {
@@ -94,7 +99,55 @@ impl Sources {
         let mut lists = Lists::restore(persisted, now);
         lists.set_policy(ListKind::Allow, allow);
         lists.set_policy(ListKind::Block, block);
+        // The fleet entries the host held when it stopped: kept (fail-static) until their
+        // decisions end or the LAPI says otherwise.
+        let fleet_path = state_dir.join(FLEET);
+        let fleet: Vec<(IpNet, FleetEntry)> = state::read_json(&fleet_path)
+            .map_err(StateError::at("reading the fleet entries", &fleet_path))?
+            .unwrap_or_default();
+        let live: Vec<(IpNet, FleetEntry)> = fleet.into_iter().filter(|(_, e)| e.expires > now).collect();
+        lists.set_fleet(&live, &[]);
         Ok(Self { lists, tables, journal, state_dir: state_dir.to_path_buf() })
+    }
+
+    /// Add, refresh and remove fleet entries in one change: kernel, then the fleet file. On a
+    /// kernel error nothing changed (the kernel writes made are undone).
+    pub fn apply_fleet(&mut self, add: &[(IpNet, FleetEntry)], remove: &[IpNet]) -> Result<()> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let saved = self
+            .lists
+            .checkpoint(add.iter().map(|(n, _)| (ListKind::Block, *n)).chain(remove.iter().map(|n| (ListKind::Block, *n))));
+        let diff = self.lists.set_fleet(add, remove);
+        if let Err(e) = self.write_diff(&diff) {
+            self.lists.rollback(saved);
+            return Err(e);
+        }
+        self.persist_fleet()
+    }
+
+    /// Remove fleet entries whose decision ended; returns how many. Failures are logged and
+    /// retried at the next sweep.
+    pub fn expire_fleet(&mut self, now: u64) -> usize {
+        let ended = self.lists.fleet_expired(now);
+        if ended.is_empty() {
+            return 0;
+        }
+        match self.apply_fleet(&[], &ended) {
+            Ok(()) => ended.len(),
+            Err(e) => {
+                error!(error = %e, entries = ended.len(), "removing ended fleet entries failed; retrying at the next sweep");
+                0
+            }
+        }
+    }
+
+    fn persist_fleet(&self) -> Result<()> {
+        let path = self.state_dir.join(FLEET);
+        let entries: Vec<(IpNet, &FleetEntry)> = self.lists.fleet().collect();
+        state::write_json_compact(&path, &entries).map_err(StateError::at("writing the fleet entries", &path))?;
+        Ok(())
     }
 
     /// Bring the kernel tables to what the lists say, around the data plane's generation flip
@@ -108,14 +161,14 @@ impl Sources {
         if adopted {
             self.tables.rebuild_gate(&entries)?;
         }
-        let have: BTreeMap<IpNet, ListKind> = entries.into_iter().collect();
+        let have: BTreeMap<IpNet, TrieValue> = entries.into_iter().collect();
         let want = self.lists.kernel();
         let mut diff = KernelDiff::default();
         for (net, kind) in &want {
             let before = have.get(net).copied();
             if before != Some(*kind) {
                 let c = KernelChange { net: *net, value: Some(*kind), before };
-                if *kind == ListKind::Allow || before.is_none() { diff.early.push(c) } else { diff.late.push(c) }
+                if *kind == TrieValue::Allow || before.is_none() { diff.early.push(c) } else { diff.late.push(c) }
             }
         }
         diff.late.extend(have.iter().filter(|(n, _)| !want.contains_key(n)).map(|(n, k)| KernelChange {
@@ -322,7 +375,7 @@ impl Sources {
     }
 
     /// Every entry of the kernel tries (walks them: tests and diagnostics).
-    pub fn kernel_entries(&self) -> std::result::Result<Vec<(IpNet, ListKind)>, MapOpError> {
+    pub fn kernel_entries(&self) -> std::result::Result<Vec<(IpNet, TrieValue)>, MapOpError> {
         self.tables.entries()
     }
 

@@ -30,19 +30,44 @@ pub enum ListKind {
     Block,
 }
 
-impl ListKind {
-    /// The value of a kernel trie entry of this kind.
+/// What a kernel trie entry answers for its CIDR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TrieValue {
+    Allow,
+    /// Blocked by the policy or the operator.
+    Block,
+    /// Blocked by fleet decisions only.
+    Fleet,
+}
+
+impl TrieValue {
+    /// The value of a kernel trie entry.
     pub const fn kernel_value(self) -> u32 {
         match self {
             Self::Allow => common::SOURCE_ALLOW,
             Self::Block => common::SOURCE_BLOCK,
+            Self::Fleet => common::SOURCE_FLEET,
         }
     }
 
-    /// The kind a kernel trie value stands for.
+    /// The answer a kernel trie value stands for.
     pub const fn from_kernel_value(v: u32) -> Self {
-        if v == common::SOURCE_ALLOW { Self::Allow } else { Self::Block }
+        match v {
+            common::SOURCE_ALLOW => Self::Allow,
+            common::SOURCE_FLEET => Self::Fleet,
+            _ => Self::Block,
+        }
     }
+}
+
+/// A block entry that comes from fleet decisions (CrowdSec): the decision that lasts longest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetEntry {
+    /// The decision's origin (`crowdsec`, `cscli`, `lists`, ...).
+    pub origin: Arc<str>,
+    pub scenario: Arc<str>,
+    /// Unix seconds.
+    pub expires: u64,
 }
 
 /// A CLI-made entry. Strings are shared: a bulk import of a million CIDRs holds one copy.
@@ -60,16 +85,32 @@ pub struct ManualEntry {
 struct Origins {
     policy: bool,
     manual: Option<ManualEntry>,
+    /// Block entries only.
+    fleet: Option<FleetEntry>,
+}
+
+impl Origins {
+    fn is_empty(&self) -> bool {
+        !self.policy && self.manual.is_none() && self.fleet.is_none()
+    }
+
+    /// The policy or the operator put it there.
+    fn local(&self) -> bool {
+        self.policy || self.manual.is_some()
+    }
 }
 
 /// One row of `voipwall list`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListRow {
     pub cidr: IpNet,
-    /// "policy", "manual" or "policy+manual".
+    /// "policy", "manual", "fleet", or several joined by '+' ("policy+manual").
     pub origin: String,
     #[serde(flatten)]
     pub manual: Option<ManualEntry>,
+    /// The fleet decision behind the entry.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fleet: Option<FleetEntry>,
 }
 
 /// What persists across restarts: the manual entries.
@@ -157,8 +198,8 @@ impl PersistedLists {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelChange {
     pub net: IpNet,
-    pub value: Option<ListKind>,
-    pub before: Option<ListKind>,
+    pub value: Option<TrieValue>,
+    pub before: Option<TrieValue>,
 }
 
 impl KernelChange {
@@ -251,7 +292,7 @@ impl Lists {
             ListKind::Allow => &mut self.allow,
             ListKind::Block => &mut self.block,
         };
-        if map.get(net).is_some_and(|s| !s.policy && s.manual.is_none()) {
+        if map.get(net).is_some_and(Origins::is_empty) {
             map.remove(net);
             if kind == ListKind::Allow {
                 let key = (net.addr().is_ipv6(), net.prefix_len());
@@ -298,13 +339,11 @@ impl Lists {
     }
 
     /// What the kernel trie must hold for `net`.
-    fn value(&self, net: &IpNet) -> Option<ListKind> {
+    fn value(&self, net: &IpNet) -> Option<TrieValue> {
         if self.allow_covers(net) && (self.allow.contains_key(net) || self.block.contains_key(net)) {
-            Some(ListKind::Allow)
-        } else if self.block.contains_key(net) {
-            Some(ListKind::Block)
+            Some(TrieValue::Allow)
         } else {
-            None
+            self.block.get(net).map(|o| if o.local() { TrieValue::Block } else { TrieValue::Fleet })
         }
     }
 
@@ -326,7 +365,7 @@ impl Lists {
         }
         // An allow change leaves the block entries as they are, so the set found before the
         // change is the whole set.
-        let before: Vec<Option<ListKind>> = affected.iter().map(|n| self.value(n)).collect();
+        let before: Vec<Option<TrieValue>> = affected.iter().map(|n| self.value(n)).collect();
         change(self);
         let mut diff = KernelDiff::default();
         for (net, before) in affected.iter().zip(before) {
@@ -342,7 +381,7 @@ impl Lists {
             }
             let change = KernelChange { net: *net, value: after, before };
             match (before, after) {
-                (None, Some(_)) | (_, Some(ListKind::Allow)) => diff.early.push(change),
+                (None, Some(_)) | (_, Some(TrieValue::Allow)) => diff.early.push(change),
                 _ => diff.late.push(change),
             }
         }
@@ -383,6 +422,7 @@ impl Lists {
     pub fn remove_manual(&mut self, kind: ListKind, net: &IpNet) -> Result<KernelDiff, RemoveError> {
         match self.map(kind).get(net) {
             None => return Err(RemoveError::Absent),
+            Some(s) if s.manual.is_none() && !s.policy => return Err(RemoveError::FleetOnly),
             Some(s) if s.manual.is_none() => return Err(RemoveError::PolicyOnly),
             Some(_) => {}
         }
@@ -393,6 +433,32 @@ impl Lists {
             }
             l.prune(kind, &net);
         }))
+    }
+
+    /// Add (or refresh) fleet entries and remove others (`remove`), in one change.
+    pub fn set_fleet(&mut self, add: &[(IpNet, FleetEntry)], remove: &[IpNet]) -> KernelDiff {
+        let nets: Vec<IpNet> = add.iter().map(|(n, _)| *n).chain(remove.iter().copied()).collect();
+        self.mutate(ListKind::Block, &nets, |l| {
+            for n in remove {
+                if let Some(s) = l.get_mut(ListKind::Block, n) {
+                    s.fleet = None;
+                    l.prune(ListKind::Block, n);
+                }
+            }
+            for (n, e) in add {
+                l.entry(ListKind::Block, *n).fleet = Some(e.clone());
+            }
+        })
+    }
+
+    /// The fleet entries.
+    pub fn fleet(&self) -> impl Iterator<Item = (IpNet, &FleetEntry)> {
+        self.block.iter().filter_map(|(n, s)| s.fleet.as_ref().map(|e| (*n, e)))
+    }
+
+    /// Fleet entries whose decision has ended.
+    pub fn fleet_expired(&self, now: u64) -> Vec<IpNet> {
+        self.fleet().filter(|(_, e)| e.expires <= now).map(|(n, _)| n).collect()
     }
 
     /// Manual entries whose TTL has passed.
@@ -409,17 +475,23 @@ impl Lists {
     }
 
     /// Everything the kernel trie must hold.
-    pub fn kernel(&self) -> BTreeMap<IpNet, ListKind> {
+    pub fn kernel(&self) -> BTreeMap<IpNet, TrieValue> {
         self.allow.keys().chain(self.block.keys()).filter_map(|n| self.value(n).map(|v| (*n, v))).collect()
     }
 
-    /// CIDRs of a list (policy and manual).
+    /// CIDRs of a list (policy and manual; not fleet entries).
     pub fn cidrs(&self, kind: ListKind) -> Vec<IpNet> {
-        self.map(kind).keys().copied().collect()
+        self.map(kind).iter().filter(|(_, s)| s.local()).map(|(n, _)| *n).collect()
     }
 
+    /// Entries of a list from the policy or the operator (not fleet entries).
     pub fn len(&self, kind: ListKind) -> usize {
-        self.map(kind).len()
+        self.map(kind).values().filter(|s| s.local()).count()
+    }
+
+    /// Fleet entries.
+    pub fn fleet_len(&self) -> usize {
+        self.block.values().filter(|s| s.fleet.is_some()).count()
     }
 
     /// Kernel entries per family: (IPv4, IPv6). Each CIDR on either list is one entry.
@@ -431,23 +503,20 @@ impl Lists {
         self.allow.is_empty() && self.block.is_empty()
     }
 
-    /// Any entry of the list contains `addr`.
+    /// Any entry of the list from the policy or the operator contains `addr`.
     pub fn contains(&self, kind: ListKind, addr: IpAddr) -> bool {
-        self.map(kind).keys().any(|n| n.contains(&addr))
+        self.map(kind).iter().any(|(n, s)| s.local() && n.contains(&addr))
     }
 
     pub fn rows(&self, kind: ListKind) -> Vec<ListRow> {
         self.map(kind)
             .iter()
-            .map(|(net, s)| ListRow {
-                cidr: *net,
-                origin: match (s.policy, s.manual.is_some()) {
-                    (true, true) => "policy+manual",
-                    (true, false) => "policy",
-                    _ => "manual",
-                }
-                .to_string(),
-                manual: s.manual.clone(),
+            .map(|(net, s)| {
+                let origins: Vec<&str> = [(s.policy, "policy"), (s.manual.is_some(), "manual"), (s.fleet.is_some(), "fleet")]
+                    .into_iter()
+                    .filter_map(|(on, name)| on.then_some(name))
+                    .collect();
+                ListRow { cidr: *net, origin: origins.join("+"), manual: s.manual.clone(), fleet: s.fleet.clone() }
             })
             .collect()
     }
@@ -511,6 +580,10 @@ pub enum RemoveError {
     Absent,
     #[error("comes from the policy file; edit the policy and reload to remove it")]
     PolicyOnly,
+    #[error(
+        "comes from a fleet decision; delete the decision in CrowdSec (`cscli decisions delete`) or put the address on the allow list"
+    )]
+    FleetOnly,
 }
 
 #[cfg(test)]
@@ -525,31 +598,31 @@ mod tests {
         ManualEntry { reason: Some("test".into()), who: "root".into(), created: 100, expires }
     }
 
-    fn set(n: &str, v: ListKind) -> (IpNet, Option<ListKind>) {
+    fn set(n: &str, v: TrieValue) -> (IpNet, Option<TrieValue>) {
         (net(n), Some(v))
     }
 
-    fn rm(n: &str) -> (IpNet, Option<ListKind>) {
+    fn rm(n: &str) -> (IpNet, Option<TrieValue>) {
         (net(n), None)
     }
 
-    fn writes(c: &[KernelChange]) -> Vec<(IpNet, Option<ListKind>)> {
+    fn writes(c: &[KernelChange]) -> Vec<(IpNet, Option<TrieValue>)> {
         c.iter().map(|c| (c.net, c.value)).collect()
     }
 
     /// The trie's answer for an address: longest prefix among the kernel entries.
-    fn lookup(l: &Lists, addr: &str) -> Option<ListKind> {
+    fn lookup(l: &Lists, addr: &str) -> Option<TrieValue> {
         let a: IpAddr = addr.parse().unwrap();
         l.kernel().into_iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1)
     }
 
     /// What "allow first, then block" says for an address.
-    fn semantics(l: &Lists, addr: &str) -> Option<ListKind> {
+    fn semantics(l: &Lists, addr: &str) -> Option<TrieValue> {
         let a: IpAddr = addr.parse().unwrap();
         if l.contains(ListKind::Allow, a) {
-            Some(ListKind::Allow)
+            Some(TrieValue::Allow)
         } else if l.contains(ListKind::Block, a) {
-            Some(ListKind::Block)
+            Some(TrieValue::Block)
         } else {
             None
         }
@@ -565,7 +638,7 @@ mod tests {
         {
             assert_eq!(lookup(&l, a), semantics(&l, a), "{a}");
         }
-        assert_eq!(l.kernel()[&net("10.1.2.0/24")], ListKind::Allow, "a block inside an allow is written as allow");
+        assert_eq!(l.kernel()[&net("10.1.2.0/24")], TrieValue::Allow, "a block inside an allow is written as allow");
     }
 
     #[test]
@@ -573,19 +646,19 @@ mod tests {
         let mut l = Lists::default();
         l.set_policy(ListKind::Block, &[net("10.1.2.0/24"), net("10.9.0.0/16")]);
         let d = l.add_manual(ListKind::Allow, &[net("10.1.0.0/16")], manual(None));
-        assert_eq!(writes(&d.early), vec![set("10.1.0.0/16", ListKind::Allow), set("10.1.2.0/24", ListKind::Allow)]);
-        assert_eq!(d.early[1].before, Some(ListKind::Block), "the previous value travels with the write");
+        assert_eq!(writes(&d.early), vec![set("10.1.0.0/16", TrieValue::Allow), set("10.1.2.0/24", TrieValue::Allow)]);
+        assert_eq!(d.early[1].before, Some(TrieValue::Block), "the previous value travels with the write");
         assert!(d.late.is_empty());
         let d = l.remove_manual(ListKind::Allow, &net("10.1.0.0/16")).unwrap();
         assert!(d.early.is_empty());
-        assert_eq!(writes(&d.late), vec![rm("10.1.0.0/16"), set("10.1.2.0/24", ListKind::Block)]);
+        assert_eq!(writes(&d.late), vec![rm("10.1.0.0/16"), set("10.1.2.0/24", TrieValue::Block)]);
     }
 
     #[test]
     fn policy_and_manual_origins_share_one_kernel_entry() {
         let mut l = Lists::default();
         let d = l.set_policy(ListKind::Block, &[net("10.0.0.0/8")]);
-        assert_eq!(writes(&d.early), vec![set("10.0.0.0/8", ListKind::Block)]);
+        assert_eq!(writes(&d.early), vec![set("10.0.0.0/8", TrieValue::Block)]);
         assert!(l.add_manual(ListKind::Block, &[net("10.0.0.0/8")], manual(None)).is_empty(), "already in the kernel");
         assert!(!l.add_manual(ListKind::Block, &[net("192.0.2.0/24")], manual(None)).is_empty());
         let d = l.set_policy(ListKind::Block, &[]);
@@ -608,7 +681,7 @@ mod tests {
         let mut l = Lists::default();
         l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("172.16.0.0/12")]);
         let d = l.set_policy(ListKind::Block, &[net("172.16.0.0/12"), net("192.168.0.0/16")]);
-        assert_eq!(writes(&d.early), vec![set("192.168.0.0/16", ListKind::Block)]);
+        assert_eq!(writes(&d.early), vec![set("192.168.0.0/16", TrieValue::Block)]);
         assert_eq!(writes(&d.late), vec![rm("10.0.0.0/8")]);
     }
 
@@ -684,8 +757,34 @@ mod tests {
             (0..20_000u32).map(|i| IpNet::V4(Ipv4Net::new((0x0b00_0000 + (i << 8)).into(), 24).unwrap())).collect();
         l.set_policy(ListKind::Block, &many);
         let d = l.add_manual(ListKind::Allow, &[net("11.0.1.0/24")], manual(None));
-        assert_eq!(writes(&d.early), vec![set("11.0.1.0/24", ListKind::Allow)], "one entry rewritten");
+        assert_eq!(writes(&d.early), vec![set("11.0.1.0/24", TrieValue::Allow)], "one entry rewritten");
         let d = l.add_manual(ListKind::Block, &[net("203.0.113.0/24")], manual(None));
         assert_eq!(d.early.len() + d.late.len(), 1);
+    }
+
+    #[test]
+    fn fleet_entries_block_as_fleet_and_yield_to_local_entries_and_allow() {
+        let mut l = Lists::default();
+        let e = |expires| FleetEntry { origin: "cscli".into(), scenario: "manual".into(), expires };
+        let d = l.set_fleet(&[(net("198.51.100.7/32"), e(500)), (net("203.0.113.0/24"), e(900))], &[]);
+        assert_eq!(writes(&d.early), vec![set("198.51.100.7/32", TrieValue::Fleet), set("203.0.113.0/24", TrieValue::Fleet)]);
+        assert_eq!((l.len(ListKind::Block), l.fleet_len()), (0, 2), "fleet entries are not the operator's list");
+        assert!(!l.contains(ListKind::Block, "198.51.100.7".parse().unwrap()));
+        // The operator blocks the same address: the kernel says block; removing it says fleet again.
+        let d = l.add_manual(ListKind::Block, &[net("198.51.100.7/32")], manual(None));
+        assert_eq!(writes(&d.all().copied().collect::<Vec<_>>()), vec![set("198.51.100.7/32", TrieValue::Block)]);
+        assert_eq!(l.rows(ListKind::Block)[0].origin, "manual+fleet");
+        let d = l.remove_manual(ListKind::Block, &net("198.51.100.7/32")).unwrap();
+        assert_eq!(writes(&d.all().copied().collect::<Vec<_>>()), vec![set("198.51.100.7/32", TrieValue::Fleet)]);
+        assert_eq!(l.remove_manual(ListKind::Block, &net("203.0.113.0/24")), Err(RemoveError::FleetOnly));
+        // An allow entry wins over a fleet decision.
+        l.add_manual(ListKind::Allow, &[net("203.0.113.0/25")], manual(None));
+        assert_eq!(lookup(&l, "203.0.113.9"), Some(TrieValue::Allow));
+        assert_eq!(lookup(&l, "203.0.113.200"), Some(TrieValue::Fleet));
+        // Expiry and removal.
+        assert_eq!(l.fleet_expired(600), vec![net("198.51.100.7/32")]);
+        let d = l.set_fleet(&[], &[net("198.51.100.7/32")]);
+        assert_eq!(writes(&d.late), vec![rm("198.51.100.7/32")]);
+        assert_eq!(l.fleet_len(), 1);
     }
 }

@@ -14,7 +14,7 @@ use common::{GATE_MORE, maps};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{debug, error};
 
-use super::model::{KernelChange, ListKind};
+use super::model::{KernelChange, TrieValue};
 use crate::dataplane::{MapOpError, SourceMaps};
 
 type Result<T> = std::result::Result<T, MapOpError>;
@@ -201,7 +201,7 @@ impl SourceTables {
 
     /// Recompute every gate slot from the trie's entries (after adopting pinned maps, whose gate
     /// this process has not built).
-    pub fn rebuild_gate(&mut self, entries: &[(IpNet, ListKind)]) -> Result<()> {
+    pub fn rebuild_gate(&mut self, entries: &[(IpNet, TrieValue)]) -> Result<()> {
         self.gate = Gate::default();
         for (net, kind) in entries {
             if let IpNet::V4(n) = net {
@@ -249,15 +249,15 @@ impl SourceTables {
     }
 
     /// Every entry of the source tries (walks them: start-up and tests only).
-    pub fn entries(&self) -> Result<Vec<(IpNet, ListKind)>> {
+    pub fn entries(&self) -> Result<Vec<(IpNet, TrieValue)>> {
         let mut out = Vec::new();
         for r in self.v4.iter() {
             let (k, v) = r.map_err(|e| MapOpError::new(maps::SOURCES_V4, "iterate", e))?;
-            out.push((net_of(IpAddr::from(k.data()), k.prefix_len()), ListKind::from_kernel_value(v)));
+            out.push((net_of(IpAddr::from(k.data()), k.prefix_len()), TrieValue::from_kernel_value(v)));
         }
         for r in self.v6.iter() {
             let (k, v) = r.map_err(|e| MapOpError::new(maps::SOURCES_V6, "iterate", e))?;
-            out.push((net_of(IpAddr::from(k.data()), k.prefix_len()), ListKind::from_kernel_value(v)));
+            out.push((net_of(IpAddr::from(k.data()), k.prefix_len()), TrieValue::from_kernel_value(v)));
         }
         Ok(out)
     }

@@ -241,12 +241,10 @@ async fn sweeper(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
 }
 
 /// The wait before the next try after `failures` failures in a row: the interval, doubling up
-/// to 30 s.
+/// to 8 intervals and at most 10 s.
 fn backoff(interval: Duration, failures: u32) -> Duration {
-    if failures == 0 {
-        return interval;
-    }
-    (interval * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(30)).max(interval)
+    let cap = (interval * 8).min(Duration::from_secs(10)).max(interval);
+    (interval * 2u32.saturating_pow(failures.min(6))).min(cap)
 }
 
 /// Pull the fleet's decisions every `interval` while the policy has `[fleet.crowdsec]` with
@@ -254,6 +252,7 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
 async fn fleet_pull(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
     let mut client: Option<(Arc<Crowdsec>, Arc<lapi::Client>)> = None;
     loop {
+        let started = tokio::time::Instant::now();
         let config = fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_config();
         let wait = match config {
             Some((cfg, startup, _)) if cfg.pull => {
@@ -282,7 +281,8 @@ async fn fleet_pull(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
                     .await;
                 }
                 let failures = fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_config().map_or(0, |c| c.2);
-                backoff(cfg.interval, failures)
+                // One pull per interval, the pull's own time included.
+                backoff(cfg.interval, failures).saturating_sub(started.elapsed())
             }
             _ => {
                 client = None;
@@ -304,7 +304,8 @@ async fn fleet_push(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
     let mut failures = 0u32;
     loop {
         let (cfg, alerts) = fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_take(BATCH);
-        let mut wait = Duration::from_millis(200);
+        // A new ban waits at most this long for its push.
+        let mut wait = Duration::from_millis(50);
         if let Some(cfg) = cfg
             && !alerts.is_empty()
         {
@@ -328,9 +329,9 @@ async fn fleet_push(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
                         Err(e) => Err(lapi::LapiError::Config(e.to_string())),
                     }
                 }
-                None => Err(lapi::LapiError::Config(
-                    lapi::Client::new(&cfg).err().unwrap_or_else(|| "no client".into()),
-                )),
+                None => {
+                    Err(lapi::LapiError::Config(lapi::Client::new(&cfg).err().unwrap_or_else(|| "no client".into())))
+                }
             };
             let ok = result.is_ok();
             fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_pushed(alerts, result);

@@ -353,12 +353,19 @@ impl Firewall {
 
     /// The fleet's configuration, and whether its next pull asks for every decision.
     pub fn fleet_config(&self) -> Option<(Arc<Crowdsec>, bool, u32)> {
-        self.fleet.as_ref().map(|f| (f.cfg.clone(), f.startup, f.failures))
+        let now = unix_now();
+        self.fleet.as_ref().map(|f| (f.cfg.clone(), f.wants_startup(now), f.failures))
     }
 
     /// Apply one pull of the decision stream (or its failure). Fail-static: an error changes
     /// nothing in the kernel.
-    pub fn fleet_pulled(&mut self, cfg: &Arc<Crowdsec>, startup: bool, answer: Result<Stream, String>, kind: &'static str) {
+    pub fn fleet_pulled(
+        &mut self,
+        cfg: &Arc<Crowdsec>,
+        startup: bool,
+        answer: Result<Stream, String>,
+        kind: &'static str,
+    ) {
         let now = unix_now();
         let Some(fleet) = self.fleet.as_mut().filter(|f| Arc::ptr_eq(&f.cfg, cfg)) else {
             return; // reconfigured meanwhile: the answer belongs to the old configuration
@@ -366,19 +373,18 @@ impl Firewall {
         let stream = match answer {
             Ok(s) => s,
             Err(message) => {
-                let first = fleet.status.failing_since.is_none();
                 let since = fleet.status.failing_since.unwrap_or(now);
                 fleet.failed(kind, message.clone(), now);
                 // One line when the trouble starts, then one a minute: never a line per retry.
-                if first || (now - since) % 60 == 0 {
+                if fleet.warned_at.is_none_or(|t| now >= t + 60) {
+                    fleet.warned_at = Some(now);
                     warn!(target: "voipwall::fleet", error = %message, kind, failing_for_s = now - since, "fleet: LAPI pull failed; keeping every entry as it is");
                 }
                 return;
             }
         };
         let protected = self.protected();
-        let current: BTreeMap<IpNet, FleetEntry> =
-            self.sources.lists().fleet().map(|(n, e)| (n, e.clone())).collect();
+        let current: BTreeMap<IpNet, FleetEntry> = self.sources.lists().fleet().map(|(n, e)| (n, e.clone())).collect();
         let fleet = self.fleet.as_mut().expect("checked above");
         let (plan, change) = fleet.plan(&stream, startup, now, &protected, &current);
         if let Err(e) = self.sources.apply_fleet(&change.add, &change.remove) {
@@ -391,7 +397,7 @@ impl Firewall {
         if let Some(since) = fleet.status.failing_since {
             info!(target: "voipwall::fleet", after_s = now - since, "fleet: LAPI answering again; resynchronised");
         }
-        fleet.commit(plan, now);
+        fleet.commit(plan, startup, now);
         if !change.add.is_empty() || !change.remove.is_empty() {
             info!(target: "voipwall::fleet", added = change.add.len(), removed = change.remove.len(), startup, "fleet: decisions applied");
         }

@@ -303,7 +303,8 @@ fn fleet_families(fw: &Firewall, out: &mut Vec<MetricFamily>) {
     );
     push(&mut age, &[], st.last_sync.map_or(f64::INFINITY, |t| now.saturating_sub(t) as f64));
     out.push(age);
-    let mut errors = family("voipwall_fleet_errors_total", "Failed pulls of CrowdSec decisions, by kind.", MetricType::COUNTER);
+    let mut errors =
+        family("voipwall_fleet_errors_total", "Failed pulls of CrowdSec decisions, by kind.", MetricType::COUNTER);
     for kind in FLEET_ERROR_KINDS {
         push(&mut errors, &[("kind", kind)], st.errors.get(kind).copied().unwrap_or(0) as f64);
     }
@@ -312,7 +313,10 @@ fn fleet_families(fw: &Firewall, out: &mut Vec<MetricFamily>) {
     for (origin, n) in f.by_origin() {
         push(&mut decisions, &[("origin", &origin)], n as f64);
     }
-    out.push(decisions);
+    // A family without samples is not valid exposition: these two appear with their first.
+    if !decisions.get_metric().is_empty() {
+        out.push(decisions);
+    }
     let mut skipped = family(
         "voipwall_fleet_skipped_total",
         "CrowdSec decisions not applied, by why (type:TYPE, scope, invalid, ended, filtered, protected, own).",
@@ -321,7 +325,9 @@ fn fleet_families(fw: &Firewall, out: &mut Vec<MetricFamily>) {
     for (why, n) in &st.skipped {
         push(&mut skipped, &[("why", why)], *n as f64);
     }
-    out.push(skipped);
+    if !skipped.get_metric().is_empty() {
+        out.push(skipped);
+    }
     for (name, help, v) in [
         ("voipwall_fleet_pushed_total", "This host's bans sent to the LAPI as alerts.", st.pushed),
         ("voipwall_fleet_push_dropped_total", "Bans dropped from the full push queue (oldest first).", st.push_dropped),

@@ -91,7 +91,14 @@ pub fn list(which: Which, rows: impl Fn(ListKind) -> Vec<ListRow>, bans: &[BanRe
             for r in &rows {
                 let mut details = manual_details(&r.manual);
                 if let Some(f) = &r.fleet {
-                    let _ = write!(details, "{}fleet: {} {} until {}", if details.is_empty() { "" } else { "; " }, f.origin, f.scenario, rfc3339(f.expires));
+                    let _ = write!(
+                        details,
+                        "{}fleet: {} {} until {}",
+                        if details.is_empty() { "" } else { "; " },
+                        f.origin,
+                        f.scenario,
+                        rfc3339(f.expires)
+                    );
                 }
                 let _ = writeln!(text, "  {:<43} {:<14} {}", r.cidr.to_string(), r.origin, details);
             }
@@ -127,7 +134,13 @@ pub fn fleet(data: Value) -> Reply {
     }
     let mut text = String::new();
     let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let _ = writeln!(text, "fleet          crowdsec {} (pull {}, push {})", data["url"].as_str().unwrap_or("?"), data["pull"], data["push"]);
+    let _ = writeln!(
+        text,
+        "fleet          crowdsec {} (pull {}, push {})",
+        data["url"].as_str().unwrap_or("?"),
+        data["pull"],
+        data["push"]
+    );
     let sync = match (data["last_sync"].as_str(), data["last_sync_age_s"].as_u64()) {
         (Some(at), Some(age)) => format!("{at} ({age} s ago), {} syncs", n(&data["syncs"])),
         _ => "never".into(),
@@ -143,7 +156,13 @@ pub fn fleet(data: Value) -> Reply {
             .map_or("-".into(), |m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
     };
     let _ = writeln!(text, "errors         {}", pairs(&data["errors"]));
-    let _ = writeln!(text, "entries        {} ({} decisions: {})", n(&data["entries"]), n(&data["decisions"]), pairs(&data["decisions_by_origin"]));
+    let _ = writeln!(
+        text,
+        "entries        {} ({} decisions: {})",
+        n(&data["entries"]),
+        n(&data["decisions"]),
+        pairs(&data["decisions_by_origin"])
+    );
     let _ = writeln!(text, "not applied    {}", pairs(&data["skipped"]));
     let _ = writeln!(
         text,

@@ -3,6 +3,7 @@
 //! guard.
 
 pub mod bench;
+pub mod crowdsec;
 pub mod daemon;
 pub mod netns;
 pub mod packet;

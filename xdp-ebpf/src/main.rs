@@ -39,8 +39,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use common::{
-    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SOURCE_FLEET, SourceKey, active,
-    addr::mask_prefix, reason,
+    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SOURCE_FLEET, SourceKey,
+    active, addr::mask_prefix, reason,
 };
 
 use crate::{

@@ -42,6 +42,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("sipp", "sip-tester"),
     // The random-source flood generator of the flood tests.
     ("trafgen", "netsniff-ng"),
+    // The Local API the fleet tests run (offline, their own config and database).
+    ("crowdsec", "crowdsec"),
 ];
 
 const BENCH_PACKAGES: &[(&str, &str)] = &[];
@@ -272,6 +274,19 @@ fn debian_packages(pkgs: &[(&str, &str)]) -> Result<()> {
     if placed {
         use std::os::unix::fs::PermissionsExt as _;
         let _ = std::fs::set_permissions(policy_rc, std::fs::Permissions::from_mode(0o755));
+    }
+    // crowdsec's postinst registers with the online API unless credentials exist; the tests
+    // run it offline, so a placeholder is put there first (only if nothing is there).
+    if missing.contains(&"crowdsec") {
+        let creds = Path::new("/etc/crowdsec/online_api_credentials.yaml");
+        if !creds.exists() {
+            std::fs::create_dir_all("/etc/crowdsec").context("creating /etc/crowdsec")?;
+            std::fs::write(
+                creds,
+                "# offline: no online API\nurl: http://127.0.0.1:1/\nlogin: offline\npassword: offline\n",
+            )
+            .context("writing the offline crowdsec credentials")?;
+        }
     }
     let result = run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))
         .and_then(|()| {

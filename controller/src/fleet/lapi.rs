@@ -155,7 +155,8 @@ impl Client {
                 _ => self.login()?,
             };
             let url = format!("{}/v1/alerts", self.url);
-            let mut resp = self.agent.post(&url).header("Authorization", &format!("Bearer {token}")).send_json(alerts)?;
+            let mut resp =
+                self.agent.post(&url).header("Authorization", &format!("Bearer {token}")).send_json(alerts)?;
             let status = resp.status().as_u16();
             let body = resp.body_mut().with_config().limit(1 << 20).read_to_vec()?;
             if status == 401 && attempt == 0 {
@@ -168,7 +169,8 @@ impl Client {
     }
 
     fn login(&mut self) -> Result<String, LapiError> {
-        let (login, password) = self.machine.clone().ok_or_else(|| LapiError::Auth(0, "no machine credentials".into()))?;
+        let (login, password) =
+            self.machine.clone().ok_or_else(|| LapiError::Auth(0, "no machine credentials".into()))?;
         let url = format!("{}/v1/watchers/login", self.url);
         let body = serde_json::json!({ "machine_id": login, "password": password, "scenarios": SCENARIOS });
         let mut resp = self.agent.post(&url).send_json(&body)?;
@@ -352,7 +354,11 @@ mod tests {
         let s = parse_stream(br#"{"new":[{"id":"x","value":7}],"deleted":[]}"#).unwrap();
         assert_eq!(s.new[0], RawDecision::default());
         for garbage in [&b"<html>oops</html>"[..], b"[]", b"{}", br#"{"new":[]}"#, br#"{"new":5,"deleted":[]}"#, b""] {
-            assert!(matches!(parse_stream(garbage), Err(LapiError::Garbage(_))), "{}", String::from_utf8_lossy(garbage));
+            assert!(
+                matches!(parse_stream(garbage), Err(LapiError::Garbage(_))),
+                "{}",
+                String::from_utf8_lossy(garbage)
+            );
         }
     }
 }

@@ -4,7 +4,7 @@
 //! entries (their own drop reason, `fleet_block`; not the operator's list). Each entry lasts
 //! as long as its longest decision and expires by itself at the decision's end, LAPI or not.
 //! Fail-static: an answer that is an error, late, or not what the API defines changes nothing;
-//! the daemon retries with backoff and, once the LAPI answers again, asks for the whole set
+//! the daemon retries with backoff (doubling up to 8 intervals, at most 10 s) and, once the LAPI answers again, asks for the whole set
 //! (`startup=true`) and applies the difference.
 //!
 //! **Push.** Every ban voipwall issues becomes an alert with one decision of the same duration
@@ -72,6 +72,10 @@ pub struct Fleet {
     pub startup: bool,
     /// Consecutive failed pulls (for the backoff).
     pub failures: u32,
+    /// When the last "pull failed" line was logged (one a minute at most).
+    pub warned_at: Option<u64>,
+    /// When the whole set was last applied (unix seconds).
+    full_at: u64,
 }
 
 /// The changes one stream answer makes to the fleet entries.
@@ -104,6 +108,8 @@ impl Fleet {
             queue: VecDeque::new(),
             startup: true,
             failures: 0,
+            warned_at: None,
+            full_at: 0,
         }
     }
 
@@ -113,6 +119,12 @@ impl Fleet {
             self.cfg = cfg;
             self.startup = true;
         }
+    }
+
+    /// Whether the next pull asks for the whole set: at start, after a failure, after a
+    /// reconfiguration, and every `resync`.
+    pub fn wants_startup(&self, now: u64) -> bool {
+        self.startup || now >= self.full_at + self.cfg.resync.as_secs()
     }
 
     /// Decisions held, by origin.
@@ -163,7 +175,9 @@ impl Fleet {
             let gone: Vec<i64> = match d.id {
                 Some(id) => vec![id],
                 // No id: every held decision for that value.
-                None => net_of(d).map_or(Vec::new(), |n| held.iter().filter(|(_, h)| h.net == n).map(|(i, _)| *i).collect()),
+                None => {
+                    net_of(d).map_or(Vec::new(), |n| held.iter().filter(|(_, h)| h.net == n).map(|(i, _)| *i).collect())
+                }
             };
             for id in gone {
                 if let Some(h) = held.remove(&id) {
@@ -190,7 +204,13 @@ impl Fleet {
         // The entry of each touched net: its longest decision.
         let mut best: HashMap<IpNet, &Held> = HashMap::new();
         for h in held.values().filter(|h| touched.contains(&h.net)) {
-            best.entry(h.net).and_modify(|b| if h.expires > b.expires { *b = h }).or_insert(h);
+            best.entry(h.net)
+                .and_modify(|b| {
+                    if h.expires > b.expires {
+                        *b = h
+                    }
+                })
+                .or_insert(h);
         }
         let mut change = Change::default();
         for net in &touched {
@@ -209,8 +229,11 @@ impl Fleet {
     }
 
     /// The kernel and the lists hold a plan's change: make it the fleet's state.
-    pub fn commit(&mut self, plan: Plan, now: u64) {
+    pub fn commit(&mut self, plan: Plan, startup: bool, now: u64) {
         self.held = plan.held;
+        if startup {
+            self.full_at = now;
+        }
         for (why, n) in plan.skipped {
             *self.status.skipped.entry(why).or_default() += n;
         }
@@ -219,6 +242,7 @@ impl Fleet {
         self.status.syncs += 1;
         self.startup = false;
         self.failures = 0;
+        self.warned_at = None;
     }
 
     /// Forget decisions that have ended (their entries expire in the lists by themselves).
@@ -321,8 +345,7 @@ fn net_of(d: &RawDecision) -> Result<IpNet, &'static str> {
 
 fn alert(source: IpNet, class: &str, detail: &str, now: u64, until: u64) -> Alert {
     let single = source.prefix_len() == source.max_prefix_len();
-    let (scope, value) =
-        if single { ("Ip", source.addr().to_string()) } else { ("Range", source.to_string()) };
+    let (scope, value) = if single { ("Ip", source.addr().to_string()) } else { ("Range", source.to_string()) };
     let scenario = format!("voipwall/{class}");
     let at = crate::state::rfc3339(now);
     Alert {
@@ -372,6 +395,7 @@ mod tests {
             push: true,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
+            resync: Duration::from_secs(300),
             origins: Vec::new(),
             scenarios: Vec::new(),
             ca_file: None,
@@ -400,7 +424,7 @@ mod tests {
         for (n, e) in &change.add {
             cur.insert(*n, e.clone());
         }
-        f.commit(plan, now);
+        f.commit(plan, startup, now);
         change
     }
 
@@ -436,7 +460,8 @@ mod tests {
     #[test]
     fn what_is_not_applied_and_why() {
         let mut f = Fleet::new(Arc::new(Crowdsec { origins: vec!["cscli".into(), "crowdsec".into()], ..cfg() }));
-        let protected = Protected { addrs: vec!["10.0.0.1".parse().unwrap()], nets: vec!["203.0.113.0/24".parse().unwrap()] };
+        let protected =
+            Protected { addrs: vec!["10.0.0.1".parse().unwrap()], nets: vec!["203.0.113.0/24".parse().unwrap()] };
         f.ban("192.0.2.99/32".parse().unwrap(), "signaling", "level 1", 1000, 4600);
         let mut captcha = d(1, "Ip", "192.0.2.1", "1h");
         captcha.kind = "captcha".into();
@@ -486,7 +511,10 @@ mod tests {
         f.unsent(batch, &LapiError::Timeout);
         assert_eq!(f.queued(), 3);
         let a = f.take(10);
-        assert_eq!(a.iter().map(|a| a.source.value.as_str()).collect::<Vec<_>>(), ["192.0.2.3", "192.0.2.4", "192.0.2.5"]);
+        assert_eq!(
+            a.iter().map(|a| a.source.value.as_str()).collect::<Vec<_>>(),
+            ["192.0.2.3", "192.0.2.4", "192.0.2.5"]
+        );
         assert_eq!(a[0].decisions[0].duration, "100s");
         assert_eq!(a[0].scenario, "voipwall/signaling");
         let six: IpNet = "2001:db8:1::/64".parse().unwrap();

@@ -25,6 +25,11 @@ pub struct Crowdsec {
     /// Per request.
     #[serde(with = "super::humantime_serde_secs")]
     pub timeout: Duration,
+    /// How often the whole set is asked for (`startup=true`) even when deltas flow: a decision
+    /// written in a transaction that ended after a pull, with an earlier creation time, is never
+    /// in a delta (the LAPI selects deltas by creation time), so the full set repairs it.
+    #[serde(with = "super::humantime_serde_secs")]
+    pub resync: Duration,
     /// Only decisions of these origins (`crowdsec`, `cscli`, `lists`, ...); empty: all.
     pub origins: Vec<String>,
     /// Only decisions whose scenario contains one of these; empty: all.

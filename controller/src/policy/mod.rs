@@ -389,6 +389,7 @@ struct RawCrowdsec {
     push: Option<bool>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    resync: Option<Spanned<String>>,
     #[serde(default)]
     origins: Vec<String>,
     #[serde(default)]
@@ -630,7 +631,11 @@ impl Validator<'_> {
                     self.crowdsec(c.into_inner(), span)
                 }
                 None => {
-                    self.error(span, "[fleet] without [fleet.crowdsec]", "add a [fleet.crowdsec] table with url and api_key_file");
+                    self.error(
+                        span,
+                        "[fleet] without [fleet.crowdsec]",
+                        "add a [fleet.crowdsec] table with url and api_key_file",
+                    );
                     None
                 }
             }
@@ -696,7 +701,8 @@ impl Validator<'_> {
             }
             Some(path)
         };
-        let api_key_file = file(raw.api_key_file, "api_key_file", "write the key `cscli bouncers add NAME` printed into this file");
+        let api_key_file =
+            file(raw.api_key_file, "api_key_file", "write the key `cscli bouncers add NAME` printed into this file");
         let machine_file =
             file(raw.machine_file, "machine_file", "create it with `cscli machines add NAME --password P -f FILE`");
         let ca_file = file(raw.ca_file, "ca_file", "the PEM file of the CA that signed the LAPI's certificate");
@@ -717,7 +723,11 @@ impl Validator<'_> {
             );
         }
         if !pull && !push {
-            self.error(span.clone(), "fleet.crowdsec neither pulls nor pushes", "set pull = true, push = true, or both");
+            self.error(
+                span.clone(),
+                "fleet.crowdsec neither pulls nor pushes",
+                "set pull = true, push = true, or both",
+            );
         }
         let mut duration = |v: Option<Spanned<String>>, key: &str, default: Duration, range: (Duration, Duration)| {
             let Some(v) = v else { return default };
@@ -726,21 +736,46 @@ impl Validator<'_> {
                 _ => {
                     self.error(
                         v.span(),
-                        format!("fleet.crowdsec.{key} = {:?} is not a duration from {:?} to {:?}", v.get_ref(), range.0, range.1),
+                        format!(
+                            "fleet.crowdsec.{key} = {:?} is not a duration from {:?} to {:?}",
+                            v.get_ref(),
+                            range.0,
+                            range.1
+                        ),
                         "write e.g. \"1s\", \"500ms\" or \"5s\"",
                     );
                     default
                 }
             }
         };
-        let interval = duration(raw.interval, "interval", Duration::from_secs(1), (Duration::from_millis(100), Duration::from_secs(3600)));
-        let timeout = duration(raw.timeout, "timeout", Duration::from_secs(5), (Duration::from_millis(100), Duration::from_secs(120)));
+        let interval = duration(
+            raw.interval,
+            "interval",
+            Duration::from_secs(1),
+            (Duration::from_millis(100), Duration::from_secs(3600)),
+        );
+        let timeout = duration(
+            raw.timeout,
+            "timeout",
+            Duration::from_secs(5),
+            (Duration::from_millis(100), Duration::from_secs(120)),
+        );
+        let resync = duration(
+            raw.resync,
+            "resync",
+            Duration::from_secs(300),
+            (Duration::from_secs(10), Duration::from_secs(86_400)),
+        );
         let push_queue = match raw.push_queue {
             None => 10_000,
             Some(q) => match usize::try_from(*q.get_ref()) {
                 Ok(v) if (1..=1_000_000).contains(&v) => v,
                 _ => {
-                    self.error(q.span(), format!("fleet.crowdsec.push_queue = {} is out of range", q.get_ref()), "write 1 to 1000000");
+                    self.error(
+                        q.span(),
+                        format!("fleet.crowdsec.push_queue = {} is out of range", q.get_ref()),
+                        "write 1 to 1000000",
+                    );
                     10_000
                 }
             },
@@ -753,6 +788,7 @@ impl Validator<'_> {
             push,
             interval,
             timeout,
+            resync,
             origins: raw.origins,
             scenarios: raw.scenarios,
             ca_file,

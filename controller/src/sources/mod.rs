@@ -20,8 +20,8 @@ use tracing::{error, info};
 
 pub use self::{
     model::{
-        FleetEntry, KernelChange, KernelDiff, ListKind, ListOp, ListRow, Lists, ManualEntry, PersistedLists, RemoveError,
-        TrieValue,
+        FleetEntry, KernelChange, KernelDiff, ListKind, ListOp, ListRow, Lists, ManualEntry, PersistedLists,
+        RemoveError, TrieValue,
     },
     tables::SourceTables,
 };
@@ -116,9 +116,9 @@ impl Sources {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let saved = self
-            .lists
-            .checkpoint(add.iter().map(|(n, _)| (ListKind::Block, *n)).chain(remove.iter().map(|n| (ListKind::Block, *n))));
+        let saved = self.lists.checkpoint(
+            add.iter().map(|(n, _)| (ListKind::Block, *n)).chain(remove.iter().map(|n| (ListKind::Block, *n))),
+        );
         let diff = self.lists.set_fleet(add, remove);
         if let Err(e) = self.write_diff(&diff) {
             self.lists.rollback(saved);

@@ -512,10 +512,11 @@ impl Lists {
         self.map(kind)
             .iter()
             .map(|(net, s)| {
-                let origins: Vec<&str> = [(s.policy, "policy"), (s.manual.is_some(), "manual"), (s.fleet.is_some(), "fleet")]
-                    .into_iter()
-                    .filter_map(|(on, name)| on.then_some(name))
-                    .collect();
+                let origins: Vec<&str> =
+                    [(s.policy, "policy"), (s.manual.is_some(), "manual"), (s.fleet.is_some(), "fleet")]
+                        .into_iter()
+                        .filter_map(|(on, name)| on.then_some(name))
+                        .collect();
                 ListRow { cidr: *net, origin: origins.join("+"), manual: s.manual.clone(), fleet: s.fleet.clone() }
             })
             .collect()
@@ -767,7 +768,10 @@ mod tests {
         let mut l = Lists::default();
         let e = |expires| FleetEntry { origin: "cscli".into(), scenario: "manual".into(), expires };
         let d = l.set_fleet(&[(net("198.51.100.7/32"), e(500)), (net("203.0.113.0/24"), e(900))], &[]);
-        assert_eq!(writes(&d.early), vec![set("198.51.100.7/32", TrieValue::Fleet), set("203.0.113.0/24", TrieValue::Fleet)]);
+        assert_eq!(
+            writes(&d.early),
+            vec![set("198.51.100.7/32", TrieValue::Fleet), set("203.0.113.0/24", TrieValue::Fleet)]
+        );
         assert_eq!((l.len(ListKind::Block), l.fleet_len()), (0, 2), "fleet entries are not the operator's list");
         assert!(!l.contains(ListKind::Block, "198.51.100.7".parse().unwrap()));
         // The operator blocks the same address: the kernel says block; removing it says fleet again.

@@ -17,7 +17,7 @@ use serde::Serialize;
 use voipwall::{
     dataplane::{Dataplane, LoadOptions, XdpModeChoice},
     policy,
-    sources::{KernelChange, ListKind, SourceTables},
+    sources::{KernelChange, SourceTables, TrieValue},
 };
 
 use crate::{
@@ -212,7 +212,7 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
             dp.apply_policy(&compiled).expect("policy");
             let mut tables = SourceTables::new(dp.take_source_maps().expect("source maps"));
             for net in &blocks {
-                tables.write(&KernelChange { net: *net, value: Some(ListKind::Block), before: None }).expect("block");
+                tables.write(&KernelChange { net: *net, value: Some(TrieValue::Block), before: None }).expect("block");
             }
             let iface = pair.server_if.clone();
             let attachment =

@@ -11,7 +11,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 use voipwall::{
     policy::Capacity,
-    sources::{KernelChange, ListKind},
+    sources::{KernelChange, TrieValue},
 };
 
 use crate::{
@@ -149,7 +149,7 @@ pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
                 LpmTrie::try_from(b.ebpf.map_mut("BENCH_LPM").expect("BENCH_LPM")).expect("LPM");
             for net in &feed[loaded..size] {
                 h.sources
-                    .write(&KernelChange { net: *net, value: Some(ListKind::Block), before: None })
+                    .write(&KernelChange { net: *net, value: Some(TrieValue::Block), before: None })
                     .expect("block insert");
                 if let IpNet::V4(n) = net {
                     trie.insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), 2, 0).expect("trie insert");

@@ -440,3 +440,40 @@ known_ttl = "30m"
         assert!(e.contains(what), "{bad:?}: {e}");
     }
 }
+
+#[test]
+fn the_fleet_section_validates_like_every_other_key() {
+    let dir = std::env::temp_dir().join(format!("vw-fleet-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("bouncer.key");
+    let machine = dir.join("machine.yaml");
+    std::fs::write(&key, "abc\n").unwrap();
+    std::fs::write(&machine, "url: x\nlogin: a\npassword: b\n").unwrap();
+    let text = format!(
+        "[fleet.crowdsec]\nurl = \"http://10.0.0.5:8080/\"\napi_key_file = \"{}\"\nmachine_file = \"{}\"\norigins = [\"cscli\"]\n",
+        key.display(),
+        machine.display()
+    );
+    let (p, _) = ok(&text);
+    let f = p.fleet.expect("fleet");
+    assert_eq!(f.url, "http://10.0.0.5:8080", "the trailing slash goes");
+    assert!(f.pull && f.push, "push defaults to on when a machine file is given");
+    assert_eq!((f.interval.as_secs(), f.timeout.as_secs(), f.resync.as_secs()), (1, 5, 300));
+    assert_eq!(f.push_queue, 10_000);
+    let (p, _) = ok(&format!("[fleet.crowdsec]\nurl = \"https://lapi\"\napi_key_file = \"{}\"\n", key.display()));
+    assert!(!p.fleet.unwrap().push, "no machine file: pull only");
+    for (bad, what) in [
+        ("[fleet.crowdsec]\nurl = \"ftp://x\"\npull = false\npush = false\n", "is not an http:// or https:// URL"),
+        ("[fleet.crowdsec]\nurl = \"http://x\"\n", "has no api_key_file"),
+        ("[fleet.crowdsec]\nurl = \"http://x\"\npull = false\npush = true\n", "has no machine_file"),
+        ("[fleet.crowdsec]\nurl = \"http://x\"\npull = false\n", "neither pulls nor pushes"),
+        ("[fleet.crowdsec]\nurl = \"http://x\"\napi_key_file = \"/nonexistent/key\"\n", "cannot read /nonexistent/key"),
+        ("[fleet.crowdsec]\nurl = \"http://x\"\npull = false\npush = false\ninterval = \"1ms\"\n", "fleet.crowdsec.interval"),
+        ("[fleet.crowdsec]\nurl = \"http://x\"\npull = false\npush = false\nbogus = 1\n", "unknown field `bogus`"),
+        ("[fleet]\n", "[fleet] without [fleet.crowdsec]"),
+    ] {
+        let e = parse("t.toml", bad).unwrap_err().to_string();
+        assert!(e.contains(what), "{bad:?}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@
 //! has a route to anything else.
 
 use std::{
+    collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -20,7 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{Injector, NetNs, Pair, enter_named, mac_of, veth};
+use crate::{
+    daemon::{Daemon, Env},
+    netns::{Injector, NetNs, Pair, enter_named, mac_of, veth},
+};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -102,6 +106,11 @@ impl Lapi {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The LAPI's process (`ip netns exec` execs crowdsec, so the child is crowdsec).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn url(&self) -> String {
@@ -352,4 +361,112 @@ fn serve(mut client: TcpStream, fault: Fault, upstream: SocketAddr) {
         }
     };
     let _ = client.write_all(&out);
+}
+
+/// The hosts' pull interval.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Fields drop in order: daemons, their folders, the proxy, the LAPI, then the namespaces.
+pub struct Fleet {
+    pub daemons: Vec<Daemon>,
+    pub envs: Vec<Env>,
+    pub proxy: Option<FaultProxy>,
+    pub lapi: Lapi,
+    pub lapi_env: Env,
+    pub site: FleetSite,
+}
+
+impl Fleet {
+    /// A LAPI and `n` hosts; with `proxy`, the hosts reach the LAPI through the fault proxy.
+    pub fn start(n: usize, proxy: bool, timeout: &str) -> Self {
+        Self::start_with(n, proxy, timeout, INTERVAL)
+    }
+
+    pub fn start_with(n: usize, proxy: bool, timeout: &str, interval: Duration) -> Self {
+        Self::start_full(n, proxy, timeout, interval, "5m")
+    }
+
+    pub fn start_full(n: usize, proxy: bool, timeout: &str, interval: Duration, resync: &str) -> Self {
+        let site = FleetSite::new(n);
+        let lapi_env = Env::new();
+        let listen = format!("{}:8080", site.lapi_ip);
+        let lapi = Lapi::start(&site.lapi_ns, &listen, &lapi_env.root.join("lapi"));
+        let proxy = proxy.then(|| FaultProxy::start(&site.lapi_ns, &format!("{}:8081", site.lapi_ip), &listen));
+        let url = proxy.as_ref().map_or(lapi.url(), |p| format!("http://{}", p.listen));
+        let mut envs = Vec::new();
+        let mut daemons = Vec::new();
+        for (i, h) in site.hosts.iter().enumerate() {
+            let env = Env::new();
+            let name = format!("host{i}");
+            let key = env.root.join("bouncer.key");
+            let machine = env.root.join("machine.yaml");
+            lapi.bouncer(&name, &key);
+            lapi.machine(&name, &machine);
+            let policy = env.write(
+                "policy.toml",
+                &format!(
+                    "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{{ pps = 1, burst = 5, ban = \"10m\" }}]\nunknown = \"off\"\n[fleet.crowdsec]\nurl = \"{url}\"\napi_key_file = \"{}\"\nmachine_file = \"{}\"\ninterval = \"{}ms\"\ntimeout = \"{timeout}\"\nresync = \"{resync}\"\n",
+                    key.display(),
+                    machine.display(),
+                    interval.as_millis()
+                ),
+            );
+            daemons.push(Daemon::start(
+                &h.pair,
+                &env,
+                &["--metrics", "127.0.0.1:9947", "--policy", policy.to_str().unwrap()],
+            ));
+            envs.push(env);
+        }
+        Self { daemons, envs, proxy, lapi, lapi_env, site }
+    }
+
+    /// The fleet entries a host holds (CIDRs).
+    pub fn entries(&self, host: usize) -> BTreeSet<String> {
+        let v = self.daemons[host].json(&["list", "blocked"]);
+        v["blocked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["origin"].as_str().unwrap_or("").contains("fleet"))
+            .map(|r| r["cidr"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn fleet_status(&self, host: usize) -> serde_json::Value {
+        self.daemons[host].json(&["fleet", "status"])["fleet"].clone()
+    }
+
+    /// Wait until `cond` holds for every host (or `limit` passes): how long it took.
+    pub fn wait_all(&self, limit: Duration, what: &str, cond: impl Fn(&BTreeSet<String>) -> bool) -> Duration {
+        let t = Instant::now();
+        loop {
+            if (0..self.daemons.len()).all(|h| cond(&self.entries(h))) {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < limit,
+                "{what}: not on every host after {limit:?}: {:?}\nhost0 fleet: {}\nLAPI log:\n{}",
+                (0..self.daemons.len()).map(|h| self.entries(h)).collect::<Vec<_>>(),
+                self.fleet_status(0),
+                self.lapi.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn metrics(&self, host: usize) -> String {
+        self.site.hosts[host].pair.server.sh("curl -sf 127.0.0.1:9947/metrics")
+    }
+
+    /// Packets a host dropped for `reason`.
+    pub fn dropped(&self, host: usize, reason: &str) -> u64 {
+        self.daemons[host].json(&["stats"])["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["reason"] == reason && c["verdict"] == "drop")
+            .map(|c| c["packets"].as_u64().unwrap_or(0))
+            .sum()
+    }
 }

@@ -468,7 +468,10 @@ fn the_fleet_section_validates_like_every_other_key() {
         ("[fleet.crowdsec]\nurl = \"http://x\"\npull = false\npush = true\n", "has no machine_file"),
         ("[fleet.crowdsec]\nurl = \"http://x\"\npull = false\n", "neither pulls nor pushes"),
         ("[fleet.crowdsec]\nurl = \"http://x\"\napi_key_file = \"/nonexistent/key\"\n", "cannot read /nonexistent/key"),
-        ("[fleet.crowdsec]\nurl = \"http://x\"\npull = false\npush = false\ninterval = \"1ms\"\n", "fleet.crowdsec.interval"),
+        (
+            "[fleet.crowdsec]\nurl = \"http://x\"\npull = false\npush = false\ninterval = \"1ms\"\n",
+            "fleet.crowdsec.interval",
+        ),
         ("[fleet.crowdsec]\nurl = \"http://x\"\npull = false\npush = false\nbogus = 1\n", "unknown field `bogus`"),
         ("[fleet]\n", "[fleet] without [fleet.crowdsec]"),
     ] {

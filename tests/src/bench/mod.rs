@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod e2e;
+pub mod fleet;
 pub mod ops;
 pub mod paths;
 pub mod report;

@@ -69,6 +69,7 @@ pub struct Results {
     pub glue: Glue,
     pub e2e: Vec<E2eRow>,
     pub controller: ControllerResults,
+    pub fleet: super::fleet::FleetBench,
     pub targets: Vec<Target>,
 }
 
@@ -550,6 +551,32 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
         s,
         "| daemon RSS / map memory with the bulk list loaded | {:.1} MiB / {:.1} MiB |",
         c.rss_full_mib, c.maps_full_mib
+    );
+    let fl = &r.fleet;
+    let list = |v: &[f64], unit: &str| v.iter().map(|x| format!("{x:.1}{unit}")).collect::<Vec<_>>().join(" / ");
+    let _ = writeln!(
+        s,
+        "\n## 5. Fleet (CrowdSec Local API)\n\nOne LAPI (Debian's crowdsec 1.4.6, SQLite, offline), {} simulated bouncers with their own keys polling every {:.0} s (a full set every 30 s), and {} voipwall hosts (interval {:.0} s, resync 30 s). {} decisions imported with `cscli decisions import` (files of 20 000).\n\n| measurement | value |\n| --- | ---: |",
+        fl.bouncers, fl.interval_s, fl.hosts, fl.interval_s, fl.decisions
+    );
+    let _ = writeln!(s, "| `cscli decisions import`, all files | {:.1} s |", fl.import_s);
+    let _ = writeln!(
+        s,
+        "| every decision in each voipwall host's data plane (from the start of the import) | {} |",
+        list(&fl.host_converge_s, " s")
+    );
+    let _ = writeln!(
+        s,
+        "| every decision at the simulated bouncers: median / slowest ({} never within 300 s) | {:.1} s / {:.1} s |",
+        fl.bouncers_short, fl.bouncer_converge_p50_s, fl.bouncer_converge_max_s
+    );
+    let _ =
+        writeln!(s, "| LAPI CPU time over the run / peak RSS | {:.1} s / {:.0} MB |", fl.lapi_cpu_s, fl.lapi_rss_mb);
+    let _ = writeln!(
+        s,
+        "| each voipwall daemon's CPU time over the run / peak RSS | {} / {} |",
+        list(&fl.voipwall_cpu_s, " s"),
+        list(&fl.voipwall_rss_mb, " MB")
     );
     let _ = writeln!(s, "\nRaw results: [{}]({}).", rel("results.json"), rel("results.json"));
     std::fs::write(md, s)?;

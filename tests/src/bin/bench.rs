@@ -46,6 +46,8 @@ fn main() {
     let e2e_rows = e2e::run(&settings, &mut baseline);
     step("controller");
     let ctl = controller::run(&settings);
+    step("fleet (CrowdSec LAPI)");
+    let fleet = bench::fleet::run(&settings);
 
     let mut results = Results {
         machine: Machine::probe(),
@@ -60,6 +62,7 @@ fn main() {
         glue: tracked.glue,
         e2e: e2e_rows,
         controller: ctl,
+        fleet,
         targets: Vec::new(),
     };
     results.targets = report::targets(&results);

@@ -1,0 +1,213 @@
+//! The fleet under load: one CrowdSec LAPI (Debian's `crowdsec`, offline), simulated bouncers
+//! with their own keys polling it every second as real bouncers do, and the real voipwall hosts.
+//! A batch of decisions is imported with `cscli decisions import`; measured: how long until every
+//! host's data plane and every simulated bouncer holds all of them, and the CPU time and peak
+//! memory of the LAPI and of each voipwall daemon over the run.
+
+use std::{
+    collections::HashSet,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::{Mode, Settings};
+use crate::{
+    crowdsec::{Fleet, INTERVAL},
+    netns::enter_named,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetBench {
+    pub decisions: u32,
+    pub bouncers: usize,
+    pub hosts: usize,
+    /// `cscli decisions import` (all files), seconds.
+    pub import_s: f64,
+    /// From the start of the import until each host's data plane held every decision.
+    pub host_converge_s: Vec<f64>,
+    /// The same for the simulated bouncers: median and slowest.
+    pub bouncer_converge_p50_s: f64,
+    pub bouncer_converge_max_s: f64,
+    /// Simulated bouncers that never held all of them within the limit.
+    pub bouncers_short: usize,
+    /// CPU seconds over the run (user + system) and peak resident memory, MB.
+    pub lapi_cpu_s: f64,
+    pub lapi_rss_mb: f64,
+    pub voipwall_cpu_s: Vec<f64>,
+    pub voipwall_rss_mb: Vec<f64>,
+    pub interval_s: f64,
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command.
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Peak resident memory of a process, MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One GET of the decision stream over a fresh connection: the `value`s of new decisions.
+fn pull(addr: SocketAddr, key: &str, startup: bool) -> Option<Vec<String>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    write!(
+        s,
+        "GET /v1/decisions/stream?startup={startup} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\nUser-Agent: bench-bouncer\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let at = resp.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&resp[..at]).to_ascii_lowercase();
+    let body = if head.contains("transfer-encoding: chunked") { dechunk(&resp[at..]) } else { resp[at..].to_vec() };
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some(
+        v["new"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d["value"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+    )
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = b.windows(2).position(|w| w == b"\r\n") {
+        let len = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16).unwrap_or(0);
+        if len == 0 {
+            break;
+        }
+        let start = end + 2;
+        if b.len() < start + len {
+            break;
+        }
+        out.extend_from_slice(&b[start..start + len]);
+        b = &b[(start + len + 2).min(b.len())..];
+    }
+    out
+}
+
+pub fn run(settings: &Settings) -> FleetBench {
+    let (decisions, bouncers, hosts) = match settings.mode {
+        Mode::Smoke => (1_000u32, 5usize, 1usize),
+        Mode::Quick => (20_000, 20, 3),
+        Mode::Full => (100_000, 50, 3),
+    };
+    let f = Fleet::start_full(hosts, false, "10s", INTERVAL, "30s");
+    let addr: SocketAddr = f.lapi.listen.parse().unwrap();
+    let keys: Vec<String> = (0..bouncers)
+        .map(|i| f.lapi.cscli(&["bouncers", "add", &format!("sim{i}"), "-o", "raw"]).trim().to_string())
+        .collect();
+    let lapi_pid = f.lapi.pid();
+    let pids: Vec<u32> = f.daemons.iter().map(|d| d.pid()).collect();
+    let (lapi_cpu0, cpu0): (f64, Vec<f64>) = (cpu_s(lapi_pid), pids.iter().map(|p| cpu_s(*p)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let limit = Duration::from_secs(300);
+    // The simulated bouncers: a startup pull, then deltas every interval (and a full set every
+    // 30 s, as the real hosts are configured), each until it holds every decision.
+    let sims: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
+            let (ns, stop) = (f.site.lapi_ns.name.clone(), stop.clone());
+            std::thread::spawn(move || {
+                enter_named(&ns, || {
+                    let mut have: HashSet<String> = HashSet::new();
+                    let mut last_full = Instant::now();
+                    let mut first = true;
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+                        let full = first || last_full.elapsed() >= Duration::from_secs(30);
+                        if let Some(new) = pull(addr, &key, full) {
+                            if full {
+                                last_full = Instant::now();
+                            }
+                            first = false;
+                            have.extend(new);
+                            if have.len() >= decisions as usize {
+                                return Some(started.elapsed());
+                            }
+                        }
+                        std::thread::sleep(INTERVAL);
+                    }
+                    None
+                })
+            })
+        })
+        .collect();
+    // The import, in files of 20 000 (CrowdSec 1.4.6 on SQLite refuses a larger one with
+    // "database is locked" while bouncers poll), a refused file retried.
+    let t = Instant::now();
+    for (k, start) in (0..decisions).step_by(20_000).enumerate() {
+        let mut csv = String::from("duration,scope,value\n");
+        for i in start..(start + 20_000).min(decisions) {
+            csv.push_str(&format!("4h,ip,{}\n", std::net::Ipv4Addr::from(0x6440_0000u32 + i)));
+        }
+        let file = f.envs[0].write(&format!("bench-import-{k}.csv"), &csv);
+        for attempt in 0.. {
+            match f.lapi.try_cscli(&["decisions", "import", "-i", file.to_str().unwrap()]) {
+                Ok(_) => break,
+                Err(e) if attempt < 10 && e.contains("database is locked") => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let import_s = t.elapsed().as_secs_f64();
+    let mut host_converge_s = Vec::new();
+    for h in 0..hosts {
+        loop {
+            let n = f.fleet_status(h)["entries"].as_u64().unwrap_or(0);
+            if n >= u64::from(decisions) {
+                host_converge_s.push(started.elapsed().as_secs_f64());
+                break;
+            }
+            if started.elapsed() > limit {
+                host_converge_s.push(f64::NAN);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    let mut sim: Vec<f64> = sims.into_iter().filter_map(|h| h.join().ok().flatten()).map(|d| d.as_secs_f64()).collect();
+    stop.store(true, Ordering::Relaxed);
+    let bouncers_short = bouncers - sim.len();
+    sim.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let lapi_cpu_s = cpu_s(lapi_pid) - lapi_cpu0;
+    FleetBench {
+        decisions,
+        bouncers,
+        hosts,
+        import_s,
+        host_converge_s,
+        bouncer_converge_p50_s: sim.get(sim.len() / 2).copied().unwrap_or(f64::NAN),
+        bouncer_converge_max_s: sim.last().copied().unwrap_or(f64::NAN),
+        bouncers_short,
+        lapi_cpu_s,
+        lapi_rss_mb: peak_rss_mb(lapi_pid),
+        voipwall_cpu_s: pids.iter().zip(&cpu0).map(|(p, c0)| cpu_s(*p) - c0).collect(),
+        voipwall_rss_mb: pids.iter().map(|p| peak_rss_mb(*p)).collect(),
+        interval_s: INTERVAL.as_secs_f64(),
+    }
+}

@@ -244,7 +244,20 @@ pub struct Lists {
     /// Kernel trie entries per family (IPv4, IPv6), kept as changes are made so a metrics
     /// scrape never counts a million entries.
     kernel_counts: (usize, usize),
+    /// Entries by kind, kept as changes are made (a scrape never counts a million entries).
+    counts: Counts,
 }
+
+/// Entry counts: allow entries, block entries from the policy or the operator, fleet entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    allow: usize,
+    block: usize,
+    fleet: usize,
+}
+
+/// What `net` is in the lists: (on the allow list, blocked locally, blocked by the fleet).
+type Shape = (bool, bool, bool);
 
 /// All nets whose network address lies inside `net` sort between these two keys.
 fn range_of(net: &IpNet) -> (IpNet, IpNet) {
@@ -316,6 +329,7 @@ impl Lists {
                 }
             }
         }
+        l.counts = Counts { allow: l.allow.len(), block: l.block.len(), fleet: 0 };
         let kernel = l.kernel();
         l.kernel_counts = (
             kernel.keys().filter(|n| n.addr().is_ipv4()).count(),
@@ -365,10 +379,11 @@ impl Lists {
         }
         // An allow change leaves the block entries as they are, so the set found before the
         // change is the whole set.
-        let before: Vec<Option<TrieValue>> = affected.iter().map(|n| self.value(n)).collect();
+        let before: Vec<(Option<TrieValue>, Shape)> = affected.iter().map(|n| (self.value(n), self.shape(n))).collect();
         change(self);
         let mut diff = KernelDiff::default();
-        for (net, before) in affected.iter().zip(before) {
+        for (net, (before, shape)) in affected.iter().zip(before) {
+            self.count(shape, self.shape(net));
             let after = self.value(net);
             if before == after {
                 continue;
@@ -386,6 +401,22 @@ impl Lists {
             }
         }
         diff
+    }
+
+    fn shape(&self, net: &IpNet) -> Shape {
+        let b = self.block.get(net);
+        (self.allow.contains_key(net), b.is_some_and(Origins::local), b.is_some_and(|o| o.fleet.is_some()))
+    }
+
+    fn count(&mut self, before: Shape, after: Shape) {
+        let step = |c: &mut usize, was: bool, is: bool| match (was, is) {
+            (false, true) => *c += 1,
+            (true, false) => *c -= 1,
+            _ => {}
+        };
+        step(&mut self.counts.allow, before.0, after.0);
+        step(&mut self.counts.block, before.1, after.1);
+        step(&mut self.counts.fleet, before.2, after.2);
     }
 
     /// Replace the policy's entries of a list.
@@ -486,12 +517,15 @@ impl Lists {
 
     /// Entries of a list from the policy or the operator (not fleet entries).
     pub fn len(&self, kind: ListKind) -> usize {
-        self.map(kind).values().filter(|s| s.local()).count()
+        match kind {
+            ListKind::Allow => self.counts.allow,
+            ListKind::Block => self.counts.block,
+        }
     }
 
     /// Fleet entries.
     pub fn fleet_len(&self) -> usize {
-        self.block.values().filter(|s| s.fleet.is_some()).count()
+        self.counts.fleet
     }
 
     /// Kernel entries per family: (IPv4, IPv6). Each CIDR on either list is one entry.
@@ -529,6 +563,7 @@ pub struct Checkpoint {
     entries: Vec<(ListKind, IpNet, Option<Origins>)>,
     allow_lens: BTreeMap<(bool, u8), usize>,
     kernel_counts: (usize, usize),
+    counts: Counts,
 }
 
 impl Lists {
@@ -539,6 +574,7 @@ impl Lists {
             entries: nets.into_iter().map(|(k, n)| (k, n, self.map(k).get(&n).cloned())).collect(),
             allow_lens: self.allow_lens.clone(),
             kernel_counts: self.kernel_counts,
+            counts: self.counts,
         }
     }
 
@@ -572,6 +608,7 @@ impl Lists {
         }
         self.allow_lens = cp.allow_lens;
         self.kernel_counts = cp.kernel_counts;
+        self.counts = cp.counts;
     }
 }
 
@@ -749,6 +786,34 @@ mod tests {
         l.set_policy(ListKind::Block, &[]);
         assert_eq!(l.kernel_len(), (1, 0));
         assert_eq!(l.kernel_len().0, l.kernel().len());
+    }
+
+    #[test]
+    fn entry_counts_follow_every_change_and_rollback() {
+        let scan = |l: &Lists| {
+            (
+                l.allow.len(),
+                l.block.values().filter(|o| o.local()).count(),
+                l.block.values().filter(|o| o.fleet.is_some()).count(),
+            )
+        };
+        let counts = |l: &Lists| (l.len(ListKind::Allow), l.len(ListKind::Block), l.fleet_len());
+        let e = FleetEntry { origin: "cscli".into(), scenario: "x".into(), expires: 900 };
+        let mut l = Lists::default();
+        l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("192.0.2.0/24")]);
+        l.set_fleet(&[(net("192.0.2.0/24"), e.clone()), (net("198.51.100.1/32"), e.clone())], &[]);
+        l.add_manual(ListKind::Allow, &[net("10.0.0.0/8")], manual(None));
+        assert_eq!(counts(&l), (1, 2, 2));
+        assert_eq!(counts(&l), scan(&l));
+        let cp = l.checkpoint([(ListKind::Block, net("198.51.100.1/32")), (ListKind::Block, net("192.0.2.0/24"))]);
+        l.set_fleet(&[], &[net("198.51.100.1/32"), net("192.0.2.0/24")]);
+        l.set_policy(ListKind::Block, &[net("10.0.0.0/8")]);
+        assert_eq!(counts(&l), scan(&l));
+        l.rollback(cp);
+        l.set_policy(ListKind::Block, &[net("10.0.0.0/8"), net("192.0.2.0/24")]);
+        assert_eq!(counts(&l), scan(&l));
+        let restored = Lists::restore(l.persisted(), 0);
+        assert_eq!(counts(&restored), scan(&restored));
     }
 
     #[test]

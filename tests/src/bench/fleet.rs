@@ -30,6 +30,8 @@ pub struct FleetBench {
     pub hosts: usize,
     /// `cscli decisions import` (all files), seconds.
     pub import_s: f64,
+    /// When the import ended, from the start of the run.
+    pub import_end_s: f64,
     /// From the start of the import until each host's data plane held every decision.
     pub host_converge_s: Vec<f64>,
     /// The same for the simulated bouncers: median and slowest.
@@ -124,9 +126,9 @@ pub fn run(settings: &Settings) -> FleetBench {
     let (lapi_cpu0, cpu0): (f64, Vec<f64>) = (cpu_s(lapi_pid), pids.iter().map(|p| cpu_s(*p)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let limit = Duration::from_secs(300);
-    // The simulated bouncers: a startup pull, then deltas every interval (and a full set every
-    // 30 s, as the real hosts are configured), each until it holds every decision.
+    let limit = Duration::from_secs(600);
+    // The simulated bouncers behave as CrowdSec's own bouncers do: one startup pull, then
+    // deltas every interval, each until it holds every decision (or the limit).
     let sims: Vec<_> = keys
         .into_iter()
         .map(|key| {
@@ -134,14 +136,9 @@ pub fn run(settings: &Settings) -> FleetBench {
             std::thread::spawn(move || {
                 enter_named(&ns, || {
                     let mut have: HashSet<String> = HashSet::new();
-                    let mut last_full = Instant::now();
                     let mut first = true;
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
-                        let full = first || last_full.elapsed() >= Duration::from_secs(30);
-                        if let Some(new) = pull(addr, &key, full) {
-                            if full {
-                                last_full = Instant::now();
-                            }
+                        if let Some(new) = pull(addr, &key, first) {
                             first = false;
                             have.extend(new);
                             if have.len() >= decisions as usize {
@@ -175,6 +172,7 @@ pub fn run(settings: &Settings) -> FleetBench {
         }
     }
     let import_s = t.elapsed().as_secs_f64();
+    let import_end_s = started.elapsed().as_secs_f64();
     let mut host_converge_s = Vec::new();
     for h in 0..hosts {
         loop {
@@ -200,6 +198,7 @@ pub fn run(settings: &Settings) -> FleetBench {
         bouncers,
         hosts,
         import_s,
+        import_end_s,
         host_converge_s,
         bouncer_converge_p50_s: sim.get(sim.len() / 2).copied().unwrap_or(f64::NAN),
         bouncer_converge_max_s: sim.last().copied().unwrap_or(f64::NAN),

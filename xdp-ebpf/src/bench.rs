@@ -114,7 +114,10 @@ pub fn bench_lru(ctx: XdpContext) -> u32 {
         };
         if let Some(p) = p {
             // SAFETY: value pointer from a successful lookup.
-            unsafe { (*p).window_packets += 1 };
+            unsafe {
+                (*p).window_packets += 1;
+                sink((*p).window_packets as u64);
+            }
         }
     }
     xdp_action::XDP_PASS

@@ -40,6 +40,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The SIP server and the SIP user agents of the network tests.
     ("kamailio", "kamailio"),
     ("sipp", "sip-tester"),
+    // The filter a user would run instead, measured beside voipwall by the bench (and its smoke
+    // run in the tests).
+    ("xdp-filter", "xdp-tools"),
     // The random-source flood generator of the flood tests.
     ("trafgen", "netsniff-ng"),
     // The Local API the fleet tests run (offline, their own config and database).

@@ -23,6 +23,7 @@ use voipwall::{
 use crate::{
     bench::{
         Baseline, Mode, Settings,
+        peers::XdpFilter,
         scale::{Rng, block_feed},
     },
     netns::{NetNs, Pair, mac_of},
@@ -42,6 +43,10 @@ pub struct E2eRow {
 }
 
 const BLOCK_ENTRIES: usize = 10_000;
+
+/// The open ports xdp-filter gets in the end-to-end runs (those the frames use; its port check
+/// is one array read whichever ports are listed).
+const XDP_FILTER_PORTS: [u16; 3] = [5060, 5061, 12000];
 
 fn policy_text() -> String {
     "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 10000000, burst = 100000000, ban = \"1h\" }]\nunknown = \"off\"\n[limit.media]\nunknown = \"off\"\n"
@@ -226,7 +231,22 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
             record(&mut rows, scenario, "voipwall (XDP)", handled, d);
         }
 
-        // 4./5. nftables: netdev ingress, inet input.
+        // 4. xdp-filter (xdp-tools), native XDP, deny policy with the open ports, UDP only (its
+        //    fastest program for these frames; it cannot hold the CIDR block list).
+        {
+            let rules: Vec<String> = XDP_FILTER_PORTS.iter().map(|p| format!("port {p}")).collect();
+            let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+            let xf = XdpFilter::load_on(&pair.server, &pair.server_if, "deny", "udp", &rules);
+            let is_drop = scenario.starts_with("drop");
+            let count = |ns: &NetNs, iface: &str| if is_drop { xdp_drops(ns, iface) } else { udp_noports(ns) };
+            let before = count(&pair.server, &pair.server_if);
+            let d = generate(&pair, b, &frame, frames_n);
+            let handled = count(&pair.server, &pair.server_if) - before;
+            drop(xf);
+            record(&mut rows, scenario, "xdp-filter (XDP, deny policy, udp)", handled, d);
+        }
+
+        // 5./6. nftables: netdev ingress, inet input.
         for hook in ["netdev", "inet"] {
             let rules = nft_rules(hook, &pair.server_if, &blocks);
             let path = std::env::temp_dir().join(format!("vwbench-{}.nft", std::process::id()));

@@ -7,6 +7,7 @@ pub mod e2e;
 pub mod fleet;
 pub mod ops;
 pub mod paths;
+pub mod peers;
 pub mod report;
 pub mod scale;
 

@@ -277,7 +277,12 @@ pub struct PairedRow {
 }
 
 /// The side-by-side comparisons the targets are judged on: (what, path a, path b).
-pub const PAIRS: [(&str, &str, &str); 3] = [
+pub const PAIRS: [(&str, &str, &str); 4] = [
+    (
+        "1400-byte INVITE: User-Agent scan / the same frame on a plain port",
+        "1400-byte INVITE, User-Agent scan (clean)",
+        "1400-byte INVITE to an open non-SIP port (plain allowed path)",
+    ),
     (
         "refused spoofed packet / closed-port drop",
         "refused spoofed packet (unknown source, class budget spent)",

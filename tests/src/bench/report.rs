@@ -11,6 +11,7 @@ use crate::bench::{
     e2e::E2eRow,
     ops::OpRow,
     paths::{PairedRow, PathRow},
+    peers::PeerRow,
     scale::{Glue, ScalePoint},
 };
 
@@ -62,6 +63,7 @@ pub struct Results {
     pub ops: Vec<OpRow>,
     pub paths: Vec<PathRow>,
     pub paired: Vec<PairedRow>,
+    pub peers: Vec<PeerRow>,
     pub early_drops_touch_no_rate_table: bool,
     pub block_list: Vec<ScalePoint>,
     pub tracked_known: Vec<ScalePoint>,
@@ -73,160 +75,231 @@ pub struct Results {
     pub targets: Vec<Target>,
 }
 
-fn path<'a>(rows: &'a [PathRow], name: &str) -> &'a PathRow {
-    rows.iter().find(|r| r.path == name).unwrap_or_else(|| panic!("no path row {name}"))
-}
-
 fn mpps(rows: &[E2eRow], scenario: &str, filter: &str) -> f64 {
     rows.iter().find(|r| r.scenario.starts_with(scenario) && r.filter.starts_with(filter)).map_or(0.0, |r| r.mpps)
 }
 
-/// Compare the measurements with the targets.
+fn pct(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+impl Target {
+    /// A target whose figure this run did not produce: never met.
+    fn not_measured(target: String, why: &str) -> Self {
+        Self { target, measured: "not measured".into(), met: false, note: why.to_string() }
+    }
+}
+
+/// Compare the measurements with the targets. Every ratio is between figures of this run;
+/// a figure this run lacks is "not measured" and not met.
 pub fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
-    let empty = path(&r.paths, "allowed SIP, unknown source (warm)").empty_ns.median;
-    let anchor = "the issue's anchor of 21-32 ns for the empty program";
-    // A call's packets are RTP (50/s each way for its whole length); its SIP requests, which
-    // the SIP checks inspect, are a handful per call and reported separately.
-    let allowed = path(&r.paths, "allowed RTP");
-    let sip = path(&r.paths, "allowed SIP, unknown source (warm)");
-    t.push(Target {
-        target: "Allowed cache-warm VoIP flow <= 4x the empty program (test_run)".into(),
-        measured: format!(
-            "RTP {:.1} ns = {:.1}x the empty program ({:.1} ns); a 400-byte REGISTER with its User-Agent scanned {:.0} ns = {:.0}x",
-            allowed.ns.median, allowed.ratio, empty, sip.ns.median, sip.ratio
-        ),
-        met: allowed.ratio <= 4.0,
-        note: {
-            let op = |prefix: &str| r.ops.iter().find(|o| o.op.starts_with(prefix)).map_or(0.0, |o| o.extra_ns);
-            // An allowed packet from a known source: parse, a rate-bucket hit, a coarse clock read
-            // and the array reads (generation, policy, gate, bans flag, port, class, counter).
-            let needed = op("parse") + op("LRU") + op("bpf_ktime") + 7.0 * op("array");
-            format!(
-                "The empty program measures {empty:.0} ns on this kernel, so 4x leaves {:.0} ns of work. The operations an allowed packet needs, each measured alone (parse {:.0}, rate-bucket hit {:.0}, coarse clock {:.0}, seven array reads {:.0} ns), sum to {needed:.0} ns{}; the rest is the program's branches and the copy of the parsed headers. Against {anchor}, {:.0} ns is {:.1}-{:.1}x.",
-                3.0 * empty, op("parse"), op("LRU"), op("bpf_ktime"), 7.0 * op("array"),
-                if needed > 3.0 * empty { ", already more than that" } else { "" },
-                allowed.ns.median, allowed.ns.median / 32.0, allowed.ns.median / 21.0
-            )
-        },
-    });
-    let pass_mpps = mpps(&r.e2e, "pass", "voipwall");
-    t.push(Target {
-        target: "Allowed VoIP flow >= 3.5 Mpps/core on veth".into(),
-        measured: format!("{pass_mpps:.2} Mpps (frames the program passed, generator and kernel stack on the same core)"),
-        met: pass_mpps >= 3.5,
-        note: format!("Every passed frame then costs the kernel's veth NAPI, GRO and UDP input on the same core; with no filter at all the same path runs at {:.2} Mpps, so the stack, not the filter, sets this rate.", mpps(&r.e2e, "pass", "none")),
-    });
-    for name in ["closed port", "block-list hit"] {
-        let p = path(&r.paths, name);
-        t.push(Target {
-            target: format!("Early drop ({name}) <= 2x the empty program"),
-            measured: format!("{:.1} ns = {:.1}x ({:.1} ns empty)", p.ns.median, p.ratio, p.empty_ns.median),
-            met: p.ratio <= 2.0,
-            note: {
-                let op = |prefix: &str| r.ops.iter().find(|o| o.op.starts_with(prefix)).map_or(0.0, |o| o.extra_ns);
-                let (parse, array) = (op("parse"), op("array"));
-                let budget = p.empty_ns.median;
-                let verdict = if parse + 2.0 * array > budget {
-                    format!("which the parser ({parse:.0} ns) and the two array reads every packet needs (generation, policy; {:.0} ns) already exceed before any list or port lookup", 2.0 * array)
-                } else {
-                    format!("of which the parser ({parse:.0} ns) and two array reads ({:.0} ns) leave {:.0} ns for the lookups", 2.0 * array, budget - parse - 2.0 * array)
-                };
-                format!("2x is {:.0} ns here: {budget:.0} ns of work over the empty program, {verdict}. Against {anchor} the drop costs {:.1}-{:.1}x.", 2.0 * budget, p.ns.median / 32.0, p.ns.median / 21.0)
+    let pair = |what: &str| r.paired.iter().find(|p| p.what == what);
+
+    // voipwall against the filter a user would pick instead, same frames, same rounds.
+    for (path, label) in
+        [("closed port", "closed port"), ("block-list hit", "blocked source"), ("allowed RTP", "allowed non-SIP UDP")]
+    {
+        let target = format!("{label}: voipwall / xdp-filter (test_run) <= 0.5x");
+        // The peer as a VoIP host would load it (TCP and UDP ports; the block list apart).
+        let row = r.peers.iter().find(|p| p.path == path && p.reference);
+        t.push(match row {
+            None => Target::not_measured(target, "xdp-filter was not run on this path."),
+            Some(p) => Target {
+                measured: format!(
+                    "{:.1} ns vs {:.1} ns: {:.2}x (median of per-round ratios, spread {})",
+                    p.voipwall_ns.median,
+                    p.peer_ns.median,
+                    p.ratio.median,
+                    pct(p.ratio.spread)
+                ),
+                met: p.ratio.median <= 0.5,
+                note: format!("xdp-filter: {}. Section 1b has every configuration.", p.peer),
+                target,
             },
         });
     }
-    t.push(Target {
-        target: "Early drops read no clock and touch no rate table".into(),
-        measured: if r.early_drops_touch_no_rate_table { "verified: millions of closed-port and block-list drops created no rate bucket".into() } else { "a rate bucket was created".into() },
-        met: r.early_drops_touch_no_rate_table,
-        note: "The clock is read only on a ban-table hit, a flow hit, fragments and the rate path (xdp-ebpf/src/clock.rs).".into(),
+
+    let target = "1400-byte INVITE with the User-Agent scan / the same frame on a plain port <= 3x".to_string();
+    t.push(match pair("1400-byte INVITE: User-Agent scan / the same frame on a plain port") {
+        None => Target::not_measured(target, "the pair was not measured."),
+        Some(p) => Target {
+            measured: format!(
+                "{:.1} ns vs {:.1} ns: {:.2}x (spread {})",
+                p.a_ns.median,
+                p.b_ns.median,
+                p.ratio.median,
+                pct(p.ratio.spread)
+            ),
+            met: p.ratio.median <= 3.0,
+            note: "Side by side in the same rounds (section 1). The scan reads the request line and every header line up to the User-Agent, 8 bytes per step for blank runs; the plain path reads no payload.".into(),
+            target,
+        },
     });
-    t.push(Target {
-        target: "Spoofed-source flood: glue <= 1.2x the map and helper costs it performs".into(),
-        measured: format!("program {:.1} ns over empty vs operations {:.1} ns: {:.2}x", r.glue.program_extra, r.glue.ops_sum, r.glue.ratio),
-        met: r.glue.ratio <= 1.2,
-        note: "Operations measured alone by the single-operation programs on the same frames and table fill; the parser counts as an operation.".into(),
-    });
-    let pair = |what: &str| r.paired.iter().find(|p| p.what == what).unwrap_or_else(|| panic!("no pair {what}"));
-    let refused = pair("refused spoofed packet / closed-port drop");
-    let admitted = path(&r.paths, "allowed RTP-sized packet, unknown source within its class budget");
-    t.push(Target {
-        target: "A spoofed packet the budget refuses <= 1.5x a closed-port drop".into(),
-        measured: format!(
-            "{:.1} ns vs {:.1} ns: {:.2}x (median of per-round ratios, spread {:.0}%)",
-            refused.a_ns.median,
-            refused.b_ns.median,
-            refused.ratio.median,
-            refused.ratio.spread * 100.0
+
+    let k10 = r.block_list.iter().find(|p| p.size == 10_000);
+    let last = r.block_list.last();
+    let target = "random IPv4 sources, 1M-entry block list / 10k-entry list <= 1.5x".to_string();
+    t.push(match (k10, last) {
+        (Some(k10), Some(last)) if last.size >= 1_000_000 => {
+            let ratio = last.random.median / k10.random.median;
+            let dense = |p: &ScalePoint| p.hot_dense.map(|s| s.median);
+            Target {
+                measured: format!(
+                    "{:.1} ns vs {:.1} ns: {ratio:.2}x (spreads {} and {}); a hot source inside a /16 with entries {}",
+                    last.random.median,
+                    k10.random.median,
+                    pct(last.random.spread),
+                    pct(k10.random.spread),
+                    match (dense(last), dense(k10)) {
+                        (Some(a), Some(b)) => format!("{a:.1} vs {b:.1} ns ({:.2}x)", a / b),
+                        _ => "not measured".into(),
+                    }
+                ),
+                met: ratio <= 1.5,
+                note: "4096 sources drawn at random per round (section 2): each one's trie walk misses the CPU caches once the list outgrows them. voipwall puts a /16-indexed gate array in front of the trie: one array read answers for every /16 that holds no entry longer than /16.".into(),
+                target,
+            }
+        }
+        _ => Target::not_measured(
+            target,
+            &format!(
+                "this run's largest list was {} entries (the full mode measures 1M).",
+                last.map_or(0, |p| p.size)
+            ),
         ),
-        met: refused.ratio.median <= 1.5,
-        note: format!(
-            "Side by side in the same rounds (section 1). A refused packet reads the known-peer filter (one array word), the /16 set gate, the class and its budget, and the clock; it creates no per-source state. An unknown source the budget admits costs {:.1} ns on a plain UDP port; a new source without any budget (the per-source table's insert) is in section 2.",
-            admitted.ns.median
-        ),
     });
+
+    for (scenario, base, label, what) in [
+        ("drop", "XDP drop-all", "veth drop path / XDP drop-all >= 0.9", "closed-port frames"),
+        ("pass", "none", "veth allowed SIP pass / no filter >= 0.9", "allowed SIP frames, then the kernel stack"),
+    ] {
+        let (ours, theirs) = (mpps(&r.e2e, scenario, "voipwall"), mpps(&r.e2e, scenario, base));
+        t.push(if ours <= 0.0 || theirs <= 0.0 {
+            Target::not_measured(label.into(), "the end-to-end run lacks one of the two rows.")
+        } else {
+            let ratio = ours / theirs;
+            Target {
+                target: label.into(),
+                measured: format!("{ours:.2} Mpps vs {theirs:.2} Mpps: {ratio:.2} (one run each)"),
+                met: ratio >= 0.9,
+                note: format!("{what}; same veth, same generator, same core (section 3): the generator's and the stack's cost is in both figures. xdp-filter on the same path: {:.2} Mpps.", mpps(&r.e2e, scenario, "xdp-filter")),
+            }
+        });
+    }
+
+    let target = "A spoofed packet the budget refuses <= 1.5x a closed-port drop".to_string();
+    t.push(match pair("refused spoofed packet / closed-port drop") {
+        None => Target::not_measured(target, "the pair was not measured."),
+        Some(p) => Target {
+            measured: format!(
+                "{:.1} ns vs {:.1} ns: {:.2}x (median of per-round ratios, spread {})",
+                p.a_ns.median,
+                p.b_ns.median,
+                p.ratio.median,
+                pct(p.ratio.spread)
+            ),
+            met: p.ratio.median <= 1.5,
+            note: "Side by side in the same rounds (section 1). A refused packet reads the known-peer filter (one array word), the /16 set gate, the class and its budget, and the clock; it creates no per-source state.".into(),
+            target,
+        },
+    });
+
+    let c = &r.controller;
+    let target = "1M CIDRs loaded in <= 2.5 s".to_string();
+    t.push(if c.bulk_entries >= 1_000_000 {
+        Target {
+            measured: format!("{} CIDRs in {:.2} s", c.bulk_entries, c.bulk_secs),
+            met: c.bulk_secs * 1_000_000.0 / c.bulk_entries as f64 <= 2.5,
+            note: format!("`voipwall block --file` (the batch way): the CLI reads the file, the daemon parses it, inserts the trie entries with BPF_MAP_UPDATE_BATCH (64k per call) while another thread writes and fsyncs the new list snapshot. One CIDR per request instead: {:.0} per second (section 4).", c.single_entries as f64 / c.single_secs),
+            target,
+        }
+    } else {
+        Target::not_measured(
+            target,
+            &format!("this run loaded {} CIDRs in {:.2} s (the full mode loads 1M).", c.bulk_entries, c.bulk_secs),
+        )
+    });
+
+    // Round-one targets that stay guarded.
     let known: Vec<&PairedRow> =
         ["known peer's RTP / RTP without known peers", "known peer's SIP / SIP without known peers"]
             .iter()
-            .map(|w| pair(w))
+            .filter_map(|w| pair(w))
             .collect();
-    t.push(Target {
-        target: "A known peer's allowed packet <= 1.1x the allowed path without known peers".into(),
-        measured: format!(
-            "RTP {:.1} ns vs {:.1} ns: {:.2}x; SIP REGISTER {:.1} ns vs {:.1} ns: {:.2}x (medians of per-round ratios)",
-            known[0].a_ns.median, known[0].b_ns.median, known[0].ratio.median, known[1].a_ns.median, known[1].b_ns.median, known[1].ratio.median
-        ),
-        met: known.iter().all(|p| p.ratio.median <= 1.1),
-        note: "Side by side in the same rounds (section 1). The path without known peers is the per-source rate table (budgets off, as every source was treated before); a known peer's rate state lives in its own known-peer entry instead, found through the filter word and one hash lookup.".into(),
-    });
-    if let (Some(k10), Some(last)) = (r.block_list.iter().find(|p| p.size == 10_000), r.block_list.last()) {
-        let ratio = last.hot.median / k10.hot.median;
-        let dense = |p: &ScalePoint| p.hot_dense.map_or(0.0, |s| s.median);
-        t.push(Target {
-            target: format!("Block list of {} entries, hot source <= 1.5x the cost at 10k", last.size),
+    let target = "A known peer's allowed packet <= 1.1x the allowed path without known peers".to_string();
+    t.push(if known.len() == 2 {
+        Target {
             measured: format!(
-                "{:.1} ns vs {:.1} ns: {ratio:.2}x for a source in a /16 without entries; {:.1} vs {:.1} ns ({:.2}x) for one inside a /16 with entries; random sources {:.1} vs {:.1} ns",
-                last.hot.median, k10.hot.median, dense(last), dense(k10), dense(last) / dense(k10).max(0.1), last.random.median, k10.random.median
+                "RTP {:.1} vs {:.1} ns: {:.2}x (spread {}); SIP REGISTER {:.1} vs {:.1} ns: {:.2}x (spread {})",
+                known[0].a_ns.median,
+                known[0].b_ns.median,
+                known[0].ratio.median,
+                pct(known[0].ratio.spread),
+                known[1].a_ns.median,
+                known[1].b_ns.median,
+                known[1].ratio.median,
+                pct(known[1].ratio.spread)
             ),
-            met: ratio <= 1.5 && dense(last) <= 1.5 * dense(k10),
-            note: {
-                let trie = |p: &ScalePoint, f: fn(&ScalePoint) -> Option<super::Stat>| f(p).map_or(0.0, |s| s.median);
-                format!(
-                    "Both structures, same entries, same run: the bare kernel LPM trie (`bench_lpm`, whole-program ns) costs {:.1} ns at 10k and {:.1} ns at {} for the first source ({:.2}x), {:.1} and {:.1} ns ({:.2}x) for the second. voipwall puts a /16-indexed gate array in front of the trie (DIR-16): one array read answers for every /16 that holds no entry longer than /16; only sources inside populated /16s walk the trie. Random sources over a large list miss the CPU caches on the trie's nodes either way.",
-                    trie(k10, |p| p.trie_hot), trie(last, |p| p.trie_hot), last.size, trie(last, |p| p.trie_hot) / trie(k10, |p| p.trie_hot).max(0.1),
-                    trie(k10, |p| p.trie_dense), trie(last, |p| p.trie_dense), trie(last, |p| p.trie_dense) / trie(k10, |p| p.trie_dense).max(0.1)
-                )
-            },
-        });
-    }
+            met: known.iter().all(|p| p.ratio.median <= 1.1),
+            note: "Side by side in the same rounds (section 1). A known peer's rate state lives in its own known-peer entry, found through the filter word and one hash lookup.".into(),
+            target,
+        }
+    } else {
+        Target::not_measured(target, "the pairs were not measured.")
+    });
+    t.push(Target {
+        target: "Early drops (closed port, block list) create no rate-table state".into(),
+        measured: if r.early_drops_touch_no_rate_table {
+            "the rate table's creation counter did not move over every closed-port and block-list measurement of section 1".into()
+        } else {
+            "a rate bucket was created".into()
+        },
+        met: r.early_drops_touch_no_rate_table,
+        note: "That they also read no clock is not measured (the program's clock reads are in xdp-ebpf/src/clock.rs, called only on a ban-table hit, a flow hit, fragments and the rate path).".into(),
+    });
+    let g = &r.glue;
+    t.push(if g.ops_sum > 0.0 {
+        Target {
+            target: "New-source flood into a full rate table: the program <= 1.2x the operations it performs".into(),
+            measured: format!(
+                "program {:.1} ns over the empty program vs operations {:.1} ns: {:.2}x",
+                g.program_extra, g.ops_sum, g.ratio
+            ),
+            met: g.ratio <= 1.2,
+            note: "Every operation is measured alone over the same baseline program (the source read and result write they all do), on the same frames and table fill; the parser counts as an operation (section 2).".into(),
+        }
+    } else {
+        Target::not_measured(
+            "New-source flood into a full rate table: the program <= 1.2x the operations it performs".into(),
+            "no operation was measured.",
+        )
+    });
     let drop_x = mpps(&r.e2e, "drop", "voipwall");
     let nft = mpps(&r.e2e, "drop", "nftables (netdev");
-    t.push(Target {
-        target: "XDP drop path >= 5x the packets/s of the nftables equivalent".into(),
-        measured: format!(
-            "{drop_x:.2} Mpps vs {nft:.2} Mpps (netdev ingress) = {:.1}x; inet input {:.2} Mpps",
-            drop_x / nft.max(1e-9),
-            mpps(&r.e2e, "drop", "nftables (inet")
-        ),
-        met: drop_x >= 5.0 * nft,
-        note: "Same veth, same generator, same core; the generator's own cost is in every figure.".into(),
-    });
-    let c = &r.controller;
-    let scaled = c.bulk_secs * 1_000_000.0 / c.bulk_entries as f64;
-    t.push(Target {
-        target: "1M CIDRs loaded in <= 2.5 s".into(),
-        measured: format!("{} CIDRs in {:.2} s ({:.2} s per million)", c.bulk_entries, c.bulk_secs, scaled),
-        met: scaled <= 2.5,
-        note: format!("`voipwall block --file` (the batch way): the CLI reads the file, the daemon parses it, inserts the trie entries with BPF_MAP_UPDATE_BATCH (64k per call) while another thread writes and fsyncs the new list snapshot, then puts the snapshot in place. One CIDR per request instead: {:.0} per second, so about {:.0} s for a million (section 4).", c.single_entries as f64 / c.single_secs, c.single_secs * 1e6 / c.single_entries as f64),
+    t.push(if drop_x > 0.0 && nft > 0.0 {
+        Target {
+            target: "XDP drop path >= 5x the packets/s of the nftables equivalent".into(),
+            measured: format!(
+                "{drop_x:.2} Mpps vs {nft:.2} Mpps (netdev ingress) = {:.1}x; inet input {:.2} Mpps",
+                drop_x / nft,
+                mpps(&r.e2e, "drop", "nftables (inet")
+            ),
+            met: drop_x >= 5.0 * nft,
+            note: "Same veth, same generator, same core; the generator's own cost is in every figure.".into(),
+        }
+    } else {
+        Target::not_measured("XDP drop path >= 5x the packets/s of the nftables equivalent".into(), "a row is missing.")
     });
     t.push(Target {
         target: "A CLI block effective in <= 50 ms".into(),
         measured: format!(
-            "{:.1} ms median `voipwall block` (process start to exit; {:.2} ms over the socket)",
-            c.cli_block_ms.median, c.socket_block_ms.median
+            "{:.1} ms median `voipwall block` (process start to exit, spread {}; {:.2} ms over the socket)",
+            c.cli_block_ms.median,
+            pct(c.cli_block_ms.spread),
+            c.socket_block_ms.median
         ),
-        met: c.cli_block_ms.median <= 50.0,
+        met: c.cli_block_ms.median > 0.0 && c.cli_block_ms.median <= 50.0,
         note: "The entry is in the kernel before the command returns.".into(),
     });
     t.push(Target {
@@ -235,7 +308,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             "{:.2} ms vs {:.2} ms = {:.2}x ({} block entries, {} rate buckets)",
             c.scrape_full_ms.median, c.scrape_empty_ms.median, c.scrape_ratio, c.bulk_entries, c.rate_entries
         ),
-        met: c.scrape_ratio <= 2.0,
+        met: c.scrape_empty_ms.median > 0.0 && c.scrape_ratio <= 2.0,
         note: "Scrapes read counters and counts kept as the daemon goes; no map is walked.".into(),
     });
     t
@@ -457,7 +530,24 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     }
     let _ = writeln!(
         s,
-        "\nWhat each operation costs alone (single-operation programs, same packet; each over a baseline program that does everything else it does: `bench_sink` reads the source and writes a result, `bench_empty` returns):\n\n| operation | ns/packet | baseline | own cost |\n| --- | ---: | --- | ---: |"
+        "\n## 1b. Against xdp-filter (Debian's xdp-tools), same frames, same rounds\n\n`xdp-filter` loaded by its own command line on a veth in a namespace (native mode, no dispatcher), configured with `xdp-filter port` / `xdp-filter ip`, run with BPF_PROG_TEST_RUN alternating with voipwall (the policy of section 1) in every round. xdp-filter cannot express every path: its `deny` policy is an allow list (only listed ports pass, voipwall's port model) and its `allow` policy a block list of single addresses (no CIDRs); one program cannot do both. voipwall does both in one program, plus rates, bans and SIP checks.\n\n| path | verdict | xdp-filter configuration | voipwall ns | xdp-filter ns | voipwall / xdp-filter (median of per-round ratios) | spread of the ratio |\n| --- | --- | --- | ---: | ---: | ---: | ---: |"
+    );
+    for p in &r.peers {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2}x | {} |",
+            p.path,
+            p.verdict,
+            p.peer,
+            p.voipwall_ns.median,
+            p.peer_ns.median,
+            p.ratio.median,
+            pct(p.ratio.spread)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nWhat each operation costs alone (single-operation programs, same packet; each over `bench_sink`, a program that reads the source and writes a result as every single-operation program does):\n\n| operation | ns/packet | baseline | own cost |\n| --- | ---: | --- | ---: |"
     );
     for o in &r.ops {
         let _ = writeln!(s, "| {} | {:.1} | {} | +{:.1} |", o.op, o.ns.median, o.baseline, o.extra_ns);
@@ -470,10 +560,10 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     for p in &r.block_list {
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            "| {} | {:.1} | {} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
             p.size,
             p.hot.median,
-            p.hot_dense.map_or(0.0, |d| d.median),
+            p.hot_dense.map_or_else(|| "not measured".into(), |d| format!("{:.1}", d.median)),
             p.random.median,
             p.trie_hot.map_or(0.0, |d| d.median),
             p.trie_dense.map_or(0.0, |d| d.median),
@@ -556,8 +646,8 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     let list = |v: &[f64], unit: &str| v.iter().map(|x| format!("{x:.1}{unit}")).collect::<Vec<_>>().join(" / ");
     let _ = writeln!(
         s,
-        "\n## 5. Fleet (CrowdSec Local API)\n\nOne LAPI (Debian's crowdsec 1.4.6, SQLite, offline), {} simulated bouncers with their own keys behaving like CrowdSec's bouncers (a startup pull, then deltas every {:.0} s), and {} voipwall hosts (interval {:.0} s, full set every 30 s). {} decisions imported with `cscli decisions import` (files of 5 000). Times are from the start of the import; the import itself ended at the time in the first row.\n\n| measurement | value |\n| --- | ---: |",
-        fl.bouncers, fl.interval_s, fl.hosts, fl.interval_s, fl.decisions
+        "\n## 5. Fleet (CrowdSec Local API)\n\nOne LAPI (Debian's crowdsec 1.4.6, SQLite, offline), {} simulated bouncers with their own keys behaving like CrowdSec's bouncers (a startup pull, then deltas every {:.0} s, the firewall bouncer's default `update_frequency`), and {} voipwall hosts (interval {:.0} s, full set every 30 s). {} decisions imported with `cscli decisions import` (files of 5 000). Times are from the start of the import; the import itself ended at the time in the first row; \"NaN\" means not within 300 s of the import's end.\n\n| measurement | value |\n| --- | ---: |",
+        fl.bouncers, fl.bouncer_interval_s, fl.hosts, fl.interval_s, fl.decisions
     );
     let _ = writeln!(
         s,
@@ -571,7 +661,7 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     );
     let _ = writeln!(
         s,
-        "| every decision at the simulated bouncers: median / slowest ({} never held them all within 600 s: decisions the LAPI's deltas missed) | {:.1} s / {:.1} s |",
+        "| every decision at the simulated bouncers: median / slowest ({} still short a minute after the hosts held them all: decisions the LAPI's deltas missed) | {:.1} s / {:.1} s |",
         fl.bouncers_short, fl.bouncer_converge_p50_s, fl.bouncer_converge_max_s
     );
     let _ =

@@ -38,6 +38,8 @@ fn main() {
     let op_rows = ops::run(&settings, &mut baseline);
     step("per-path costs");
     let (path_rows, early_untouched, paired) = paths::run(&settings, &baseline);
+    step("against xdp-filter");
+    let peers = bench::peers::run(&settings);
     step("block-list scale");
     let block_list = scale::block_list(&settings, &mut baseline);
     step("tracked-sources scale and glue");
@@ -55,6 +57,7 @@ fn main() {
         ops: op_rows,
         paths: path_rows,
         paired,
+        peers,
         early_drops_touch_no_rate_table: early_untouched,
         block_list,
         tracked_known: tracked.known,

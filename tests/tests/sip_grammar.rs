@@ -24,13 +24,14 @@ const HOST6: &str = "2001:db8:feed::1";
 const SCANNER: [u8; 4] = [192, 0, 2, 66];
 const SCANNER6: &str = "2001:db8:bad::66";
 
-/// Generous packet rates (the SIP checks are under test), the default User-Agent list and
-/// drop-only matches, so one source can be probed many times.
+/// Generous packet rates and no budget for unknown sources (the SIP checks are under test), the
+/// default User-Agent list and drop-only matches, so one source can be probed many times.
 const POLICY: &str = r#"
 roles = ["voip-edge"]
 
 [limit.signaling]
 levels = [{ pps = 100000, burst = 100000, ban = "1h" }]
+unknown = "off"
 
 [sip]
 ua_ban = "0"

@@ -64,6 +64,8 @@ const STEPS: u32 = WORDS + sip::MAX_LINES;
 const NEXT_MASK: usize = (sip::UA_STATES * sip::UA_CLASSES) as usize - 1;
 /// 8-byte steps that cover a run of more than [`BLANKS_MAX`] blanks.
 const BLANK_WORDS: u32 = BLANKS_MAX / 8 + 1;
+/// Words the line walk reads per step while no newline turns up.
+const LINE_WORDS: u32 = 8;
 
 /// The scratch buffer: the copied window and the scan's loop state. Loop state goes through
 /// volatile map-memory accesses (see `SipScratch::scan`).
@@ -365,35 +367,34 @@ extern "C" fn value_step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// The walk's next step: the current line's end (just past its `\n`, or the window's end when
 /// the window cuts the line off: the newline is unseen, or lies past the window in another
-/// packet's bytes), or `None` after moving on to the next word with a newline (up to four words
-/// per step while none turns up, for long header values).
+/// packet's bytes), or `None` after moving on by [`LINE_WORDS`] words without a newline (long
+/// header values).
 #[inline(always)]
 fn line_end(buf: Buf, n: u32) -> Option<(u32, bool)> {
     use sip::scan::{PENDING, WORD};
-    let word = buf.get(WORD) as u32 & (WORDS - 1);
-    let pending = buf.get(PENDING);
-    if pending != 0 {
-        let low = pending & pending.wrapping_neg();
-        buf.set(PENDING, pending ^ low);
-        // Just past the newline; `& 15` tells the verifier it is at most 8 past the word.
-        let end = word * 8 + (sip::past_first(low) as u32 & 15);
-        return Some(if end > n { (n, true) } else { (end, false) });
-    }
-    let mut next = word;
-    let mut found = 0;
-    for _ in 0..4 {
-        next += 1;
-        if next * 8 >= n {
-            return Some((n, true));
+    let mut word = buf.get(WORD) as u32 & (WORDS - 1);
+    let mut pending = buf.get(PENDING);
+    if pending == 0 {
+        for _ in 0..LINE_WORDS {
+            word += 1;
+            if word * 8 >= n {
+                return Some((n, true));
+            }
+            pending = sip::newline_mask(buf.aligned(word));
+            if pending != 0 {
+                break;
+            }
         }
-        found = sip::newline_mask(buf.aligned(next));
-        if found != 0 {
-            break;
+        buf.set(WORD, word as u64);
+        if pending == 0 {
+            return None;
         }
     }
-    buf.set(WORD, next as u64);
-    buf.set(PENDING, found);
-    None
+    let low = pending & pending.wrapping_neg();
+    buf.set(PENDING, pending ^ low);
+    // Just past the newline; `& 15` tells the verifier it is at most 8 past the word.
+    let end = word * 8 + (sip::past_first(low) as u32 & 15);
+    Some(if end > n { (n, true) } else { (end, false) })
 }
 
 /// One step of [`first_line`]: 0 to go on, 1 to stop.
@@ -665,7 +666,8 @@ const UA_OVERLONG: u32 = 2;
 const UA_CUT: u32 = 3;
 
 /// Run the User-Agent value after the colon at `colon` (and its continuation lines) through the
-/// automaton of this generation, one byte per `bpf_loop` step (see [`first_line`] for why).
+/// automaton of this generation under `bpf_loop` (see [`first_line`] for why): up to 8 plain
+/// value bytes per step, one for blanks before the value, line ends and folds.
 // Own stack frame (BPF-to-BPF call): its loop context is not live beside the line walk's.
 #[inline(never)]
 fn ua_verdict(buf: Buf, n: u32, colon: u32, generation: u32) -> u32 {
@@ -696,7 +698,7 @@ fn ua_verdict(buf: Buf, n: u32, colon: u32, generation: u32) -> u32 {
     ctx.verdict
 }
 
-/// One byte of [`ua_verdict`]: 0 to go on, 1 to stop. `sip::scan::STATE` holds the automaton's
+/// One step of [`ua_verdict`]: 0 to go on, 1 to stop. `sip::scan::STATE` holds the automaton's
 /// state, and above bit 32 the position [`UA_VALUE_MAX`] bytes past the value's first byte once
 /// `SWS` is behind (0 before). A line end followed by a blank is a fold, read as one SP.
 extern "C" fn ua_step(_index: u64, ctx: *mut c_void) -> i64 {
@@ -759,7 +761,28 @@ extern "C" fn ua_step(_index: u64, ctx: *mut c_void) -> i64 {
         ctx.verdict = UA_LISTED;
         return 1;
     }
-    buf.set(STATE, next as u64 | (limit as u64) << 32);
+    // The common case, plain value bytes: up to 7 more in this step. A line end, a `\r`, the
+    // window's end or the bound stops it; the next step reads that byte as above.
+    let (mut s, mut j) = (next, i + 1);
+    for _ in 0..7 {
+        if j >= n || j >= limit {
+            break;
+        }
+        let c = buf.byte(j);
+        if c == b'\r' || c == b'\n' {
+            break;
+        }
+        let class = (m.class[c as usize] as u32 & (sip::UA_CLASSES - 1)) as usize;
+        let next = m.next[((s & sip::UA_STATE_MASK) as usize * sip::UA_CLASSES as usize + class) & NEXT_MASK];
+        if next & sip::UA_MATCH != 0 {
+            ctx.verdict = UA_LISTED;
+            return 1;
+        }
+        s = next;
+        j += 1;
+    }
+    buf.set(AT, j as u64);
+    buf.set(STATE, s as u64 | (limit as u64) << 32);
     0
 }
 

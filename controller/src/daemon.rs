@@ -247,16 +247,29 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
     (interval * 2u32.saturating_pow(failures.min(6))).min(cap)
 }
 
+/// The longest a whole-set answer is waited for.
+const FULL_SET_TIMEOUT_MAX: Duration = Duration::from_secs(120);
+
+/// The time the next whole-set pull gets after one that took `current` and `timed_out`: a LAPI
+/// that needs longer than `timeout` to write every decision (a large set on a busy LAPI) is
+/// given twice as long each time, up to [`FULL_SET_TIMEOUT_MAX`]. Abandoning the answer and
+/// asking again would only repeat the LAPI's work and never succeed.
+fn next_full_timeout(current: Duration, timed_out: bool) -> Duration {
+    if timed_out { (current * 2).min(FULL_SET_TIMEOUT_MAX).max(current) } else { current }
+}
+
 /// Pull the fleet's decisions every `interval` while the policy has `[fleet.crowdsec]` with
 /// `pull`. The HTTP call and the kernel writes run on blocking threads.
 async fn fleet_pull(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
     let mut client: Option<(Arc<Crowdsec>, Arc<lapi::Client>)> = None;
+    let mut full_timeout = Duration::ZERO;
     loop {
         let started = tokio::time::Instant::now();
         let config = fw.lock().unwrap_or_else(|p| p.into_inner()).fleet_config();
         let wait = match config {
             Some((cfg, startup, _)) if cfg.pull => {
                 if client.as_ref().is_none_or(|(c, _)| !Arc::ptr_eq(c, &cfg)) {
+                    full_timeout = cfg.timeout;
                     client = match lapi::Client::new(&cfg) {
                         Ok(c) => Some((cfg.clone(), Arc::new(c))),
                         Err(e) => {
@@ -267,12 +280,16 @@ async fn fleet_pull(fw: Arc<Mutex<Firewall>>, mut stop: watch::Receiver<bool>) {
                 }
                 if let Some((_, c)) = &client {
                     let c = c.clone();
-                    let answer = tokio::task::spawn_blocking(move || c.stream(startup)).await;
+                    let timeout = if startup { full_timeout } else { cfg.timeout };
+                    let answer = tokio::task::spawn_blocking(move || c.stream(startup, timeout)).await;
                     let (result, kind) = match answer {
                         Ok(Ok(s)) => (Ok(s), ""),
                         Ok(Err(e)) => (Err(e.to_string()), e.kind()),
                         Err(e) => (Err(e.to_string()), "internal"),
                     };
+                    if startup {
+                        full_timeout = next_full_timeout(full_timeout, kind == "timeout");
+                    }
                     let fw = fw.clone();
                     let cfg2 = cfg.clone();
                     let _ = tokio::task::spawn_blocking(move || {
@@ -381,5 +398,35 @@ fn print_counters(fw: &Firewall) {
     match fw.stats() {
         Ok(reply) => println!("{}", reply.text),
         Err(e) => error!(error = %e, "reading counters failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_set_that_timed_out_gets_twice_as_long_up_to_the_cap() {
+        let five = Duration::from_secs(5);
+        assert_eq!(next_full_timeout(five, false), five);
+        assert_eq!(next_full_timeout(five, true), Duration::from_secs(10));
+        let mut t = five;
+        for _ in 0..10 {
+            t = next_full_timeout(t, true);
+        }
+        assert_eq!(t, FULL_SET_TIMEOUT_MAX);
+        // A configured timeout above the cap is never shortened.
+        let long = Duration::from_secs(300);
+        assert_eq!(next_full_timeout(long, true), long);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_eight_intervals_and_ten_seconds() {
+        let s = Duration::from_secs(1);
+        assert_eq!(backoff(s, 0), s);
+        assert_eq!(backoff(s, 1), 2 * s);
+        assert_eq!(backoff(s, 3), 8 * s);
+        assert_eq!(backoff(s, 9), 8 * s);
+        assert_eq!(backoff(Duration::from_secs(5), 3), Duration::from_secs(10));
     }
 }

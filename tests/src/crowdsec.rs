@@ -125,8 +125,14 @@ impl Lapi {
 
     /// [`Self::cscli`], its failure as text.
     pub fn try_cscli(&self, args: &[&str]) -> Result<String, String> {
+        self.try_cscli_within(0, args)
+    }
+
+    /// [`Self::try_cscli`], ended (as a failure) after `secs` seconds unless 0.
+    pub fn try_cscli_within(&self, secs: u32, args: &[&str]) -> Result<String, String> {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns_name, "cscli", "-c", self.config.to_str().unwrap()])
+            .args(["netns", "exec", &self.ns_name, "timeout", &secs.to_string(), "cscli", "-c"])
+            .arg(self.config.to_str().unwrap())
             .args(args)
             .output()
             .expect("spawn cscli");

@@ -135,11 +135,12 @@ impl Client {
     }
 
     /// `GET /v1/decisions/stream?startup=...`: every active decision (`startup`), or what changed
-    /// since this key's last call.
-    pub fn stream(&self, startup: bool) -> Result<Stream, LapiError> {
+    /// since this key's last call; the answer must be complete within `timeout`.
+    pub fn stream(&self, startup: bool, timeout: Duration) -> Result<Stream, LapiError> {
         let key = self.api_key.as_deref().ok_or_else(|| LapiError::Auth(0, "no bouncer key".into()))?;
         let url = format!("{}/v1/decisions/stream?startup={startup}", self.url);
-        let mut resp = self.agent.get(&url).header("X-Api-Key", key).call()?;
+        let mut resp =
+            self.agent.get(&url).config().timeout_global(Some(timeout)).build().header("X-Api-Key", key).call()?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().with_config().limit(BODY_LIMIT).read_to_vec()?;
         check_status(status, &body)?;

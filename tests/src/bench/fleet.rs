@@ -36,6 +36,10 @@ pub struct FleetBench {
     /// still refused after 60 tries.
     pub import_retries: u32,
     pub import_failed_files: u32,
+    /// Files not sent because the import had run for [`IMPORT_LIMIT`] already.
+    pub import_unsent_files: u32,
+    /// The decisions everyone had to hold (those of the files imported).
+    pub expected: u32,
     /// From the start of the import until each host's data plane held every decision.
     pub host_converge_s: Vec<f64>,
     /// The same for the simulated bouncers: median and slowest.
@@ -121,6 +125,11 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 /// Decisions per imported file.
 const IMPORT_FILE: u32 = 5_000;
+/// How long the import may run before the files left are not sent, and how long one file's
+/// `cscli decisions import` may take before it counts as failed: CrowdSec 1.4.6 on SQLite can
+/// slow down to minutes per file under load, and the bench must end.
+const IMPORT_LIMIT: Duration = Duration::from_secs(600);
+const FILE_LIMIT_S: u32 = 300;
 
 pub fn run(settings: &Settings) -> FleetBench {
     let (decisions, bouncers, hosts) = match settings.mode {
@@ -176,17 +185,22 @@ pub fn run(settings: &Settings) -> FleetBench {
     // The import, in files of 5 000: CrowdSec 1.4.6 on SQLite answers "database is locked" to
     // an import whose transaction overlaps the bouncers' polls (each poll writes the bouncer's
     // last pull), and larger files fail more often. A refused file is retried (up to 60 times,
-    // a second apart); both counts are reported.
+    // a second apart); a file that fails otherwise or takes longer than FILE_LIMIT_S counts as
+    // failed; every count is reported.
     let t = Instant::now();
-    let (mut retries, mut failed_files) = (0u32, 0u32);
+    let (mut retries, mut failed_files, mut unsent_files) = (0u32, 0u32, 0u32);
     for (k, start) in (0..decisions).step_by(IMPORT_FILE as usize).enumerate() {
+        if t.elapsed() > IMPORT_LIMIT {
+            unsent_files += 1;
+            continue;
+        }
         let mut csv = String::from("duration,scope,value\n");
         for i in start..(start + IMPORT_FILE).min(decisions) {
             csv.push_str(&format!("4h,ip,{}\n", std::net::Ipv4Addr::from(0x6440_0000u32 + i)));
         }
         let file = f.envs[0].write(&format!("bench-import-{k}.csv"), &csv);
         for attempt in 0.. {
-            match f.lapi.try_cscli(&["decisions", "import", "-i", file.to_str().unwrap()]) {
+            match f.lapi.try_cscli_within(FILE_LIMIT_S, &["decisions", "import", "-i", file.to_str().unwrap()]) {
                 Ok(_) => break,
                 Err(e) if attempt < 60 && e.contains("database is locked") => {
                     retries += 1;
@@ -202,7 +216,7 @@ pub fn run(settings: &Settings) -> FleetBench {
     let import_s = t.elapsed().as_secs_f64();
     let import_end_s = started.elapsed().as_secs_f64();
     *import_end.lock().unwrap() = Some(Instant::now());
-    let expected = decisions - (failed_files * IMPORT_FILE).min(decisions);
+    let expected = decisions - ((failed_files + unsent_files) * IMPORT_FILE).min(decisions);
     let mut host_converge_s = Vec::new();
     for h in 0..hosts {
         loop {
@@ -237,6 +251,8 @@ pub fn run(settings: &Settings) -> FleetBench {
         import_end_s,
         import_retries: retries,
         import_failed_files: failed_files,
+        import_unsent_files: unsent_files,
+        expected,
         host_converge_s,
         bouncer_converge_p50_s: sim.get(sim.len() / 2).copied().unwrap_or(f64::NAN),
         bouncer_converge_max_s: sim.last().copied().unwrap_or(f64::NAN),

@@ -651,12 +651,13 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     );
     let _ = writeln!(
         s,
-        "| `cscli decisions import`, all files ({} files sent again after \"database is locked\", {} still refused after 60 tries) | {:.1} s |",
-        fl.import_retries, fl.import_failed_files, fl.import_end_s
+        "| `cscli decisions import`, all files ({} files sent again after \"database is locked\"; {} failed: refused 60 times, another error, or no answer within 300 s; {} not sent: the import had run for 600 s) | {:.1} s |",
+        fl.import_retries, fl.import_failed_files, fl.import_unsent_files, fl.import_end_s
     );
     let _ = writeln!(
         s,
-        "| every decision in each voipwall host's data plane (from the start of the import) | {} |",
+        "| every imported decision ({}) in each voipwall host's data plane (from the start of the import) | {} |",
+        fl.expected,
         list(&fl.host_converge_s, " s")
     );
     let _ = writeln!(

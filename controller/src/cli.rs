@@ -9,6 +9,7 @@ use crate::{
     control::{self, Request},
     daemon::{self, RunArgs},
     dataplane::XdpModeChoice,
+    detach,
     firewall::ListChange,
     paths,
     policy::{self, SshReach, roles},
@@ -107,6 +108,25 @@ pub enum Command {
     },
     /// List the built-in roles, or describe one.
     Roles { name: Option<String> },
+    /// Take voipwall off the interface when no daemon runs (after `--keep-attached`, a crash, or
+    /// before removal): unpin its links, so its programs detach.
+    Detach(DetachCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct DetachCmd {
+    /// Also remove the interface's pinned maps (lists, bans, known peers, counters) and state.
+    #[arg(long)]
+    pub purge: bool,
+    /// Stop the interface's running daemon first (SIGTERM, then wait for it to let go).
+    #[arg(long)]
+    pub stop: bool,
+    /// Root of the pinned maps and links, as given to `run`.
+    #[arg(long, default_value = paths::DEFAULT_PIN_ROOT)]
+    pub pin_dir: PathBuf,
+    /// State folder, as given to `run`.
+    #[arg(long, default_value = paths::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -124,7 +144,8 @@ pub struct RunCmd {
     pub dry_run: bool,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
-    /// On SIGTERM leave the program attached (it keeps filtering with the last state).
+    /// On SIGTERM leave the program attached (it keeps filtering with the last state; `voipwall
+    /// detach` takes it off).
     #[arg(long)]
     pub keep_attached: bool,
     /// Start even if the policy closes SSH to every source.
@@ -204,6 +225,13 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         },
         Command::Roles { name } => roles_cmd(name.as_deref()),
         Command::Policy { command: PolicyCmd::Check { file } } => policy_check(&file),
+        Command::Detach(d) => match cli.iface {
+            Some(iface) => detach_cmd(iface, cli.socket, d),
+            None => {
+                eprintln!("error: voipwall detach needs --iface IFACE");
+                2
+            }
+        },
         command => client(cli.iface.as_deref(), cli.socket, command),
     };
     ExitCode::from(code as u8)
@@ -249,6 +277,30 @@ fn run_daemon(iface: String, socket: Option<PathBuf>, run: RunCmd) -> i32 {
         Err(e) => {
             eprintln!("error: {}", e.message);
             e.code
+        }
+    }
+}
+
+fn detach_cmd(iface: String, socket: Option<PathBuf>, d: DetachCmd) -> i32 {
+    let socket = socket.unwrap_or_else(|| paths::socket_path(&iface));
+    let args = detach::DetachArgs {
+        iface,
+        socket,
+        pin_root: d.pin_dir,
+        state_root: d.state_dir,
+        purge: d.purge,
+        stop: d.stop,
+    };
+    match detach::detach(&args) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
         }
     }
 }
@@ -391,7 +443,10 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
             (Request::Reload { policy, confirm_within, allow_lockout, ssh_client }, false)
         }
         Command::Confirm => (Request::Confirm, false),
-        Command::Run(_) | Command::Roles { .. } | Command::Policy { command: PolicyCmd::Check { .. } } => {
+        Command::Run(_)
+        | Command::Roles { .. }
+        | Command::Detach(_)
+        | Command::Policy { command: PolicyCmd::Check { .. } } => {
             unreachable!("handled locally")
         }
     };

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod detach;
 pub mod error;
 pub mod firewall;
 pub mod fleet;

@@ -277,3 +277,79 @@ fn lockout_guard_at_run_and_reload() {
     d.ok(&["reload", "--policy", lockout.to_str().unwrap(), "--allow-lockout"]);
     assert_eq!(d.json(&["status"])["policy"]["path"], lockout.display().to_string());
 }
+
+/// `voipwall --iface IFACE detach EXTRA` with the test's pin and state folders.
+fn detach(pair: &Pair, env: &Env, extra: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(tests::daemon::binary())
+        .args(["--iface", &pair.server_if, "--socket"])
+        .arg(env.socket())
+        .arg("detach")
+        .arg("--pin-dir")
+        .arg(&env.pins)
+        .arg("--state-dir")
+        .arg(&env.state)
+        .args(extra)
+        .output()
+        .expect("run voipwall detach");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `voipwall detach`: refused while a daemon runs; `--stop` stops it first; after a
+/// `--keep-attached` stop it unpins the links (the program detaches: closed ports reach the stack
+/// again), and `--purge` also removes the pinned maps and the state.
+#[test]
+#[ignore = "needs root and BPF"]
+fn detach_takes_voipwall_off_the_interface_and_purge_leaves_nothing() {
+    if !bpf_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let env = Env::new();
+    let policy = env.write("p.toml", POLICY_A);
+    let args = ["--metrics", "off", "--keep-attached", "--policy", policy.to_str().unwrap()];
+    let pins = voipwall::paths::pin_dir(&env.pins, &pair.server_if);
+    let state = voipwall::paths::state_dir(&env.state, &pair.server_if);
+
+    let d = Daemon::start(&pair, &env, &args);
+    let id = Daemon::attached_program_id(&pair);
+    assert!(id.is_some());
+    let (ok, out, err) = detach(&pair, &env, &["--purge"]);
+    assert!(!ok, "refused while the daemon runs: {out}{err}");
+    assert!(err.contains("daemon runs for") && err.contains("--stop"), "{err}");
+    assert_eq!(Daemon::attached_program_id(&pair), id, "a refused detach changes nothing");
+    assert!(d.cli(&["status"]).status.success(), "the daemon still answers");
+
+    let (ok, out, err) = detach(&pair, &env, &["--stop"]);
+    assert!(ok, "{out}{err}\n{}", d.log_text());
+    assert!(out.contains(&format!("stopped the daemon (pid {})", d.pid())), "{out}");
+    assert!(out.contains("detached the XDP program"), "{out}");
+    assert_eq!(Daemon::attached_program_id(&pair), None, "detached");
+    assert!(pins.exists() && state.exists(), "without --purge the maps and state stay");
+    drop(d);
+
+    // Again with state, stopped with --keep-attached: the program keeps filtering until detach.
+    let d = Daemon::start(&pair, &env, &args);
+    d.ok(&["block", &pair.client_v4(3), "--ttl", "1h"]);
+    assert!(d.stop().success());
+    assert!(Daemon::attached_program_id(&pair).is_some(), "--keep-attached");
+    assert!(!udp_reaches(&pair, 4, 9999), "closed port closed while attached");
+    let (ok, out, err) = detach(&pair, &env, &["--purge"]);
+    assert!(ok, "{out}{err}");
+    for line in
+        ["detached the XDP program", "detached the TC egress program", "removed the pinned maps", "removed the state"]
+    {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert_eq!(Daemon::attached_program_id(&pair), None);
+    assert!(!pins.exists(), "pins removed");
+    assert!(!state.exists(), "state removed");
+    assert!(udp_reaches(&pair, 4, 9999), "nothing filters the interface any more");
+    assert!(udp_reaches(&pair, 3, 12000), "the blocked source went with the maps");
+
+    let (ok, out, _) = detach(&pair, &env, &["--purge"]);
+    assert!(ok && out.contains("nothing of voipwall on"), "{out}");
+}

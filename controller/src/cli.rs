@@ -1,9 +1,14 @@
 //! The `voipwall` command line. Verbs, flags and exit codes are a contract that scripts rely on:
 //! 0 ok, 1 runtime failure (daemon unreachable, kernel refused), 2 invalid input.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{
     control::{self, Request},
@@ -108,6 +113,10 @@ pub enum Command {
     },
     /// List the built-in roles, or describe one.
     Roles { name: Option<String> },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages, voipwall(8) and one per verb, into DIR.
+    Manpages { dir: PathBuf },
     /// Take voipwall off the interface when no daemon runs (after `--keep-attached`, a crash, or
     /// before removal): unpin its links, so its programs detach.
     Detach(DetachCmd),
@@ -225,6 +234,20 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         },
         Command::Roles { name } => roles_cmd(name.as_deref()),
         Command::Policy { command: PolicyCmd::Check { file } } => policy_check(&file),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "voipwall", &mut std::io::stdout());
+            0
+        }
+        Command::Manpages { dir } => match manpages(&dir) {
+            Ok(n) => {
+                println!("wrote {n} manual pages to {}", dir.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                1
+            }
+        },
         Command::Detach(d) => match cli.iface {
             Some(iface) => detach_cmd(iface, cli.socket, d),
             None => {
@@ -279,6 +302,24 @@ fn run_daemon(iface: String, socket: Option<PathBuf>, run: RunCmd) -> i32 {
             e.code
         }
     }
+}
+
+/// voipwall(8) and voipwall-VERB(8) for every verb (and sub-verb), from the clap definitions.
+fn manpages(dir: &Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = 0;
+    // (the command, its page name `voipwall-policy-check`, how it is typed `voipwall policy check`)
+    let mut pages = vec![(Cli::command(), "voipwall".to_string(), "voipwall".to_string())];
+    while let Some((cmd, page, typed)) = pages.pop() {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone().display_name(&page).bin_name(&typed)).section("8").render(&mut buf)?;
+        std::fs::write(dir.join(format!("{page}.8")), buf)?;
+        written += 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            pages.push((sub.clone(), format!("{page}-{}", sub.get_name()), format!("{typed} {}", sub.get_name())));
+        }
+    }
+    Ok(written)
 }
 
 fn detach_cmd(iface: String, socket: Option<PathBuf>, d: DetachCmd) -> i32 {
@@ -446,6 +487,8 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
         Command::Run(_)
         | Command::Roles { .. }
         | Command::Detach(_)
+        | Command::Completions { .. }
+        | Command::Manpages { .. }
         | Command::Policy { command: PolicyCmd::Check { .. } } => {
             unreachable!("handled locally")
         }

@@ -37,6 +37,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("nft", "nftables"),
     ("ethtool", "ethtool"),
+    // `man -l` renders the generated manual pages in the tests.
+    ("man", "man-db"),
     // The SIP server and the SIP user agents of the network tests.
     ("kamailio", "kamailio"),
     ("sipp", "sip-tester"),

@@ -242,3 +242,23 @@ pub fn diff(before: &Counters, after: &Counters) -> Vec<(u32, u32, u64, u64)> {
     }
     out
 }
+
+/// `promtool check metrics` on a scrape (`dir` holds the file it reads); panics with promtool's
+/// words and the scrape if it refuses it.
+#[track_caller]
+pub fn promtool_check_metrics(dir: &std::path::Path, text: &str) {
+    let path = dir.join("metrics.txt");
+    std::fs::write(&path, text).expect("write the scrape");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&path).expect("open the scrape"))
+        .output()
+        .expect("promtool (Debian package prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -265,19 +265,7 @@ fn promtool_accepts_the_live_output_and_the_dashboard_queries_only_real_metrics(
     d.ok(&["reload"]);
     std::thread::sleep(Duration::from_millis(500));
     let text = scrape(&pair);
-    let path = env.write("metrics.txt", &text);
-    let out = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .expect("promtool (Debian package prometheus)");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed ({}):\n{}{}\n{text}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tests::promtool_check_metrics(&env.root, &text);
 
     let exported = parse(&text);
     for family in voipwall::metrics::FAMILIES {

@@ -125,18 +125,7 @@ fn fleet_1_bans_and_decisions_reach_every_host() {
     for family in voipwall::metrics::FLEET_FAMILIES {
         assert!(m.contains(&format!("# TYPE {family} ")), "{family} is declared:\n{m}");
     }
-    let path = f.envs[0].write("metrics.txt", &m);
-    let out = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .expect("promtool (Debian package prometheus)");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tests::promtool_check_metrics(&f.envs[0].root, &m);
 }
 
 /// The LAPI is killed for 60 s: every host keeps every entry, the short decision still expires

@@ -72,6 +72,26 @@ pub fn median_spread(xs: &[f64]) -> Stat {
     Stat { median, min, max, spread: if median > 0.0 { (max - min) / median } else { 0.0 } }
 }
 
+/// Two measurements taken side by side: in every round one right after the other (the order
+/// alternating), `rounds` times; medians and spreads of each, and of their ratio per round, so
+/// the machine's drift between rounds cancels.
+pub fn side_by_side(rounds: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (Stat, Stat, Stat) {
+    let (mut va, mut vb, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (x, y) = if round % 2 == 0 {
+            let x = a();
+            (x, b())
+        } else {
+            let y = b();
+            (a(), y)
+        };
+        va.push(x);
+        vb.push(y);
+        ratio.push(x / y.max(0.1));
+    }
+    (median_spread(&va), median_spread(&vb), median_spread(&ratio))
+}
+
 /// The benchmark programs (the empty baseline and single-operation programs), loaded in this
 /// process.
 pub struct Baseline {

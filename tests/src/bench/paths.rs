@@ -10,7 +10,7 @@ use voipwall::dataplane::monotonic_ns;
 
 use crate::{
     Harness,
-    bench::{Baseline, Settings, Stat, median_spread},
+    bench::{Baseline, Settings, Stat, median_spread, side_by_side},
     packet::{Ext, Packet, TCP_SYN},
 };
 
@@ -343,27 +343,12 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool, Vec
         .iter()
         .map(|(what, a, b)| {
             let (fa, fb) = (frame(a), frame(b));
-            let (mut va, mut vb, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..settings.rounds.max(5) * 2 {
-                let (x, y) = if round % 2 == 0 {
-                    let x = ns(&h, fa, settings.repeat);
-                    (x, ns(&h, fb, settings.repeat))
-                } else {
-                    let y = ns(&h, fb, settings.repeat);
-                    (ns(&h, fa, settings.repeat), y)
-                };
-                va.push(x);
-                vb.push(y);
-                ratio.push(x / y);
-            }
-            PairedRow {
-                what: (*what).to_string(),
-                a: (*a).to_string(),
-                b: (*b).to_string(),
-                a_ns: median_spread(&va),
-                b_ns: median_spread(&vb),
-                ratio: median_spread(&ratio),
-            }
+            let (a_ns, b_ns, ratio) = side_by_side(
+                settings.rounds.max(5) * 2,
+                || ns(&h, fa, settings.repeat),
+                || ns(&h, fb, settings.repeat),
+            );
+            PairedRow { what: (*what).to_string(), a: (*a).to_string(), b: (*b).to_string(), a_ns, b_ns, ratio }
         })
         .collect();
     (rows, early_untouched, paired)

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::{
     Harness,
-    bench::{Settings, Stat, median_spread, paths},
+    bench::{Settings, Stat, paths, side_by_side},
     netns::NetNs,
 };
 
@@ -273,28 +273,19 @@ pub fn run(settings: &Settings) -> Vec<PeerRow> {
             let f = frame(name);
             let (action, _) = peer.run(&f, 1);
             assert_eq!(action, *want, "xdp-filter ({how}) gives {action} on {name}, not {want}");
-            let (mut v, mut p, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..settings.rounds.max(5) * 2 {
-                let ours = || h.dp.test_run(&f, settings.repeat).expect("test_run").1.as_nanos() as f64;
-                let (a, b) = if round % 2 == 0 {
-                    let a = ours();
-                    (a, peer.run(&f, settings.repeat).1)
-                } else {
-                    let b = peer.run(&f, settings.repeat).1;
-                    (ours(), b)
-                };
-                v.push(a);
-                p.push(b);
-                ratio.push(a / b.max(0.1));
-            }
+            let (voipwall_ns, peer_ns, ratio) = side_by_side(
+                settings.rounds.max(5) * 2,
+                || h.dp.test_run(&f, settings.repeat).expect("test_run").1.as_nanos() as f64,
+                || peer.run(&f, settings.repeat).1,
+            );
             out.push(PeerRow {
                 path: (*name).to_string(),
                 peer: how.clone(),
                 reference,
                 verdict: if *want == 1 { "drop" } else { "pass" }.to_string(),
-                voipwall_ns: median_spread(&v),
-                peer_ns: median_spread(&p),
-                ratio: median_spread(&ratio),
+                voipwall_ns,
+                peer_ns,
+                ratio,
             });
         }
     }

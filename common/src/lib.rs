@@ -41,14 +41,24 @@ pub mod maps {
     /// `LpmTrie<[u8; 20], u64>`: generation (u32, big endian) then IPv6 address -> set bitmask.
     pub const SETS_V6: &str = "SETS_V6";
     /// `LpmTrie<[u8; 4], u32>`: the allow and block lists in one trie, IPv4; values
-    /// [`crate::SOURCE_ALLOW`] or [`crate::SOURCE_BLOCK`].
+    /// [`crate::SOURCE_ALLOW`], [`crate::SOURCE_BLOCK`] or [`crate::SOURCE_FLEET`]. The record the
+    /// controller reads back; packets are answered by `SOURCES_GATE`, `SOURCES_MID` and
+    /// `SOURCES_HOSTS`, which the controller derives from it.
     pub const SOURCES_V4: &str = "SOURCES_V4";
     /// `LpmTrie<[u8; 16], u32>`: the same for IPv6.
     pub const SOURCES_V6: &str = "SOURCES_V6";
     /// `Array<u32>`, 65536 entries, one per IPv4 /16: the answer of `SOURCES_V4` for the whole
     /// /16 when no entry longer than /16 lies inside it ([`crate::GATE_MORE`] clear), so most
-    /// sources skip the trie walk (DIR-16 in front of the trie).
+    /// sources are answered by one array read (DIR-16).
     pub const SOURCES_GATE: &str = "SOURCES_GATE";
+    /// `Array<u64>`, [`crate::MID_WORDS`] words of 4-bit slots, one per IPv4 /24 (see
+    /// [`crate::mid_slot`]): the /24's answer where the gate says "more" (DIR-24 behind the
+    /// gate). Kept exact only for /16s whose gate slot has [`crate::GATE_MORE`].
+    pub const SOURCES_MID: &str = "SOURCES_MID";
+    /// `HashMap<u32, HostBlock>`: /24 number -> the answers of its 256 addresses from entries
+    /// longer than /24, for the /24s whose `SOURCES_MID` slot has [`crate::MID_HOSTS`]. With
+    /// the gate and `SOURCES_MID` every IPv4 source is answered in at most three reads.
+    pub const SOURCES_HOSTS: &str = "SOURCES_HOSTS";
     /// `Array<u64>`, [`crate::FLOW_PORT_WORDS`] words: one bit per (protocol slot, local port)
     /// the host has opened a flow from, so a closed port skips the flow table otherwise.
     pub const FLOW_PORTS: &str = "FLOW_PORTS";
@@ -95,7 +105,7 @@ pub mod maps {
     pub const ZERO: &str = "ZERO";
 
     /// Every map name.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 30] = [
         ACTIVE,
         POLICY,
         PORTS,
@@ -105,6 +115,8 @@ pub mod maps {
         SOURCES_V4,
         SOURCES_V6,
         SOURCES_GATE,
+        SOURCES_MID,
+        SOURCES_HOSTS,
         FLOW_PORTS,
         BANS,
         RATES,
@@ -215,10 +227,46 @@ pub const SOURCE_FLEET: u32 = 3;
 
 /// `SOURCES_GATE` value bits 0-1: the /16's answer (0, [`SOURCE_ALLOW`], [`SOURCE_BLOCK`] or
 /// [`SOURCE_FLEET`]);
-/// this bit: entries longer than /16 exist inside it, so the trie must be asked.
+/// this bit: entries longer than /16 exist inside it, so `SOURCES_MID` must be asked.
 pub const GATE_MORE: u32 = 4;
 /// Mask of the answer bits of a `SOURCES_GATE` value.
 pub const GATE_VALUE: u32 = 3;
+
+/// Words of `SOURCES_MID`: one 4-bit slot per IPv4 /24, 16 slots per word.
+pub const MID_WORDS: u32 = 1 << 20;
+/// `SOURCES_MID` slot bits 0-1: the /24's answer from entries of /24 or wider ([`GATE_VALUE`]);
+/// this bit: entries longer than /24 lie inside it, so `SOURCES_HOSTS` must be asked.
+pub const MID_HOSTS: u32 = 4;
+
+/// Word index and bit shift of /24 number `slash24` (the address shifted right by 8) in
+/// `SOURCES_MID`.
+#[inline(always)]
+pub const fn mid_slot(slash24: u32) -> (u32, u32) {
+    (slash24 >> 4, (slash24 & 15) * 4)
+}
+
+/// One `SOURCES_HOSTS` value: the answers (2 bits each, 0 for "no entry longer than /24
+/// covers it") of the 256 addresses of a /24.
+pub type HostBlock = [u64; 8];
+
+/// Word index and bit shift of an IPv4 address (as a host-order u32) in its [`HostBlock`].
+#[inline(always)]
+pub const fn host_slot(addr: u32) -> (usize, u32) {
+    (((addr >> 5) & 7) as usize, (addr & 31) * 2)
+}
+
+/// The 4-bit `SOURCES_MID` slot of /24 number `slash24` in its word.
+#[inline(always)]
+pub const fn mid_value(word: u64, slash24: u32) -> u32 {
+    (word >> mid_slot(slash24).1) as u32 & 0xf
+}
+
+/// The answer (0 for none) of IPv4 address `addr` in its /24's [`HostBlock`].
+#[inline(always)]
+pub const fn host_value(block: &HostBlock, addr: u32) -> u32 {
+    let (word, shift) = host_slot(addr);
+    (block[word] >> shift) as u32 & GATE_VALUE
+}
 
 /// Words of `FLOW_PORTS`: 2 protocol slots x 65536 ports / 64 bits.
 pub const FLOW_PORT_WORDS: u32 = PORT_PROTOS * 65536 / 64;
@@ -1021,6 +1069,25 @@ mod tests {
     use core::mem::size_of;
 
     use super::*;
+
+    #[test]
+    fn mid_and_host_slots_cover_every_bit_once() {
+        let mut words = [0u64; 2];
+        for slash24 in 0..32u32 {
+            let (w, shift) = mid_slot(slash24);
+            words[w as usize] |= 0xf << shift;
+            assert_eq!(mid_value(0x5 << shift, slash24), 5);
+        }
+        assert_eq!(words, [u64::MAX; 2]);
+        let mut block: HostBlock = [0; 8];
+        for addr in 0x0a00_0100..0x0a00_0200u32 {
+            let (w, shift) = host_slot(addr);
+            assert_eq!(block[w] >> shift & 3, 0, "{addr:#x} shares bits");
+            block[w] |= 3 << shift;
+            assert_eq!(host_value(&block, addr), 3);
+        }
+        assert_eq!(block, [u64::MAX; 8]);
+    }
 
     #[test]
     fn no_implicit_padding() {

@@ -842,6 +842,7 @@ impl Firewall {
         vec![
             (maps::SOURCES_V4, Some(v4 as u64), cap(maps::SOURCES_V4)),
             (maps::SOURCES_V6, Some(v6 as u64), cap(maps::SOURCES_V6)),
+            (maps::SOURCES_HOSTS, Some(self.sources.host_blocks() as u64), cap(maps::SOURCES_HOSTS)),
             (maps::SETS_V4, Some(self.compiled.sets_v4.len() as u64), cap(maps::SETS_V4)),
             (maps::SETS_V6, Some(self.compiled.sets_v6.len() as u64), cap(maps::SETS_V6)),
             (maps::BANS, Some(self.bans.len() as u64), cap(maps::BANS)),

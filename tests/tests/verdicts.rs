@@ -698,16 +698,17 @@ fn reload_flips_generations() {
     h.expect("admin set restored", &Packet::tcp4(PEER, 1, HOST, 22, TCP_SYN).bytes(), XDP_DROP, "source_not_allowed");
 }
 
-/// The /16 gate and the trie together answer exactly like "allow list first, then block list",
-/// through random additions and removals of wide and narrow entries.
+/// The IPv4 levels (the /16 gate, the /24 slots and the host blocks) answer exactly like "allow
+/// list first, then block list", through random additions and removals of wide and narrow
+/// entries.
 #[test]
 #[ignore = "needs root and BPF"]
 fn source_lists_answer_like_allow_then_block_through_random_changes() {
     random_list_changes(false);
 }
 
-/// The same through the bulk path (`SourceTables::write_all`: batched trie inserts, the gate written
-/// around each batch) with many CIDRs per change.
+/// The same through the bulk path (`SourceTables::write_all`: batched trie inserts, the levels
+/// written once per batch) with many CIDRs per change.
 #[test]
 #[ignore = "needs root and BPF"]
 fn bulk_list_changes_answer_like_single_ones() {
@@ -736,14 +737,14 @@ fn random_list_changes(bulk: bool) {
     for round in 0..6 {
         let mut batch: Vec<(ListKind, IpNet)> = Vec::new();
         // The first bulk round holds only wide entries (/16 and shorter), which the /16 gate
-        // itself answers: no longer entry sends those packets to the trie.
+        // itself answers: no longer entry sends those packets to the /24 slots.
         let (count, lens) = match (bulk, round) {
             (true, 0) => (12, 3),
-            (true, _) => (400, 7),
-            (false, _) => (40, 7),
+            (true, _) => (400, 10),
+            (false, _) => (40, 10),
         };
         for _ in 0..count {
-            let len = [8u8, 12, 16, 20, 24, 28, 32][(rng.next_u64() % lens) as usize];
+            let len = [8u8, 12, 16, 17, 20, 24, 26, 28, 31, 32][(rng.next_u64() % lens) as usize];
             let net = IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr(&mut rng)), len).unwrap().trunc());
             let kind = if rng.next_u64().is_multiple_of(3) { ListKind::Allow } else { ListKind::Block };
             if bulk {

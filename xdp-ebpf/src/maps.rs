@@ -4,12 +4,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use common::{
     BanEntry, Budget, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey, FragState,
-    GENERATIONS, KnownPeer, MAX_CLASSES, PORTS_ENTRIES, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass,
-    RateKey, RateState, SipCalls, SipPeer, SipScratch, SourceKey, UaMatcher, active, capacity, known, stat,
+    GENERATIONS, HostBlock, KnownPeer, MAX_CLASSES, MID_WORDS, PORTS_ENTRIES, PolicyConfig, PortRule,
+    RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState, SipCalls, SipPeer, SipScratch, SourceKey, UaMatcher, active,
+    capacity, known, stat,
 };
 
 #[map]
@@ -32,7 +33,8 @@ pub static SETS_V4: LpmTrie<[u8; 8], u64> = LpmTrie::with_max_entries(capacity::
 #[map]
 pub static SETS_V6: LpmTrie<[u8; 20], u64> = LpmTrie::with_max_entries(capacity::SETS, BPF_F_NO_PREALLOC);
 
-// One trie per family for both lists: one lookup answers "allowed, blocked or neither".
+// One trie per family for both lists: one lookup answers "allowed, blocked or neither". IPv4
+// packets are answered by the gate, SOURCES_MID and SOURCES_HOSTS derived from SOURCES_V4.
 #[map]
 pub static SOURCES_V4: LpmTrie<[u8; 4], u32> =
     LpmTrie::with_max_entries(capacity::ALLOW + capacity::BLOCK_V4, BPF_F_NO_PREALLOC);
@@ -43,6 +45,14 @@ pub static SOURCES_V6: LpmTrie<[u8; 16], u32> =
 
 #[map]
 pub static SOURCES_GATE: Array<u32> = Array::with_max_entries(65536, 0);
+
+#[map]
+pub static SOURCES_MID: Array<u64> = Array::with_max_entries(MID_WORDS, 0);
+
+// Allocated per /24 that holds entries longer than /24 (the controller sizes it like the block
+// list); only the bucket array is allocated up front.
+#[map]
+pub static SOURCES_HOSTS: HashMap<u32, HostBlock> = HashMap::with_max_entries(capacity::BLOCK_V4, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static FLOW_PORTS: Array<u64> = Array::with_max_entries(FLOW_PORT_WORDS, 0);

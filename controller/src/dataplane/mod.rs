@@ -79,6 +79,8 @@ pub struct SourceMaps {
     pub v4: LpmTrie<MapData, [u8; 4], u32>,
     pub v6: LpmTrie<MapData, [u8; 16], u32>,
     pub gate: Array<MapData, u32>,
+    pub mid: Array<MapData, u64>,
+    pub hosts: HashMap<MapData, u32, common::HostBlock>,
 }
 
 /// Keys written into `SETS_V4` and `SETS_V6` for one generation.
@@ -140,6 +142,8 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
         (maps::SOURCES_V4, u(4 + 4, 4)),
         (maps::SOURCES_V6, u(4 + 16, 4)),
         (maps::SOURCES_GATE, u(4, 4)),
+        (maps::SOURCES_MID, u(4, 8)),
+        (maps::SOURCES_HOSTS, u(4, s::<common::HostBlock>())),
         (maps::FLOW_PORTS, u(4, 8)),
         (maps::BANS, u(16, s::<BanEntry>())),
         (maps::RATES, u(s::<RateKey>(), s::<RateState>())),
@@ -173,6 +177,8 @@ fn fixed_entries() -> StdHashMap<&'static str, u32> {
         (maps::BUDGETS, MAX_CLASSES),
         (maps::BUDGET_DROPS, MAX_CLASSES),
         (maps::SETS_GATE, 65536),
+        (maps::SOURCES_GATE, 65536),
+        (maps::SOURCES_MID, common::MID_WORDS),
         (maps::ZERO, 1),
     ])
 }
@@ -231,6 +237,10 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::SOURCES_V4, caps.allow.saturating_add(caps.block_v4))
+            // One block per /24 holding entries longer than /24: never more than the block
+            // list's capacity in any real list, and a power of two keeps the kernel's bucket
+            // array at half the size the trie's capacity (allow + block) would round up to.
+            .map_max_entries(maps::SOURCES_HOSTS, caps.block_v4.max(caps.allow))
             .map_max_entries(maps::SOURCES_V6, caps.allow.saturating_add(caps.block_v6))
             .map_max_entries(maps::SETS_V4, caps.sets)
             .map_max_entries(maps::SETS_V6, caps.sets)
@@ -266,6 +276,8 @@ impl Dataplane {
                 v4: take(&mut ebpf, maps::SOURCES_V4)?,
                 v6: take(&mut ebpf, maps::SOURCES_V6)?,
                 gate: take(&mut ebpf, maps::SOURCES_GATE)?,
+                mid: take(&mut ebpf, maps::SOURCES_MID)?,
+                hosts: take(&mut ebpf, maps::SOURCES_HOSTS)?,
             }),
             bans: take(&mut ebpf, maps::BANS)?,
             rates: take(&mut ebpf, maps::RATES)?,

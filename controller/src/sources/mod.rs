@@ -1,6 +1,6 @@
 //! The allow and block lists, end to end: the operator's model ([`model`]), the kernel tries and
-//! their /16 gate ([`tables`]), and durability (a snapshot plus an fsynced journal in the state
-//! folder). Every change goes model -> kernel -> disk, and is taken back in the kernel and the
+//! the IPv4 lookup levels derived from them ([`tables`]), and durability (a snapshot plus an
+//! fsynced journal in the state folder). Every change goes model -> kernel -> disk, and is taken back in the kernel and the
 //! model when a later step fails, so a change is either done and durable or not done at all.
 //!
 //! Policy changes (start-up and reload) come with a generation flip of the data plane: entries
@@ -159,7 +159,7 @@ impl Sources {
     {
         let entries = self.tables.entries()?;
         if adopted {
-            self.tables.rebuild_gate(&entries)?;
+            self.tables.rebuild_index(&entries)?;
         }
         let have: BTreeMap<IpNet, TrieValue> = entries.into_iter().collect();
         let want = self.lists.kernel();
@@ -372,6 +372,11 @@ impl Sources {
     /// Capacity of a source map as created in the kernel.
     pub fn capacity(&self, name: &str) -> Option<u32> {
         self.tables.capacity(name)
+    }
+
+    /// Host blocks the IPv4 levels use (/24s holding entries longer than /24).
+    pub fn host_blocks(&self) -> usize {
+        self.tables.host_blocks()
     }
 
     /// Every entry of the kernel tries (walks them: tests and diagnostics).

@@ -1,16 +1,23 @@
-//! The kernel side of the source lists: the two source tries (`SOURCES_V4`, `SOURCES_V6`) and the
-//! IPv4 /16 gate in front of the IPv4 trie (`SOURCES_GATE`), with the controller's mirror of the
-//! gate, batched inserts for bulk imports, and the walk used at start-up.
+//! The kernel side of the source lists: the two source tries (`SOURCES_V4`, `SOURCES_V6`) and,
+//! derived from the IPv4 trie, the three levels the data plane answers IPv4 sources from
+//! (DIR-16-8-8): the /16 gate (`SOURCES_GATE`), a 4-bit slot per /24 (`SOURCES_MID`) and a block
+//! of 256 host answers per /24 that holds entries longer than /24 (`SOURCES_HOSTS`). Also
+//! batched inserts for bulk imports, and the walk used at start-up.
 //!
-//! The gate answers for a whole /16 when no entry longer than /16 lies inside it (its "more" bit
-//! clear), so most sources skip the trie walk. Its invariant: a /16's "more" bit is set before
-//! its first longer entry enters the trie and cleared after its last one left, so a packet never
-//! takes the gate's answer where the trie holds a longer entry.
+//! The trie is the record; the levels are recomputed from the controller's copy of the IPv4
+//! entries ([`V4Index`]) for the /16s and /24s a change touches, and written in an order that
+//! never lets a packet read a level the level above does not vouch for: host blocks before the
+//! `SOURCES_MID` slots that point at them, those before the gate's "more" bit, and host blocks
+//! deleted only after no slot points at them. A packet sees the answer from before or after a
+//! change, nothing in between.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::IpAddr,
+};
 
-use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, MapError, lpm_trie::Key};
-use common::{GATE_MORE, maps};
+use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, lpm_trie::Key};
+use common::{GATE_MORE, HostBlock, MID_HOSTS, MID_WORDS, maps, mid_slot};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{debug, error};
 
@@ -22,13 +29,15 @@ type Result<T> = std::result::Result<T, MapOpError>;
 /// Longest run of new IPv4 entries handed to one `BPF_MAP_UPDATE_BATCH` call.
 const BATCH_RUN: usize = 1 << 16;
 
-/// The source tries and the gate, written only through [`SourceTables::write`] and
+/// The source tries and the IPv4 levels, written only through [`SourceTables::write`] and
 /// [`SourceTables::write_all`].
 pub struct SourceTables {
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
     gate_map: Array<MapData, u32>,
-    gate: Gate,
+    mid_map: Array<MapData, u64>,
+    hosts_map: HashMap<MapData, u32, HostBlock>,
+    index: V4Index,
 }
 
 fn ipv4_key(net: &Ipv4Net) -> Key<[u8; 4]> {
@@ -50,11 +59,42 @@ fn slash16s(n: &Ipv4Net) -> std::ops::Range<usize> {
     first..first + (1usize << (16 - n.prefix_len()))
 }
 
+/// The /16s and /24s whose levels a change of these networks touches.
+#[derive(Default)]
+struct Dirty {
+    slash16s: BTreeSet<usize>,
+    slash24s: BTreeSet<u32>,
+}
+
+impl Dirty {
+    fn of<'a>(nets: impl IntoIterator<Item = &'a Ipv4Net>) -> Self {
+        let mut d = Self::default();
+        for n in nets {
+            if n.prefix_len() <= 16 {
+                d.slash16s.extend(slash16s(n));
+            } else {
+                d.slash16s.insert(slash16(n));
+                if n.prefix_len() > 24 {
+                    d.slash24s.insert(u32::from(n.network()) >> 8);
+                }
+            }
+        }
+        d
+    }
+}
+
 impl SourceTables {
-    /// Take over the maps. After adopting pinned maps call [`Self::rebuild_gate`]: the gate
-    /// mirror starts empty.
+    /// Take over the maps. After adopting pinned maps call [`Self::rebuild_index`]: the index
+    /// starts empty.
     pub fn new(maps: SourceMaps) -> Self {
-        Self { v4: maps.v4, v6: maps.v6, gate_map: maps.gate, gate: Gate::default() }
+        Self {
+            v4: maps.v4,
+            v6: maps.v6,
+            gate_map: maps.gate,
+            mid_map: maps.mid,
+            hosts_map: maps.hosts,
+            index: V4Index::default(),
+        }
     }
 
     /// Capacity of a source map as created in the kernel.
@@ -63,49 +103,43 @@ impl SourceTables {
             n if n == maps::SOURCES_V4 => self.v4.map().info(),
             n if n == maps::SOURCES_V6 => self.v6.map().info(),
             n if n == maps::SOURCES_GATE => self.gate_map.map().info(),
+            n if n == maps::SOURCES_MID => self.mid_map.map().info(),
+            n if n == maps::SOURCES_HOSTS => self.hosts_map.map().info(),
             _ => return None,
         };
         info.ok().map(|i| i.max_entries())
     }
 
-    /// Write one entry: set or remove, keeping the gate in step.
+    /// Host blocks in `SOURCES_HOSTS` (/24s holding entries longer than /24).
+    pub fn host_blocks(&self) -> usize {
+        self.index.hosts_written.len()
+    }
+
+    /// Write one entry: set or remove, then bring the IPv4 levels in step. If the levels cannot
+    /// be written, the entry is taken back out and the error returned.
     pub fn write(&mut self, change: &KernelChange) -> Result<()> {
         let IpNet::V4(n) = change.net else { return self.trie_write(change) };
-        if n.prefix_len() > 16 {
-            let g = slash16(&n);
-            match (change.before.is_some(), change.value.is_some()) {
-                (false, true) => {
-                    self.gate.more[g] += 1;
-                    if self.gate.more[g] == 1 {
-                        self.gate_write(g)?;
-                    }
-                    self.trie_write(change)
-                }
-                (true, false) => {
-                    self.trie_write(change)?;
-                    self.gate.more[g] = self.gate.more[g].saturating_sub(1);
-                    if self.gate.more[g] == 0 {
-                        self.gate_write(g)?;
-                    }
-                    Ok(())
-                }
-                _ => self.trie_write(change),
+        self.trie_write(change)?;
+        self.index.set(&n, change.value.map(TrieValue::kernel_value));
+        let dirty = Dirty::of([&n]);
+        if let Err(e) = self.sync(&dirty) {
+            self.index.set(&n, change.before.map(TrieValue::kernel_value));
+            if let Err(e) = self.trie_write(&change.reversed()) {
+                error!(cidr = %n, error = %e, "restoring a list entry failed");
             }
-        } else {
-            self.trie_write(change)?;
-            let wide = (u32::from(n.network()), n.prefix_len());
-            match change.value {
-                Some(v) => self.gate.wide.insert(wide, v.kernel_value()),
-                None => self.gate.wide.remove(&wide),
-            };
-            slash16s(&n).try_for_each(|g| self.gate_write(g))
+            if let Err(e) = self.sync(&dirty) {
+                error!(cidr = %n, error = %e, "restoring the IPv4 levels failed");
+            }
+            return Err(e);
         }
+        Ok(())
     }
 
     /// Apply `changes` in order, like [`Self::write`] one by one, but put runs of new IPv4
-    /// entries into the trie with one `BPF_MAP_UPDATE_BATCH` call per run (a bulk import of a
-    /// million CIDRs then costs a few syscalls instead of a million). On error, returns how many
-    /// changes are in force (a prefix of `changes`), so the caller can undo exactly those.
+    /// entries into the trie with one `BPF_MAP_UPDATE_BATCH` call per run and write the levels
+    /// they touch once per run (a bulk import of a million CIDRs then costs a few syscalls
+    /// instead of a million). On error, returns how many changes are in force (a prefix of
+    /// `changes`), so the caller can undo exactly those.
     pub fn write_all(&mut self, changes: &[KernelChange]) -> std::result::Result<(), (usize, MapOpError)> {
         let new_v4 = |c: &KernelChange| c.before.is_none() && c.value.is_some() && c.net.addr().is_ipv4();
         let mut i = 0;
@@ -137,8 +171,8 @@ impl SourceTables {
         }
     }
 
-    /// New IPv4 entries, batched: raise the gate's "more" bits first, insert, then write the
-    /// gate for wide entries (the same order as [`Self::write`]).
+    /// New IPv4 entries, batched: into the trie, then the levels they touch. Should the levels
+    /// fail, the whole run leaves again, so that what is reported in force is a prefix of `run`.
     fn insert_run_v4(&mut self, run: &[KernelChange]) -> std::result::Result<usize, (usize, MapOpError)> {
         let nets: Vec<Ipv4Net> = run
             .iter()
@@ -147,84 +181,131 @@ impl SourceTables {
                 IpNet::V6(_) => unreachable!("an IPv4 run"),
             })
             .collect();
-        let narrow: Vec<usize> = nets.iter().filter(|n| n.prefix_len() > 16).map(slash16).collect();
-        for &g in &narrow {
-            self.gate.more[g] += 1;
-        }
-        let mut result = narrow.iter().try_for_each(|&g| self.gate_write(g)).map(|()| run.len()).map_err(|e| (0, e));
-        if result.is_ok() {
-            let keys: Vec<Key<[u8; 4]>> = nets.iter().map(ipv4_key).collect();
-            let values: Vec<u32> = run.iter().map(|c| c.value.expect("a new entry").kernel_value()).collect();
-            let (inserted, err) = update_batch(self.v4.map(), &keys, &values);
-            if let Some(e) = err {
-                // Not supported by this kernel (or failed part way): the rest one by one.
-                debug!(error = %e, inserted, "batched insert stopped; inserting the rest one by one");
-                for (n, (key, v)) in (inserted..).zip(keys[inserted..].iter().zip(&values[inserted..])) {
-                    if let Err(e) = self.v4.insert(key, v, 0) {
-                        result = Err((n, MapOpError::new(maps::SOURCES_V4, "insert", e)));
-                        break;
-                    }
+        let keys: Vec<Key<[u8; 4]>> = nets.iter().map(ipv4_key).collect();
+        let values: Vec<u32> = run.iter().map(|c| c.value.expect("a new entry").kernel_value()).collect();
+        let mut result = Ok(run.len());
+        let (inserted, err) = update_batch(self.v4.map(), &keys, &values);
+        if let Some(e) = err {
+            // Not supported by this kernel (or failed part way): the rest one by one.
+            debug!(error = %e, inserted, "batched insert stopped; inserting the rest one by one");
+            for (n, (key, v)) in (inserted..).zip(keys[inserted..].iter().zip(&values[inserted..])) {
+                if let Err(e) = self.v4.insert(key, v, 0) {
+                    result = Err((n, MapOpError::new(maps::SOURCES_V4, "insert", e)));
+                    break;
                 }
             }
         }
         let in_force = match result {
             Ok(n) | Err((n, _)) => n,
         };
-        // Entries not in force give their gate bits back.
-        for n in nets[in_force..].iter().filter(|n| n.prefix_len() > 16) {
-            let g = slash16(n);
-            self.gate.more[g] -= 1;
-            if self.gate.more[g] == 0
-                && let Err(e) = self.gate_write(g)
-            {
-                // The bit stays set: packets of that /16 ask the trie, which answers right.
-                error!(slash16 = g, error = %e, "clearing a gate bit failed");
-            }
+        for (n, v) in nets[..in_force].iter().zip(&values) {
+            self.index.set(n, Some(*v));
         }
-        // Wide entries (/16 and shorter) are answered by the gate itself: write their slots now
-        // that the trie holds them. Should that fail, the entries from there on leave the trie
-        // again, so that what is reported in force is exactly a prefix of `run`.
-        for (k, (n, c)) in nets[..in_force].iter().zip(run).enumerate() {
-            if n.prefix_len() > 16 {
-                continue;
+        let dirty = Dirty::of(&nets[..in_force]);
+        if let Err(e) = self.sync(&dirty) {
+            for (n, key) in nets[..in_force].iter().zip(&keys) {
+                self.index.set(n, None);
+                if let Err(e) = self.v4.remove(key) {
+                    error!(cidr = %n, error = %e, "taking a list entry back out failed");
+                }
             }
-            self.gate
-                .wide
-                .insert((u32::from(n.network()), n.prefix_len()), c.value.expect("a new entry").kernel_value());
-            if let Err(e) = slash16s(n).try_for_each(|g| self.gate_write(g)) {
-                self.undo(&run[k..in_force]);
-                return Err((k, e));
+            if let Err(e) = self.sync(&dirty) {
+                error!(error = %e, "restoring the IPv4 levels failed");
             }
+            return Err((0, e));
         }
         result
     }
 
-    /// Recompute every gate slot from the trie's entries (after adopting pinned maps, whose gate
-    /// this process has not built).
-    pub fn rebuild_gate(&mut self, entries: &[(IpNet, TrieValue)]) -> Result<()> {
-        self.gate = Gate::default();
+    /// Recompute every IPv4 level from the trie's entries (after adopting pinned maps, whose
+    /// levels this process has not built, or which an older version did not have).
+    pub fn rebuild_index(&mut self, entries: &[(IpNet, TrieValue)]) -> Result<()> {
+        self.index = V4Index::default();
+        let mut dirty = Dirty { slash16s: (0..65536).collect(), slash24s: BTreeSet::new() };
         for (net, kind) in entries {
             if let IpNet::V4(n) = net {
-                if n.prefix_len() > 16 {
-                    self.gate.more[slash16(n)] += 1;
-                } else {
-                    self.gate.wide.insert((u32::from(n.network()), n.prefix_len()), kind.kernel_value());
+                self.index.set(n, Some(kind.kernel_value()));
+                if n.prefix_len() > 24 {
+                    dirty.slash24s.insert(u32::from(n.network()) >> 8);
                 }
             }
         }
-        self.gate.written = vec![u32::MAX; 65536];
-        (0..65536).try_for_each(|g| self.gate_write(g))
+        // What the kernel holds is unknown: every slot is written, every block checked.
+        self.index.gate_written = vec![u32::MAX; 65536];
+        self.index.mid_written = vec![u64::MAX; MID_WORDS as usize];
+        for k in self.hosts_map.keys() {
+            let k = k.map_err(|e| MapOpError::new(maps::SOURCES_HOSTS, "iterate", e))?;
+            self.index.hosts_written.insert(k);
+            dirty.slash24s.insert(k);
+        }
+        self.sync(&dirty)
     }
 
-    /// Write gate slot `g` if its value changed.
-    fn gate_write(&mut self, g: usize) -> Result<()> {
-        let mut v = self.gate.cover(g as u32);
-        if self.gate.more[g] > 0 {
-            v |= GATE_MORE;
+    /// Bring the levels of the dirty /16s and /24s to what the index says, in the order the
+    /// module describes. Only what differs from what was written is written.
+    fn sync(&mut self, dirty: &Dirty) -> Result<()> {
+        let ix = &mut self.index;
+        let (mut keys, mut blocks, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for &x in &dirty.slash24s {
+            match ix.block24(x) {
+                Some(b) => {
+                    keys.push(x);
+                    blocks.push(b);
+                }
+                None if ix.hosts_written.contains(&x) => gone.push(x),
+                None => {}
+            }
         }
-        if self.gate.written[g] != v {
-            self.gate_map.set(g as u32, v, 0).map_err(|e| MapOpError::new(maps::SOURCES_GATE, "write", e))?;
-            self.gate.written[g] = v;
+        let (done, err) = update_batch(self.hosts_map.map(), &keys, &blocks);
+        ix.hosts_written.extend(&keys[..done]);
+        if let Some(e) = err {
+            return Err(MapOpError::new(maps::SOURCES_HOSTS, "write", MapError::SyscallError(syscall_error(e))));
+        }
+
+        let (mut idx, mut words) = (Vec::new(), Vec::new());
+        for &g in &dirty.slash16s {
+            if ix.more[g] == 0 && ix.gate_written[g] & GATE_MORE == 0 {
+                continue; // not read while the gate answers for the whole /16
+            }
+            for (i, w) in ix.words16(g as u32).into_iter().enumerate() {
+                let at = g * 16 + i;
+                if ix.mid_written[at] != w {
+                    idx.push(at as u32);
+                    words.push(w);
+                }
+            }
+        }
+        let (done, err) = update_batch(self.mid_map.map(), &idx, &words);
+        for (&i, &w) in idx[..done].iter().zip(&words) {
+            ix.mid_written[i as usize] = w;
+        }
+        if let Some(e) = err {
+            return Err(MapOpError::new(maps::SOURCES_MID, "write", MapError::SyscallError(syscall_error(e))));
+        }
+
+        let (mut idx, mut gates) = (Vec::new(), Vec::new());
+        for &g in &dirty.slash16s {
+            let v = ix.gate_value(g as u32);
+            if ix.gate_written[g] != v {
+                idx.push(g as u32);
+                gates.push(v);
+            }
+        }
+        let (done, err) = update_batch(self.gate_map.map(), &idx, &gates);
+        for (&g, &v) in idx[..done].iter().zip(&gates) {
+            ix.gate_written[g as usize] = v;
+        }
+        if let Some(e) = err {
+            return Err(MapOpError::new(maps::SOURCES_GATE, "write", MapError::SyscallError(syscall_error(e))));
+        }
+
+        for x in gone {
+            match self.hosts_map.remove(&x) {
+                Ok(()) | Err(MapError::KeyNotFound) => {
+                    ix.hosts_written.remove(&x);
+                }
+                Err(e) => return Err(MapOpError::new(maps::SOURCES_HOSTS, "remove", e)),
+            }
         }
         Ok(())
     }
@@ -263,42 +344,120 @@ impl SourceTables {
     }
 }
 
+/// An `io::Error` from a raw syscall as aya's syscall error.
+fn syscall_error(e: std::io::Error) -> aya::sys::SyscallError {
+    aya::sys::SyscallError { call: "bpf_map_update_batch", io_error: e }
+}
+
 /// A trie key as a network. The kernel refuses prefix lengths beyond the key's bits, so the
 /// length always fits.
 fn net_of(addr: IpAddr, prefix_len: u32) -> IpNet {
     IpNet::new(addr, prefix_len as u8).expect("the kernel keeps prefix lengths within the key")
 }
 
-/// The controller's copy of the IPv4 /16 gate: entries longer than /16 per /16, and the entries
-/// of /16 or wider, from which each slot's answer is computed.
-struct Gate {
+/// The controller's copy of the IPv4 entries, from which every level is computed, and what
+/// each level holds in the kernel.
+struct V4Index {
+    /// (network address, prefix length) -> SOURCE_* value.
+    entries: BTreeMap<(u32, u8), u32>,
+    /// Per /16: entries longer than /16 inside it.
     more: Vec<u32>,
-    /// (network address, prefix length) -> SOURCE_* value, for prefixes of /16 or wider.
-    wide: BTreeMap<(u32, u8), u32>,
-    /// What each slot holds in the kernel.
-    written: Vec<u32>,
+    gate_written: Vec<u32>,
+    mid_written: Vec<u64>,
+    /// /24s with a block in `SOURCES_HOSTS`.
+    hosts_written: HashSet<u32>,
 }
 
-impl Default for Gate {
+impl Default for V4Index {
     fn default() -> Self {
-        Self { more: vec![0; 65536], wide: BTreeMap::new(), written: vec![0; 65536] }
+        Self {
+            entries: BTreeMap::new(),
+            more: vec![0; 65536],
+            gate_written: vec![0; 65536],
+            mid_written: vec![0; MID_WORDS as usize],
+            hosts_written: HashSet::new(),
+        }
     }
 }
 
-impl Gate {
-    /// The answer of the longest entry of /16 or wider covering /16 number `g`.
-    fn cover(&self, g: u32) -> u32 {
-        if self.wide.is_empty() {
-            return 0;
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+}
+
+impl V4Index {
+    /// Set (`Some`) or remove (`None`) one entry.
+    fn set(&mut self, n: &Ipv4Net, value: Option<u32>) {
+        let key = (u32::from(n.network()), n.prefix_len());
+        let had = match value {
+            Some(v) => self.entries.insert(key, v).is_some(),
+            None => self.entries.remove(&key).is_some(),
+        };
+        if n.prefix_len() > 16 {
+            let g = slash16(n);
+            match (had, value.is_some()) {
+                (false, true) => self.more[g] += 1,
+                (true, false) => self.more[g] -= 1,
+                _ => {}
+            }
         }
+    }
+
+    /// Entries whose network address lies in `[first, first + size)`.
+    fn within(&self, first: u32, size: u64) -> impl Iterator<Item = (u32, u8, u32)> + '_ {
+        let last = (first as u64 + size - 1) as u32;
+        self.entries.range((first, 0)..=(last, 32)).map(|(&(a, l), &v)| (a, l, v))
+    }
+
+    /// The answer of the longest entry of /16 or wider covering /16 number `g`.
+    fn cover16(&self, g: u32) -> u32 {
         let addr = g << 16;
-        (0..=16u8)
-            .rev()
-            .find_map(|len| {
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                self.wide.get(&(addr & mask, len)).copied()
-            })
-            .unwrap_or(0)
+        (0..=16u8).rev().find_map(|len| self.entries.get(&(addr & mask(len), len)).copied()).unwrap_or(0)
+    }
+
+    fn gate_value(&self, g: u32) -> u32 {
+        self.cover16(g) | if self.more[g as usize] > 0 { GATE_MORE } else { 0 }
+    }
+
+    /// The 16 `SOURCES_MID` words of /16 number `g`: each /24's answer from entries of /24 or
+    /// wider, and [`MID_HOSTS`] where longer entries lie inside it.
+    fn words16(&self, g: u32) -> [u64; 16] {
+        let mut slots = [self.cover16(g); 256];
+        let mut inside: Vec<(u32, u8, u32)> = self.within(g << 16, 1 << 16).filter(|e| e.1 > 16).collect();
+        inside.sort_by_key(|e| e.1);
+        for (a, len, v) in inside {
+            let first = ((a >> 8) & 0xff) as usize;
+            if len <= 24 {
+                slots[first..first + (1 << (24 - len))].fill(v);
+            } else {
+                slots[first] |= MID_HOSTS;
+            }
+        }
+        let mut words = [0u64; 16];
+        for (i, s) in slots.into_iter().enumerate() {
+            let (w, shift) = mid_slot((g << 8) | i as u32);
+            words[w as usize & 15] |= (s as u64) << shift;
+        }
+        words
+    }
+
+    /// The host block of /24 number `x`, `None` if no entry longer than /24 lies inside it.
+    fn block24(&self, x: u32) -> Option<HostBlock> {
+        let mut inside: Vec<(u32, u8, u32)> = self.within(x << 8, 256).filter(|e| e.1 > 24).collect();
+        if inside.is_empty() {
+            return None;
+        }
+        inside.sort_by_key(|e| e.1);
+        let mut hosts = [0u32; 256];
+        for (a, len, v) in inside {
+            let first = (a & 0xff) as usize;
+            hosts[first..first + (1 << (32 - len))].fill(v);
+        }
+        let mut block: HostBlock = [0; 8];
+        for (i, h) in hosts.into_iter().enumerate() {
+            let (w, shift) = common::host_slot(i as u32);
+            block[w] |= (h as u64) << shift;
+        }
+        Some(block)
     }
 }
 
@@ -349,4 +508,81 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(map: &MapData, keys: &[K], values: &[V
         }
     }
     (done, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use common::{GATE_VALUE, host_value, mid_value};
+
+    use super::*;
+
+    /// What the data plane answers for `addr`, read from the levels as the index computes them.
+    fn levels_answer(ix: &V4Index, addr: u32) -> u32 {
+        let gate = ix.gate_value(addr >> 16);
+        if gate & GATE_MORE == 0 {
+            return gate & GATE_VALUE;
+        }
+        let slash24 = addr >> 8;
+        let slot = mid_value(ix.words16(addr >> 16)[mid_slot(slash24).0 as usize & 15], slash24);
+        if slot & MID_HOSTS != 0 {
+            let block = ix.block24(slash24).expect("a block where the slot says hosts");
+            let host = host_value(&block, addr);
+            if host != 0 {
+                return host;
+            }
+        }
+        slot & GATE_VALUE
+    }
+
+    /// Longest-prefix match over the entries, the trie's answer.
+    fn trie_answer(ix: &V4Index, addr: u32) -> u32 {
+        (0..=32u8).rev().find_map(|len| ix.entries.get(&(addr & mask(len), len)).copied()).unwrap_or(0)
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 16) as u32
+        }
+    }
+
+    #[test]
+    fn levels_answer_like_the_trie_for_nested_prefixes_of_every_length() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut ix = V4Index::default();
+        // Everything inside 10.1.0.0/16 and 10.0.0.0/8 so that prefixes nest often.
+        let mut nets = Vec::new();
+        for _ in 0..3000 {
+            let len = (rng.next() % 33) as u8;
+            let spread = if rng.next().is_multiple_of(4) { 0x00ff_ffff } else { 0xffff };
+            let addr = 0x0a01_0000 | (rng.next() & spread);
+            let n = Ipv4Net::new(addr.into(), len).unwrap().trunc();
+            nets.push(n);
+            ix.set(&n, Some(1 + rng.next() % 3));
+        }
+        // Remove a third again, so counts go down as well as up.
+        for n in nets.iter().step_by(3) {
+            ix.set(n, None);
+        }
+        let more: usize = ix.more.iter().map(|&m| m as usize).sum();
+        assert_eq!(more, ix.entries.keys().filter(|k| k.1 > 16).count());
+        for _ in 0..50_000 {
+            // Mostly inside 10.0.0.0/15 where the entries are, some anywhere.
+            let addr = if rng.next().is_multiple_of(8) { rng.next() } else { 0x0a00_0000 | (rng.next() & 0x0001_ffff) };
+            assert_eq!(levels_answer(&ix, addr), trie_answer(&ix, addr), "{}", std::net::Ipv4Addr::from(addr));
+        }
+    }
+
+    #[test]
+    fn dirty_sets_name_the_levels_a_change_touches() {
+        let n = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let d = Dirty::of(&[n("10.0.0.0/15"), n("10.9.8.0/22"), n("10.9.8.7/32")]);
+        assert_eq!(d.slash16s.into_iter().collect::<Vec<_>>(), [0x0a00, 0x0a01, 0x0a09]);
+        assert_eq!(d.slash24s.into_iter().collect::<Vec<_>>(), [0x0a_0908]);
+        let d = Dirty::of(&[n("0.0.0.0/0")]);
+        assert_eq!(d.slash16s.len(), 65536);
+    }
 }

@@ -82,6 +82,20 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// The verdict a packet from SOURCE would get now, step by step from the live maps: which
+    /// list entry, ban, port rule, set, rate state and SIP checks apply. Without PROTO and PORT,
+    /// for every open port range.
+    Explain {
+        /// An IPv4 or IPv6 address.
+        source: std::net::IpAddr,
+        /// udp or tcp (with PORT).
+        #[arg(value_parser = ["udp", "tcp"], requires = "port")]
+        proto: Option<String>,
+        /// Destination port on this host.
+        port: Option<u16>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Interface, XDP mode, policy, map fill.
     Status {
         #[arg(long)]
@@ -477,6 +491,9 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
         Command::Stats { json } => (Request::Stats, json),
         Command::Top { json, limit } => (Request::Top { limit }, json),
         Command::Status { json } => (Request::Status, json),
+        Command::Explain { source, proto, port, json } => {
+            (Request::Explain { source: source.to_string(), proto, port }, json)
+        }
         Command::Fleet { command: FleetCmd::Status { json } } => (Request::FleetStatus, json),
         Command::Policy { command: PolicyCmd::Show { json } } => (Request::PolicyShow, json),
         Command::Reload { policy, confirm_within, allow_lockout } => {

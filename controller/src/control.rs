@@ -51,6 +51,12 @@ pub enum Request {
     },
     Confirm,
     FleetStatus,
+    /// `voipwall explain SOURCE [PROTO PORT]`: `proto` is "udp" or "tcp".
+    Explain {
+        source: String,
+        proto: Option<String>,
+        port: Option<u16>,
+    },
 }
 
 /// Whether a failure was the caller's input or the system.
@@ -117,6 +123,21 @@ impl Response {
     }
 }
 
+/// Check an explain request's arguments (they may come from any client), then explain.
+fn explain(fw: &Firewall, source: &str, proto: Option<&str>, port: Option<u16>) -> Result<Reply, OpError> {
+    let addr: std::net::IpAddr = source.parse().map_err(|_| {
+        OpError::Invalid(format!("{source:?} is not an IPv4 or IPv6 address (explain takes one source)"))
+    })?;
+    let target = match (proto, port) {
+        (None, None) => None,
+        (Some("udp"), Some(p)) => Some((common::PROTO_SLOT_UDP, p)),
+        (Some("tcp"), Some(p)) => Some((common::PROTO_SLOT_TCP, p)),
+        (Some(other), Some(_)) => return Err(OpError::Invalid(format!("protocol {other:?} is not udp or tcp"))),
+        _ => return Err(OpError::Invalid("give both PROTO and PORT, or neither".into())),
+    };
+    fw.explain(addr, target)
+}
+
 /// Execute one request against the fw.
 pub fn handle(fw: &mut Firewall, req: Request, who: &str) -> Response {
     let r = match req {
@@ -129,6 +150,7 @@ pub fn handle(fw: &mut Firewall, req: Request, who: &str) -> Response {
         Request::Top { limit } => fw.top(limit.max(1)),
         Request::Status => fw.status(),
         Request::FleetStatus => Ok(fw.fleet_status()),
+        Request::Explain { source, proto, port } => explain(fw, &source, proto.as_deref(), port),
         Request::PolicyShow => Ok(fw.policy_show()),
         Request::Reload { policy, confirm_within, allow_lockout, ssh_client } => {
             match confirm_within.as_deref().map(crate::policy::parse_duration).transpose() {

@@ -792,6 +792,140 @@ impl Firewall {
     }
 
     /// `voipwall top`: sources by current rate (walks the rate table).
+    /// `voipwall explain SOURCE [PROTO PORT]`: the facts from the live maps, decided by
+    /// [`crate::explain`]. Without a port, every open port range (grouped by live rule).
+    pub fn explain(&self, source: IpAddr, target: Option<(u32, u16)>) -> Result<Reply, OpError> {
+        use common::{PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RateKey, SIP_AUTH_WATCH, rate::gcra};
+
+        use crate::explain::{BanFacts, ClassFacts, Facts, LevelFacts, PortFacts, SipFacts};
+
+        let cfg = &self.compiled.config;
+        let now = monotonic_ns();
+        let now_unix = unix_now();
+        let key = match source {
+            IpAddr::V4(a) => common::addr::v4_mapped(a.octets()),
+            IpAddr::V6(a) => common::addr::mask_prefix(a.octets(), cfg.ipv6_prefix),
+        };
+        let net = source_of(&key, self.policy.options.ipv6_prefix);
+        let ban = match self.dp.ban_get(&key)? {
+            Some(b) if b.expires_ns > now => {
+                let rec = self.bans.records().into_iter().find(|r| r.source == net);
+                Some(BanFacts {
+                    class: rec.as_ref().map_or_else(|| self.compiled.class_name(b.class), |r| r.class.clone()),
+                    level: b.level,
+                    rate_pps: b.rate_pps,
+                    created: rec.map(|r| r.created),
+                    expires: mono_to_unix(b.expires_ns, now, now_unix),
+                })
+            }
+            _ => None,
+        };
+        let ttl_ns = self.policy.options.known_ttl.as_nanos() as u64;
+        let peer = self.dp.known_get(&key)?.filter(|p| now.saturating_sub(p.seen_ns) <= ttl_ns);
+        let known = peer.map(|p| crate::peers::KnownRecord {
+            source: net,
+            proof: crate::peers::proof_name(p.proof).to_string(),
+            since: mono_to_unix(p.since_ns, now, now_unix),
+            seen: mono_to_unix(p.seen_ns, now, now_unix),
+        });
+        let mask = self.dp.set_mask(source)?;
+        let set_names = |m: u64| -> Vec<String> {
+            (0..64).filter(|b| m >> b & 1 != 0).filter_map(|b| self.compiled.set_names.get(b).cloned()).collect()
+        };
+        let port_facts = |slot: u32, first: u16, last: u16, rule: common::PortRule| -> Result<PortFacts, OpError> {
+            let class = match rule.class {
+                0 => None,
+                c => {
+                    let rc = self.compiled.classes[c as usize];
+                    let state = match peer.as_ref().and_then(|p| p.classes.iter().position(|&x| x == c)) {
+                        Some(i) => peer.map(|p| p.rates[i]),
+                        None => self.dp.rate_get(&RateKey { addr: key, class: c as u32 })?,
+                    };
+                    let levels = rc
+                        .levels
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.emission_ns != 0)
+                        .map(|(i, l)| LevelFacts {
+                            level: i as u8 + 1,
+                            pps: (1e9 / l.emission_ns as f64).round(),
+                            burst: l.tolerance_ns / l.emission_ns + 1,
+                            ban_secs: l.ban_ns / 1_000_000_000,
+                            conforms_now: state.is_none_or(|st| gcra(st.tat[i], now, l).is_some()),
+                        })
+                        .collect();
+                    let unknown = (rc.unknown.emission_ns != 0).then(|| (1e9 / rc.unknown.emission_ns as f64).round());
+                    let budget_spent =
+                        unknown.is_some() && gcra(self.dp.budget_get(c)?.tat_ns, now, &rc.unknown).is_none();
+                    Some(ClassFacts {
+                        name: self.compiled.class_name(c),
+                        levels,
+                        unknown_budget_pps: unknown,
+                        budget_spent,
+                        observed_pps: state.map(|st| observed_pps(&st, now)),
+                    })
+                }
+            };
+            let sip = (rule.flags & PORT_SIP != 0).then(|| SipFacts {
+                user_agent_patterns: self.policy.sip.ua_block.len(),
+                method_limits: common::sip::METHOD_NAMES
+                    .iter()
+                    .zip(cfg.sip_method_class)
+                    .filter(|(_, c)| *c != 0)
+                    .map(|(m, c)| format!("{m}: {}", self.compiled.class_name(c)))
+                    .collect(),
+                auth_watch: cfg.sip_flags & SIP_AUTH_WATCH != 0,
+            });
+            Ok(PortFacts {
+                proto: if slot == PROTO_SLOT_TCP { "tcp" } else { "udp" },
+                first,
+                last,
+                open: rule.flags & PORT_OPEN != 0,
+                rule: (rule.rule != 0).then(|| self.compiled.rule_names.get(rule.rule as usize).cloned()).flatten(),
+                sets: set_names(rule.sets),
+                member: mask & rule.sets != 0,
+                class,
+                sip,
+            })
+        };
+        let mut ports = Vec::new();
+        match target {
+            Some((slot, port)) => ports.push(port_facts(slot, port, port, self.dp.port_rule(slot, port)?)?),
+            None => {
+                for slot in [PROTO_SLOT_UDP, PROTO_SLOT_TCP] {
+                    let mut run: Option<(u16, u16, common::PortRule)> = None;
+                    for port in 0..=u16::MAX {
+                        let rule = self.dp.port_rule(slot, port)?;
+                        match &mut run {
+                            Some((_, last, r)) if *r == rule && *last + 1 == port => *last = port,
+                            _ => {
+                                if let Some((f, l, r)) = run.take().filter(|(_, _, r)| r.flags & PORT_OPEN != 0) {
+                                    ports.push(port_facts(slot, f, l, r)?);
+                                }
+                                run = Some((port, port, rule));
+                            }
+                        }
+                    }
+                    if let Some((f, l, r)) = run.filter(|(_, _, r)| r.flags & PORT_OPEN != 0) {
+                        ports.push(port_facts(slot, f, l, r)?);
+                    }
+                }
+            }
+        }
+        let facts = Facts {
+            source,
+            key: net,
+            kernel_list: self.sources.kernel_answer(source).map_err(crate::dataplane::DataplaneError::from)?,
+            entries: self.sources.lists().covering(source),
+            ban,
+            known,
+            sets: set_names(mask),
+            dry_run: cfg.flags & POLICY_DRY_RUN != 0,
+            ports,
+        };
+        Ok(crate::explain::reply(&facts))
+    }
+
     pub fn top(&self, limit: usize) -> Result<Reply, OpError> {
         let now = monotonic_ns();
         let prefix = self.policy.options.ipv6_prefix;

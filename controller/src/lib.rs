@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod detach;
 pub mod error;
+pub mod explain;
 pub mod firewall;
 pub mod fleet;
 pub mod metrics;

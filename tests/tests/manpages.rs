@@ -5,9 +5,9 @@ use std::process::Command;
 
 use tests::daemon::binary;
 
-const VERBS: [&str; 15] = [
+const VERBS: [&str; 16] = [
     "run", "block", "unblock", "allow", "disallow", "list", "stats", "top", "status", "policy", "reload", "confirm",
-    "fleet", "roles", "detach",
+    "fleet", "roles", "detach", "explain",
 ];
 
 /// `man`'s output as words separated by single spaces, without overstrike (bold and underline as `X\bX`, `_\bX` when not on a tty).

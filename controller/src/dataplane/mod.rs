@@ -110,6 +110,7 @@ pub struct Dataplane {
     known: HashMap<MapData, SourceKey, KnownPeer>,
     known_filter: Array<MapData, u64>,
     budget_drops: PerCpuArray<MapData, u64>,
+    budgets: Array<MapData, Budget>,
     sets_gate: Array<MapData, u32>,
     /// What `SETS_GATE` holds.
     sets_gate_mirror: Vec<u32>,
@@ -293,6 +294,7 @@ impl Dataplane {
             known: take(&mut ebpf, maps::KNOWN)?,
             known_filter: take(&mut ebpf, maps::KNOWN_FILTER)?,
             budget_drops: take(&mut ebpf, maps::BUDGET_DROPS)?,
+            budgets: take(&mut ebpf, maps::BUDGETS)?,
             sets_gate: take(&mut ebpf, maps::SETS_GATE)?,
             sets_gate_mirror: vec![0; 65536],
             events: Some(take(&mut ebpf, maps::EVENTS)?),
@@ -495,6 +497,39 @@ impl Dataplane {
     /// Every ban in the table (walks it: start-up and tests only).
     pub fn bans(&self) -> Result<Vec<(SourceKey, BanEntry)>> {
         walk(&self.bans, maps::BANS)
+    }
+
+    /// The live rule of a (protocol slot, port) in the active generation.
+    pub fn port_rule(&self, slot: u32, port: u16) -> Result<PortRule> {
+        Ok(self.ports.get(&port_index(self.generation, slot, port), 0).map_err(MapOpError::on(maps::PORTS, "read"))?)
+    }
+
+    /// The set bits of the active generation's source-set trie for `addr` (longest match).
+    pub fn set_mask(&self, addr: std::net::IpAddr) -> Result<u64> {
+        let r = match addr {
+            std::net::IpAddr::V4(a) => self.sets_v4.get(&Key::new(64, set_key_v4(self.generation, a.octets())), 0),
+            std::net::IpAddr::V6(a) => self.sets_v6.get(&Key::new(160, set_key_v6(self.generation, a.octets())), 0),
+        };
+        match r {
+            Ok(m) => Ok(m),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(MapOpError::new(maps::SETS_V4, "read", e).into()),
+        }
+    }
+
+    /// One known peer, if present.
+    pub fn known_get(&self, key: &SourceKey) -> Result<Option<KnownPeer>> {
+        lookup(&self.known, maps::KNOWN, key)
+    }
+
+    /// One rate bucket, if present.
+    pub fn rate_get(&self, key: &RateKey) -> Result<Option<RateState>> {
+        lookup(&self.rates, maps::RATES, key)
+    }
+
+    /// The shared budget of unknown sources of a class (its theoretical arrival time).
+    pub fn budget_get(&self, class: u8) -> Result<Budget> {
+        Ok(self.budgets.get(&(class as u32), 0).map_err(MapOpError::on(maps::BUDGETS, "read"))?)
     }
 
     /// Every tracked rate bucket (walks it: `voipwall top` only).

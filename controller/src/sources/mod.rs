@@ -12,6 +12,7 @@ pub mod tables;
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -372,6 +373,11 @@ impl Sources {
     /// Capacity of a source map as created in the kernel.
     pub fn capacity(&self, name: &str) -> Option<u32> {
         self.tables.capacity(name)
+    }
+
+    /// The live source trie's answer for `addr` (longest match): a `SOURCE_*` value or 0.
+    pub fn kernel_answer(&self, addr: IpAddr) -> std::result::Result<u32, MapOpError> {
+        self.tables.answer(addr)
     }
 
     /// Host blocks the IPv4 levels use (/24s holding entries longer than /24).

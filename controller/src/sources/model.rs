@@ -30,6 +30,16 @@ pub enum ListKind {
     Block,
 }
 
+impl ListKind {
+    /// "allow" or "block", as the CLI and JSON name the lists.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Block => "block",
+        }
+    }
+}
+
 /// What a kernel trie entry answers for its CIDR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TrieValue {
@@ -542,19 +552,38 @@ impl Lists {
         self.map(kind).iter().any(|(n, s)| s.local() && n.contains(&addr))
     }
 
-    pub fn rows(&self, kind: ListKind) -> Vec<ListRow> {
-        self.map(kind)
-            .iter()
-            .map(|(net, s)| {
-                let origins: Vec<&str> =
-                    [(s.policy, "policy"), (s.manual.is_some(), "manual"), (s.fleet.is_some(), "fleet")]
-                        .into_iter()
-                        .filter_map(|(on, name)| on.then_some(name))
-                        .collect();
-                ListRow { cidr: *net, origin: origins.join("+"), manual: s.manual.clone(), fleet: s.fleet.clone() }
-            })
-            .collect()
+    /// The entries of both lists that contain `addr`, longest prefix first (one lookup per
+    /// prefix length, whatever the list size).
+    pub fn covering(&self, addr: IpAddr) -> Vec<(ListKind, ListRow)> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let mut out = Vec::new();
+        for len in (0..=max).rev() {
+            let Ok(net) = IpNet::new(addr, len).map(|n| n.trunc()) else { continue };
+            for kind in [ListKind::Allow, ListKind::Block] {
+                if self.map(kind).contains_key(&net) {
+                    out.extend(self.rows_of(kind, [net]).map(|r| (kind, r)));
+                }
+            }
+        }
+        out
     }
+
+    pub fn rows(&self, kind: ListKind) -> Vec<ListRow> {
+        self.map(kind).iter().map(|(net, s)| row(*net, s)).collect()
+    }
+
+    fn rows_of(&self, kind: ListKind, nets: impl IntoIterator<Item = IpNet>) -> impl Iterator<Item = ListRow> {
+        let map = self.map(kind);
+        nets.into_iter().filter_map(move |n| map.get(&n).map(|s| row(n, s)))
+    }
+}
+
+fn row(cidr: IpNet, s: &Origins) -> ListRow {
+    let origins: Vec<&str> = [(s.policy, "policy"), (s.manual.is_some(), "manual"), (s.fleet.is_some(), "fleet")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    ListRow { cidr, origin: origins.join("+"), manual: s.manual.clone(), fleet: s.fleet.clone() }
 }
 
 /// The entries an operation may touch, as they were: enough to undo it without copying the

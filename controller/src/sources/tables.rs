@@ -329,6 +329,19 @@ impl SourceTables {
         }
     }
 
+    /// The trie's answer for one address (the kernel does the longest-prefix match).
+    pub fn answer(&self, addr: IpAddr) -> Result<u32> {
+        let r = match addr {
+            IpAddr::V4(a) => self.v4.get(&Key::new(32, a.octets()), 0).map_err(|e| (maps::SOURCES_V4, e)),
+            IpAddr::V6(a) => self.v6.get(&Key::new(128, a.octets()), 0).map_err(|e| (maps::SOURCES_V6, e)),
+        };
+        match r {
+            Ok(v) => Ok(v),
+            Err((_, MapError::KeyNotFound)) => Ok(0),
+            Err((map, e)) => Err(MapOpError::new(map, "read", e)),
+        }
+    }
+
     /// Every entry of the source tries (walks them: start-up and tests only).
     pub fn entries(&self) -> Result<Vec<(IpNet, TrieValue)>> {
         let mut out = Vec::new();

@@ -144,12 +144,19 @@ pub struct DetachCmd {
     /// Stop the interface's running daemon first (SIGTERM, then wait for it to let go).
     #[arg(long)]
     pub stop: bool,
+    /// Every interface with pins under --pin-dir instead of one --iface (what removing the
+    /// package does).
+    #[arg(long)]
+    pub all: bool,
     /// Root of the pinned maps and links, as given to `run`.
     #[arg(long, default_value = paths::DEFAULT_PIN_ROOT)]
     pub pin_dir: PathBuf,
     /// State folder, as given to `run`.
     #[arg(long, default_value = paths::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Folder of the daemons' control sockets and locks (with --all).
+    #[arg(long, default_value = paths::SOCKET_DIR)]
+    pub run_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -262,10 +269,15 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 1
             }
         },
-        Command::Detach(d) => match cli.iface {
-            Some(iface) => detach_cmd(iface, cli.socket, d),
-            None => {
-                eprintln!("error: voipwall detach needs --iface IFACE");
+        Command::Detach(d) => match (cli.iface, d.all) {
+            (Some(_), true) => {
+                eprintln!("error: voipwall detach takes --iface IFACE or --all, not both");
+                2
+            }
+            (Some(iface), false) => detach_cmd(iface, cli.socket, &d),
+            (None, true) => detach_all(&d),
+            (None, false) => {
+                eprintln!("error: voipwall detach needs --iface IFACE (or --all)");
                 2
             }
         },
@@ -336,13 +348,45 @@ fn manpages(dir: &Path) -> std::io::Result<usize> {
     Ok(written)
 }
 
-fn detach_cmd(iface: String, socket: Option<PathBuf>, d: DetachCmd) -> i32 {
+/// `detach --all`: every interface with a pin folder under --pin-dir; the first failure does
+/// not stop the others, and makes the exit code 1.
+fn detach_all(d: &DetachCmd) -> i32 {
+    let mut ifaces: Vec<String> = match std::fs::read_dir(&d.pin_dir) {
+        Ok(dir) => dir
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| paths::decode_iface(&e.file_name().to_string_lossy()))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            eprintln!("error: listing {}: {e}", d.pin_dir.display());
+            return 1;
+        }
+    };
+    ifaces.sort();
+    if ifaces.is_empty() {
+        println!("nothing of voipwall under {}", d.pin_dir.display());
+        return 0;
+    }
+    if let Err(e) = std::fs::create_dir_all(&d.run_dir) {
+        eprintln!("error: creating {}: {e}", d.run_dir.display());
+        return 1;
+    }
+    let mut code = 0;
+    for iface in ifaces {
+        let socket = d.run_dir.join(format!("{}.sock", paths::encode_iface(&iface)));
+        code = code.max(detach_cmd(iface, Some(socket), d));
+    }
+    code
+}
+
+fn detach_cmd(iface: String, socket: Option<PathBuf>, d: &DetachCmd) -> i32 {
     let socket = socket.unwrap_or_else(|| paths::socket_path(&iface));
     let args = detach::DetachArgs {
         iface,
         socket,
-        pin_root: d.pin_dir,
-        state_root: d.state_dir,
+        pin_root: d.pin_dir.clone(),
+        state_root: d.state_dir.clone(),
         purge: d.purge,
         stop: d.stop,
     };

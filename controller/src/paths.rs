@@ -29,6 +29,30 @@ pub fn encode_iface(iface: &str) -> String {
     out
 }
 
+/// The interface name of a pin folder name ([`encode_iface`] reversed); `None` for a name
+/// `encode_iface` cannot have written.
+pub fn decode_iface(name: &str) -> Option<String> {
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'_' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c if c.is_ascii_alphanumeric() || c == b'-' => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    let iface = String::from_utf8(out).ok()?;
+    (encode_iface(&iface) == name).then_some(iface)
+}
+
 /// The pin folder of one interface.
 pub fn pin_dir(root: &Path, iface: &str) -> PathBuf {
     root.join(encode_iface(iface))
@@ -46,6 +70,16 @@ pub fn state_dir(root: &Path, iface: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pin_folder_names_decode_to_their_interface() {
+        for iface in ["eth0", "eth0.100", "bond0_x", "veth-a1"] {
+            assert_eq!(super::decode_iface(&super::encode_iface(iface)).as_deref(), Some(iface));
+        }
+        for bad in ["eth0.100", "_zz", "a_2", "eth0_2E100"] {
+            assert_eq!(super::decode_iface(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

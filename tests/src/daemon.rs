@@ -32,20 +32,32 @@ pub struct Env {
     pub root: PathBuf,
     pub pins: PathBuf,
     pub state: PathBuf,
+    /// Where the bpffs is mounted (`pins` or a folder above it).
+    mount: PathBuf,
 }
 
 impl Env {
     pub fn new() -> Self {
+        Self::with_layout("bpffs", "bpffs", "state")
+    }
+
+    /// The packaged layout below the temp root, for a scratch-root install: a bpffs on
+    /// `sys/fs/bpf`, pins in `sys/fs/bpf/voipwall`, state in `var/lib/voipwall`.
+    pub fn debian_layout() -> Self {
+        Self::with_layout("sys/fs/bpf", "sys/fs/bpf/voipwall", "var/lib/voipwall")
+    }
+
+    fn with_layout(mount: &str, pins: &str, state: &str) -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
         let root =
             std::env::temp_dir().join(format!("vwtest-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        let pins = root.join("bpffs");
-        let state = root.join("state");
-        std::fs::create_dir_all(&pins).unwrap();
+        let (mount, pins, state) = (root.join(mount), root.join(pins), root.join(state));
+        std::fs::create_dir_all(&mount).unwrap();
         std::fs::create_dir_all(&state).unwrap();
-        let st = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&pins).status().unwrap();
-        assert!(st.success(), "mounting a test bpffs at {}", pins.display());
-        Self { root, pins, state }
+        let st = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&mount).status().unwrap();
+        assert!(st.success(), "mounting a test bpffs at {}", mount.display());
+        std::fs::create_dir_all(&pins).unwrap();
+        Self { root, pins, state, mount }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -67,7 +79,7 @@ impl Default for Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.pins).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

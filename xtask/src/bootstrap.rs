@@ -39,6 +39,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     // `man -l` renders the generated manual pages in the tests.
     ("man", "man-db"),
+    // The package test: Debian's package checker, and the shells the completions are for.
+    ("lintian", "lintian"),
+    ("zsh", "zsh"),
+    ("fish", "fish"),
     // The SIP server and the SIP user agents of the network tests.
     ("kamailio", "kamailio"),
     ("sipp", "sip-tester"),

@@ -3,6 +3,7 @@
 //! libLLVM, bpffs, the Debian tools the tests drive), idempotently, announcing each step.
 
 mod bootstrap;
+mod package;
 
 use std::{
     path::{Path, PathBuf},
@@ -40,6 +41,8 @@ enum Cmd {
         /// Only tests whose binary or name contains this.
         filter: Option<String>,
     },
+    /// Build the Debian package (target/debian/voipwall_VERSION_ARCH.deb).
+    Package,
     /// Run the benchmarks and regenerate BENCHMARKS.md, results JSON and charts.
     Bench {
         /// A short run (under two minutes).
@@ -90,6 +93,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Test { filter } => test(filter.as_deref()),
+        Cmd::Package => {
+            bootstrap::all(bootstrap::Need::Build)?;
+            let deb = build_package(&root)?;
+            step(&format!("built {}", deb.display()));
+            Ok(())
+        }
         Cmd::Bench { quick, args } => {
             bootstrap::all(bootstrap::Need::Bench)?;
             // The controller benchmarks time the release daemon.
@@ -105,6 +114,12 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&a)
         }
     }
+}
+
+/// The release binary, then the package around it.
+fn build_package(root: &Path) -> Result<PathBuf> {
+    cargo(&["build", "--release", "-p", "controller", "--bin", "voipwall"])?;
+    package::build(root)
 }
 
 /// Announce a step.
@@ -202,6 +217,12 @@ fn test(filter: Option<&str>) -> Result<()> {
     // 1. Host unit tests of every crate (no root needed) and the test-helper crate's own tests.
     if filter.is_none() {
         cargo(&["test", "--workspace", "--exclude", "xdp-ebpf", "--lib", "--bins", "--no-fail-fast"])?;
+    }
+    // The package test (in step 2) checks the .deb built here.
+    if filter.is_none_or(|f| "package".contains(f)) {
+        let deb = build_package(&root)?;
+        // SAFETY (edition 2024 requires the block): no other thread runs yet.
+        unsafe { std::env::set_var("VOIPWALL_DEB", deb) };
     }
     // 2. BPF_PROG_TEST_RUN suites and other root tests that isolate themselves.
     let mut args: Vec<String> = vec!["test".into(), "-p".into(), "tests".into(), "--no-fail-fast".into()];

@@ -72,6 +72,10 @@ pub mod maps {
     pub const FRAGS: &str = "FRAGS";
     /// `RingBuf` of [`crate::BanEvent`].
     pub const EVENTS: &str = "EVENTS";
+    /// `RingBuf` of [`crate::CaptureRecord`]: samples of dropped packets (`[capture]`).
+    pub const CAPTURE: &str = "CAPTURE";
+    /// `Array<Budget>`, indexed by reason: the per-second sample budget of each drop reason.
+    pub const CAPTURE_BUDGETS: &str = "CAPTURE_BUDGETS";
     /// `PerCpuArray<Counter>`, indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
     /// `PerCpuArray<Counter>`, indexed by [`crate::rule_counter_index`].
@@ -105,7 +109,7 @@ pub mod maps {
     pub const ZERO: &str = "ZERO";
 
     /// Every map name.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 32] = [
         ACTIVE,
         POLICY,
         PORTS,
@@ -123,6 +127,8 @@ pub mod maps {
         FLOWS,
         FRAGS,
         EVENTS,
+        CAPTURE,
+        CAPTURE_BUDGETS,
         COUNTERS,
         RULE_COUNTERS,
         STATS,
@@ -169,8 +175,12 @@ pub mod stat {
     pub const KNOWN_CREATED: u32 = 13;
     /// New `SIP_CALLS` entries.
     pub const SIP_CALLS_CREATED: u32 = 14;
+    /// Drop samples (`[capture]`) that found the capture ring buffer full.
+    pub const CAPTURE_LOST: u32 = 15;
+    /// Drop samples written to the capture ring buffer.
+    pub const CAPTURED: u32 = 16;
     /// Slots of the array.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
 }
 
 /// Slots of `ACTIVE`.
@@ -306,6 +316,8 @@ pub mod capacity {
     pub const SIP_CALLS: u32 = 16_384;
     /// Ring buffer bytes for ban events (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 256 * 1024;
+    /// Ring buffer bytes for drop samples: about 650 full-size samples.
+    pub const CAPTURE_BYTES: u32 = 1024 * 1024;
 }
 
 /// Verdicts, the first dimension of the counter array.
@@ -508,6 +520,30 @@ pub struct PolicyConfig {
     pub sip_unanswered_ban_ns: u64,
     /// A known peer stays known this long after its last packet (`options.known_ttl`).
     pub known_ttl_ns: u64,
+    /// Drop reasons sampled into `CAPTURE`, one bit per reason (0: capture off).
+    pub capture_mask: u32,
+    pub _capture_pad: u32,
+    /// Samples per second of each reason (a shared budget per reason, `CAPTURE_BUDGETS`).
+    pub capture: RateLevel,
+}
+
+/// Bytes of a dropped frame a sample keeps (a full Ethernet frame at a 1500-byte MTU, with
+/// room for two VLAN tags).
+pub const CAPTURE_SNAP: usize = 1528;
+
+/// One record of `CAPTURE`: a sample of a dropped frame and why it dropped.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CaptureRecord {
+    /// When it dropped (coarse monotonic clock, ns).
+    pub ts_ns: u64,
+    pub reason: u32,
+    /// The frame's length on the wire.
+    pub len: u32,
+    /// Bytes of it in `data`.
+    pub cap_len: u32,
+    pub _pad: u32,
+    pub data: [u8; CAPTURE_SNAP],
 }
 
 /// `PolicyConfig::sip_flags`: the User-Agent block list is not empty.
@@ -1092,7 +1128,8 @@ mod tests {
     #[test]
     fn no_implicit_padding() {
         // Sum of field sizes == struct size means the compiler inserted no padding.
-        assert_eq!(size_of::<PolicyConfig>(), 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 5 * 8);
+        assert_eq!(size_of::<PolicyConfig>(), 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 5 * 8 + 4 + 4 + 24);
+        assert_eq!(size_of::<CaptureRecord>(), 24 + CAPTURE_SNAP);
         assert_eq!(size_of::<UaMatcher>(), 256 + 2 * (sip::UA_STATES * sip::UA_CLASSES) as usize);
         assert_eq!(size_of::<SipScratch>(), 64 + sip::SCRATCH_BYTES as usize);
         assert_eq!(size_of::<SipPeer>(), 8 + 8 + 4 * 4);

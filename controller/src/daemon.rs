@@ -86,6 +86,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let mut fw = Firewall::start(&opts)?;
     let events = fw.dataplane_mut().take_events();
+    let capture = fw.dataplane_mut().take_capture();
     let program_id = fw.attachment().map(|a| a.program_id);
     let fw = Arc::new(Mutex::new(fw));
 
@@ -94,7 +95,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(|e| RunError::runtime(format!("tokio runtime: {e}")))?;
-    let result = rt.block_on(serve(args.clone(), socket.clone(), fw.clone(), events, program_id));
+    let result = rt.block_on(serve(args.clone(), socket.clone(), fw.clone(), events, capture, program_id));
     let keep = args.keep_attached;
     {
         let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
@@ -110,6 +111,7 @@ async fn serve(
     socket: PathBuf,
     fw: Arc<Mutex<Firewall>>,
     events: Option<RingBuf<MapData>>,
+    capture: Option<RingBuf<MapData>>,
     program_id: Option<u32>,
 ) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -120,6 +122,9 @@ async fn serve(
     tasks.push(tokio::spawn(control::serve(listener, fw.clone(), stop_rx.clone())));
     if let Some(rb) = events {
         tasks.push(tokio::spawn(ban_events(rb, fw.clone(), stop_rx.clone())));
+    }
+    if let Some(rb) = capture {
+        tasks.push(tokio::spawn(drop_samples(rb, args.iface.clone(), fw.clone(), stop_rx.clone())));
     }
     if let Some(id) = program_id {
         tasks.push(tokio::spawn(ebpf_logs(id, stop_rx.clone())));
@@ -208,6 +213,34 @@ async fn ban_events(rb: RingBuf<MapData>, fw: Arc<Mutex<Firewall>>, stop: watch:
             let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
             for ev in &batch {
                 fw.on_ban_event(ev);
+            }
+        }
+    })
+    .await;
+}
+
+/// Drain the drop-sample ring buffer into the `[capture]` writers of the policy in force (a
+/// reload that changes `[capture]` gets new writers with the next sample).
+async fn drop_samples(rb: RingBuf<MapData>, iface: String, fw: Arc<Mutex<Firewall>>, stop: watch::Receiver<bool>) {
+    let mut sink: Option<crate::capture::Sink> = None;
+    on_readable(rb, "drop samples", stop, |rb| {
+        let config = fw.lock().unwrap_or_else(|p| p.into_inner()).capture_config();
+        match config {
+            None => sink = None,
+            Some(c) if sink.as_ref().is_none_or(|s| s.config != c) => sink = Some(crate::capture::Sink::new(&iface, c)),
+            Some(_) => {}
+        }
+        let offset_us = crate::state::unix_now_us().saturating_sub(crate::dataplane::monotonic_ns() / 1000);
+        while let Some(item) = rb.next() {
+            if item.len() != std::mem::size_of::<common::CaptureRecord>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote exactly one CaptureRecord into this record.
+            let rec = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const common::CaptureRecord) };
+            if let (Some(sink), Some(sample)) =
+                (sink.as_mut(), crate::capture::Sample::of(&rec, rec.ts_ns / 1000 + offset_us))
+            {
+                sink.write(&sample);
             }
         }
     })

@@ -675,6 +675,11 @@ impl Firewall {
     }
 
     /// A ban event from the kernel.
+    /// `[capture]` of the policy in force.
+    pub fn capture_config(&self) -> Option<crate::policy::capture::Capture> {
+        self.policy.capture.clone()
+    }
+
     pub fn on_ban_event(&mut self, ev: &BanEvent) {
         let now_mono = monotonic_ns();
         let now = unix_now();

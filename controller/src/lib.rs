@@ -4,6 +4,7 @@
 //! ban events, sweeper) -> CLI. `main.rs` is a thin dispatcher over this.
 
 pub mod bans;
+pub mod capture;
 pub mod cli;
 pub mod control;
 pub mod daemon;

@@ -42,6 +42,7 @@ pub const FAMILIES: &[&str] = &[
     "voipwall_xdp_attached",
     "voipwall_build_info",
     "voipwall_events_lost_total",
+    "voipwall_capture_samples_total",
     "voipwall_sip_auth_events_total",
     "voipwall_sip_incomplete_total",
     "voipwall_known_peers",
@@ -225,6 +226,15 @@ pub fn gather(fw: &Firewall) -> Vec<MetricFamily> {
     );
     push(&mut lost, &[], stat_of(stat::EVENTS_LOST));
     out.push(lost);
+
+    let mut samples = family(
+        "voipwall_capture_samples_total",
+        "Drop samples ([capture]) the program queued for the pcapng and HEP writers, and those lost to a full ring buffer.",
+        MetricType::COUNTER,
+    );
+    push(&mut samples, &[("result", "written")], stat_of(stat::CAPTURED));
+    push(&mut samples, &[("result", "lost")], stat_of(stat::CAPTURE_LOST));
+    out.push(samples);
 
     let mut auth = family(
         "voipwall_sip_auth_events_total",

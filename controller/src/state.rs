@@ -188,6 +188,11 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Unix time in microseconds.
+pub fn unix_now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
 /// RFC 3339 UTC timestamp of Unix seconds, for humans.
 pub fn rfc3339(secs: u64) -> String {
     // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one function.

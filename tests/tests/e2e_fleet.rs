@@ -108,6 +108,17 @@ fn fleet_1_bans_and_decisions_reach_every_host() {
         listed.contains("fleet: cscli") && listed.contains("until"),
         "list blocked shows origin and expiry:\n{listed}"
     );
+    // `explain` names the fleet decision behind the drop.
+    let why = f.daemons[2].json(&["explain", "203.0.113.200", "udp", "5060"]);
+    assert_eq!(why["ports"][0]["reason"], "fleet_block", "{why}");
+    assert_eq!(why["list"], "fleet", "{why}");
+    let step = why["ports"][0]["steps"].as_array().unwrap().iter().find(|s| s["step"] == "block_list").cloned();
+    assert!(
+        step.as_ref()
+            .and_then(|s| s["detail"].as_str())
+            .is_some_and(|d| d.contains("203.0.113.128/25") && d.contains("fleet decision cscli")),
+        "{why}"
+    );
     f.lapi.cscli(&["decisions", "delete", "-i", "203.0.113.5"]);
     let took = f.wait_all(Duration::from_secs(10), "cscli decisions delete", |e| !e.contains("203.0.113.5/32"));
     eprintln!("figure: cscli decisions delete lifted on every host after {took:.2?}");

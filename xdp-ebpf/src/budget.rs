@@ -18,17 +18,30 @@ use crate::maps::{BUDGET_DROPS, BUDGETS};
 /// it must be refused (and then counted).
 #[inline(always)]
 pub fn refuse(class: u8, level: &RateLevel, now: u64) -> bool {
-    if level.emission_ns == 0 {
-        return false;
-    }
     let Some(b) = BUDGETS.get_ptr_mut(class as u32) else {
         return false;
     };
     // SAFETY: array value pointer; the u64 is 8-byte aligned and only ever accessed as a whole.
-    let tat = unsafe { &mut (*b).tat_ns };
+    let refused = unsafe { take(&mut (*b).tat_ns, level, now) };
+    if refused {
+        count(class);
+    }
+    refused
+}
+
+/// Charge one packet to the shared bucket whose theoretical arrival time is `*tat`: true when it
+/// does not conform. A disabled level (`emission_ns == 0`) always conforms.
+///
+/// # Safety
+/// `tat` points to an 8-byte aligned u64 in map memory, only ever accessed as a whole.
+#[inline(always)]
+pub unsafe fn take(tat: *mut u64, level: &RateLevel, now: u64) -> bool {
+    if level.emission_ns == 0 {
+        return false;
+    }
+    // SAFETY: the caller's contract.
     let seen = unsafe { core::ptr::read_volatile(tat) };
     if seen > now && seen - now > level.tolerance_ns {
-        count(class);
         return true;
     }
     if seen < now {
@@ -38,15 +51,9 @@ pub fn refuse(class: u8, level: &RateLevel, now: u64) -> bool {
     // SAFETY: as above.
     unsafe { atomic_add(tat, level.emission_ns) };
     let after = unsafe { core::ptr::read_volatile(tat) };
-    if after > now && after - now > level.tolerance_ns + level.emission_ns {
-        count(class);
-        return true;
-    }
-    false
+    after > now && after - now > level.tolerance_ns + level.emission_ns
 }
 
-/// Class `class`'s budget `level` is spent at `now`: [`refuse`] would refuse a packet, which is
-/// counted as refused here. Only reads the budget.
 #[inline(always)]
 pub fn spent(class: u8, level: &RateLevel, now: u64) -> bool {
     if level.emission_ns == 0 {

@@ -17,6 +17,7 @@
 
 mod ban;
 mod budget;
+mod capture;
 mod clock;
 mod egress;
 mod flows;
@@ -39,8 +40,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use common::{
-    POLICY_DRY_RUN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SOURCE_FLEET, SourceKey,
-    active, addr::mask_prefix, reason,
+    PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SOURCE_FLEET, SourceKey, active,
+    addr::mask_prefix, reason,
 };
 
 use crate::{
@@ -66,7 +67,7 @@ fn try_voipwall_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let generation = ACTIVE.get(active::GENERATION).copied().ok_or(())? & 1;
     let cfg = POLICY.get(generation).ok_or(())?;
     let decision = decide(ctx, generation, cfg);
-    Ok(verdict::finish(ctx, decision, cfg.flags & POLICY_DRY_RUN != 0))
+    Ok(verdict::finish(ctx, decision, cfg))
 }
 
 /// The decision chain, first match decides.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use common::{
     BanEntry, Budget, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey, FragState,
-    GENERATIONS, HostBlock, KnownPeer, MAX_CLASSES, MID_WORDS, PORTS_ENTRIES, PolicyConfig, PortRule,
+    GENERATIONS, HostBlock, KnownPeer, MAX_CLASSES, MAX_REASONS, MID_WORDS, PORTS_ENTRIES, PolicyConfig, PortRule,
     RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState, SipCalls, SipPeer, SipScratch, SourceKey, UaMatcher, active,
     capacity, known, stat,
 };
@@ -73,6 +73,12 @@ pub static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+#[map]
+pub static CAPTURE: RingBuf = RingBuf::with_byte_size(capacity::CAPTURE_BYTES, 0);
+
+#[map]
+pub static CAPTURE_BUDGETS: Array<Budget> = Array::with_max_entries(MAX_REASONS, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_ENTRIES, 0);

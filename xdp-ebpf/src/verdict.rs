@@ -2,9 +2,12 @@
 //! verdict and reason (and by policy rule when a rule decided), like xdp-tools' `xdpfilt_prog.h`.
 
 use aya_ebpf::{bindings::xdp_action, maps::PerCpuArray, programs::XdpContext};
-use common::{Counter, counter_index, reason, rule_counter_index, verdict};
+use common::{Counter, POLICY_DRY_RUN, PolicyConfig, counter_index, reason, rule_counter_index, verdict};
 
-use crate::maps::{COUNTERS, RULE_COUNTERS};
+use crate::{
+    capture,
+    maps::{COUNTERS, RULE_COUNTERS},
+};
 
 /// Why a packet gets its verdict: a reason code (which implies pass or drop) and the policy rule
 /// that decided, if any (0 = none).
@@ -26,15 +29,17 @@ impl Decision {
     }
 }
 
-/// Count the decision and return the XDP action. In dry run a drop passes and is counted as
-/// `would_drop`.
+/// Count the decision (and sample a drop for `[capture]`) and return the XDP action. In dry run
+/// a drop passes and is counted as `would_drop`.
 #[inline(always)]
-pub fn finish(ctx: &XdpContext, decision: Decision, dry_run: bool) -> u32 {
+pub fn finish(ctx: &XdpContext, decision: Decision, cfg: &PolicyConfig) -> u32 {
     let (verdict, action) = if !reason::is_drop(decision.reason) {
         (verdict::PASS, xdp_action::XDP_PASS)
-    } else if dry_run {
+    } else if cfg.flags & POLICY_DRY_RUN != 0 {
+        capture::dropped(ctx, decision.reason, cfg);
         (verdict::WOULD_DROP, xdp_action::XDP_PASS)
     } else {
+        capture::dropped(ctx, decision.reason, cfg);
         (verdict::DROP, xdp_action::XDP_DROP)
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;

@@ -41,6 +41,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("man", "man-db"),
     // The package test: Debian's package checker, and the shells the completions are for.
     ("lintian", "lintian"),
+    // The capture test decodes the drop samples with Wireshark's command line.
+    ("tshark", "tshark"),
     ("zsh", "zsh"),
     ("fish", "fish"),
     // The SIP server and the SIP user agents of the network tests.

@@ -115,6 +115,7 @@ pub struct Dataplane {
     /// What `SETS_GATE` holds.
     sets_gate_mirror: Vec<u32>,
     events: Option<RingBuf<MapData>>,
+    capture: Option<RingBuf<MapData>>,
     /// What each generation of `PORTS` holds, so a reload writes only what changed.
     shadow_ports: [Vec<PortRule>; GENERATIONS as usize],
     /// Set-trie keys written per generation, to delete them before the generation is reused.
@@ -151,6 +152,8 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
         (maps::FLOWS, u(s::<FlowKey>(), 8)),
         (maps::FRAGS, u(s::<FragKey>(), s::<FragState>())),
         (maps::EVENTS, u(0, 0)),
+        (maps::CAPTURE, u(0, 0)),
+        (maps::CAPTURE_BUDGETS, u(4, s::<Budget>())),
         (maps::COUNTERS, u(4, s::<Counter>())),
         (maps::RULE_COUNTERS, u(4, s::<Counter>())),
         (maps::STATS, u(4, 8)),
@@ -176,6 +179,7 @@ fn fixed_entries() -> StdHashMap<&'static str, u32> {
         (maps::SIP_SCRATCH, 2),
         (maps::KNOWN_FILTER, known::FILTER_WORDS),
         (maps::BUDGETS, MAX_CLASSES),
+        (maps::CAPTURE_BUDGETS, common::MAX_REASONS),
         (maps::BUDGET_DROPS, MAX_CLASSES),
         (maps::SETS_GATE, 65536),
         (maps::SOURCES_GATE, 65536),
@@ -298,6 +302,7 @@ impl Dataplane {
             sets_gate: take(&mut ebpf, maps::SETS_GATE)?,
             sets_gate_mirror: vec![0; 65536],
             events: Some(take(&mut ebpf, maps::EVENTS)?),
+            capture: Some(take(&mut ebpf, maps::CAPTURE)?),
             ebpf,
             shadow_ports: [vec![PortRule::default(); PORT_SLOTS], vec![PortRule::default(); PORT_SLOTS]],
             shadow_sets: Default::default(),
@@ -588,6 +593,11 @@ impl Dataplane {
         self.events.take()
     }
 
+    /// The drop-sample ring buffer (`[capture]`), for the daemon's capture task.
+    pub fn take_capture(&mut self) -> Option<RingBuf<MapData>> {
+        self.capture.take()
+    }
+
     /// Capacity of a map as created in the kernel (the source lists' maps: see
     /// [`crate::sources::Sources::capacity`]).
     pub fn capacity_of(&self, name: &str) -> Option<u32> {
@@ -629,7 +639,7 @@ fn program_error(name: &'static str, e: aya::programs::ProgramError) -> Dataplan
 fn check_pinned_layout(dir: &Path) -> Result<()> {
     for (name, (key, value)) in expected_layout() {
         let path = dir.join(name);
-        if !path.exists() || name == maps::EVENTS {
+        if !path.exists() || name == maps::EVENTS || name == maps::CAPTURE {
             continue;
         }
         let Ok(data) = MapData::from_pin(&path) else { continue };

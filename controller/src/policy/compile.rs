@@ -360,6 +360,12 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         sip_failed_auth_ban_ns: policy.sip.failed_auth.ban.as_nanos() as u64,
         sip_unanswered_ban_ns: policy.sip.unanswered_challenges.ban.as_nanos() as u64,
         known_ttl_ns: o.known_ttl.as_nanos() as u64,
+        capture_mask: policy.capture.as_ref().map_or(0, |c| c.mask()),
+        _capture_pad: 0,
+        capture: policy
+            .capture
+            .as_ref()
+            .map_or_else(Default::default, |c| common::rate::level(c.pps as u64, c.pps as u64, 0)),
     };
 
     let mut rule_names = vec![String::new()];

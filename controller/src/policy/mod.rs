@@ -5,6 +5,7 @@
 //! more keys may be added, none renamed. Defaults are documented where they are defined, on [`Options`] and
 //! [`Capacity`].
 
+pub mod capture;
 pub mod compile;
 pub mod fleet;
 pub mod roles;
@@ -235,6 +236,8 @@ pub struct Policy {
     pub sip_encrypted_ports: Vec<(u16, u16)>,
     /// `[fleet.crowdsec]`.
     pub fleet: Option<fleet::Crowdsec>,
+    /// `[capture]`.
+    pub capture: Option<capture::Capture>,
     /// The file's text, for `policy show`.
     #[serde(skip)]
     pub text: String,
@@ -371,6 +374,20 @@ struct RawPolicy {
     sip: Option<Spanned<RawSip>>,
     #[serde(default)]
     fleet: Option<Spanned<RawFleet>>,
+    #[serde(default)]
+    capture: Option<Spanned<RawCapture>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    pps: Option<Spanned<i64>>,
+    reasons: Option<Vec<Spanned<String>>>,
+    pcap: Option<Spanned<String>>,
+    rotate_mb: Option<Spanned<i64>>,
+    keep: Option<Spanned<i64>>,
+    hep: Option<Spanned<String>>,
+    hep_id: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -640,6 +657,10 @@ impl Validator<'_> {
                 }
             }
         });
+        let capture = raw.capture.and_then(|c| {
+            let span = c.span();
+            self.capture(c.into_inner(), span)
+        });
         let mut sip_ports = Vec::new();
         let mut sip_encrypted_ports = Vec::new();
         for (role_name, _) in &roles {
@@ -678,8 +699,86 @@ impl Validator<'_> {
             sip_ports,
             sip_encrypted_ports,
             fleet,
+            capture,
             text: self.text.to_string(),
         }
+    }
+
+    fn capture(&mut self, raw: RawCapture, span: Range<usize>) -> Option<capture::Capture> {
+        let before = self.diags.len();
+        let mut int = |v: Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64| match v {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.error(
+                    v.span(),
+                    format!("capture.{key} = {} is out of range", v.get_ref()),
+                    format!("write a whole number from {} to {}", range.start(), range.end()),
+                );
+                default
+            }
+        };
+        let pps = int(raw.pps, "pps", 1..=10_000, 10) as u32;
+        let rotate_mb = int(raw.rotate_mb, "rotate_mb", 1..=4096, 16) as u64;
+        let keep = int(raw.keep, "keep", 1..=1000, 8) as u32;
+        let hep_id = int(raw.hep_id, "hep_id", 0..=u32::MAX as i64, 2001) as u32;
+        let drops: Vec<u32> = (0..common::reason::COUNT).filter(|&r| common::reason::is_drop(r)).collect();
+        let reasons = match raw.reasons {
+            None => drops.clone(),
+            Some(names) => {
+                let mut out = Vec::new();
+                for n in names {
+                    match drops.iter().find(|&&r| common::reason::NAMES[r as usize] == n.get_ref()) {
+                        Some(&r) => out.push(r),
+                        None => self.error(
+                            n.span(),
+                            format!("capture.reasons: {:?} is not a drop reason", n.get_ref()),
+                            format!(
+                                "use one of {}",
+                                drops.iter().map(|&r| common::reason::NAMES[r as usize]).collect::<Vec<_>>().join(", ")
+                            ),
+                        ),
+                    }
+                }
+                out
+            }
+        };
+        let pcap = raw.pcap.and_then(|p| {
+            let path = PathBuf::from(p.get_ref());
+            if path.is_absolute() {
+                Some(path)
+            } else {
+                self.error(
+                    p.span(),
+                    format!("capture.pcap = {:?} is not an absolute path", p.get_ref()),
+                    "name the folder the pcapng files go to, e.g. pcap = \"/var/lib/voipwall/captures\"",
+                );
+                None
+            }
+        });
+        let hep = raw.hep.and_then(|h| match h.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    h.span(),
+                    format!("capture.hep = {:?} is not ADDRESS:PORT", h.get_ref()),
+                    "write the collector's UDP address, e.g. hep = \"192.0.2.20:9060\"",
+                );
+                None
+            }
+        });
+        if pcap.is_none() && hep.is_none() && self.diags.len() == before {
+            self.error(span, "[capture] writes nowhere", "add pcap = \"/folder\" and/or hep = \"ADDRESS:PORT\"");
+        }
+        (self.diags.len() == before).then_some(capture::Capture {
+            pps,
+            reasons,
+            pcap,
+            rotate_bytes: rotate_mb << 20,
+            keep,
+            hep,
+            hep_id,
+        })
     }
 
     fn crowdsec(&mut self, raw: RawCrowdsec, span: Range<usize>) -> Option<fleet::Crowdsec> {

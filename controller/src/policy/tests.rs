@@ -480,3 +480,33 @@ fn the_fleet_section_validates_like_every_other_key() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn capture_compiles_to_a_reason_mask_and_a_per_second_budget() {
+    let (p, c) = ok(
+        "[capture]\npps = 20\nreasons = [\"block_list\", \"sip_user_agent\"]\npcap = \"/var/lib/voipwall/captures\"\n",
+    );
+    let cap = p.capture.expect("[capture]");
+    assert_eq!(cap.rotate_bytes, 16 << 20);
+    assert_eq!(c.config.capture_mask, 1 << common::reason::BLOCK_LIST | 1 << common::reason::SIP_USER_AGENT);
+    assert_eq!(c.config.capture.emission_ns, 50_000_000);
+    let (_, c) = ok("[capture]\nhep = \"192.0.2.20:9060\"\n");
+    let all = (0..common::reason::COUNT).filter(|&r| common::reason::is_drop(r)).fold(0, |m, r| m | 1 << r);
+    assert_eq!(c.config.capture_mask, all, "every drop reason by default");
+    assert_eq!(ok("").1.config.capture_mask, 0, "no [capture], no sampling");
+}
+
+#[test]
+fn capture_errors_name_the_key_and_the_fix() {
+    for (text, message) in [
+        ("[capture]\nreasons = [\"port_open\"]\npcap = \"/x\"\n", "\"port_open\" is not a drop reason"),
+        ("[capture]\npcap = \"captures\"\n", "is not an absolute path"),
+        ("[capture]\nhep = \"collector\"\n", "is not ADDRESS:PORT"),
+        ("[capture]\npps = 0\npcap = \"/x\"\n", "capture.pps = 0 is out of range"),
+        ("[capture]\npps = 5\n", "[capture] writes nowhere"),
+        ("[capture]\nsnap = 5\n", "unknown field"),
+    ] {
+        let d = err(text);
+        assert!(d.iter().any(|d| d.message.contains(message)), "{message:?} in {d:?}");
+    }
+}

@@ -339,7 +339,7 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool, Vec
         });
     }
     let frame = |name: &str| &cases.iter().find(|c| c.name == name).expect("a measured path").frame;
-    let paired = PAIRS
+    let mut paired: Vec<PairedRow> = PAIRS
         .iter()
         .map(|(what, a, b)| {
             let (fa, fb) = (frame(a), frame(b));
@@ -351,7 +351,48 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool, Vec
             PairedRow { what: (*what).to_string(), a: (*a).to_string(), b: (*b).to_string(), a_ns, b_ns, ratio }
         })
         .collect();
+    paired.extend(capture_pairs(settings, frame("closed port")));
     (rows, early_untouched, paired)
+}
+
+/// The closed-port drop with `[capture]` (drop samples) on, against the same drop without it,
+/// side by side: sampling other reasons (the drop path tests one bit), and sampling this reason
+/// with its per-second budget spent (a flood: the budget read on every drop).
+fn capture_pairs(settings: &Settings, closed: &[u8]) -> Vec<PairedRow> {
+    let off = Harness::new_with_capacity(POLICY, settings.capacity());
+    let with = |reasons: &str| {
+        let text = format!("{POLICY}\n[capture]\npps = 1\nreasons = [{reasons}]\npcap = \"/nonexistent\"\n");
+        Harness::new_with_capacity(&text, settings.capacity())
+    };
+    let other = with("\"sip_user_agent\"");
+    let sampled = with("\"port_closed\"");
+    // Spend this reason's budget (one sample per second): the measured drops are then refused
+    // samples, as during a flood.
+    for _ in 0..3 {
+        sampled.run(closed);
+    }
+    [
+        (
+            "closed-port drop: [capture] of other reasons / capture off",
+            "closed port, [capture] of other reasons",
+            &other,
+        ),
+        (
+            "closed-port drop: sampled reason over its cap / capture off",
+            "closed port, sampled, over the per-second cap",
+            &sampled,
+        ),
+    ]
+    .into_iter()
+    .map(|(what, a, h)| {
+        let (a_ns, b_ns, ratio) = side_by_side(
+            settings.rounds.max(5) * 2,
+            || ns(h, closed, settings.repeat),
+            || ns(&off, closed, settings.repeat),
+        );
+        PairedRow { what: what.to_string(), a: a.to_string(), b: "closed port".to_string(), a_ns, b_ns, ratio }
+    })
+    .collect()
 }
 
 fn ns(h: &Harness, frame: &[u8], repeat: u32) -> f64 {

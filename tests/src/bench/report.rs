@@ -146,6 +146,13 @@ pub fn targets(r: &Results) -> Vec<Target> {
         "The scan reads the request line and every header line up to the User-Agent, 8 bytes per step for blank runs; the plain path reads no payload.",
     ));
 
+    t.push(paired_target(
+        "A drop with [capture] on for other reasons <= 1.1x the same drop with capture off",
+        pair("closed-port drop: [capture] of other reasons / capture off"),
+        1.1,
+        "Drop samples cost the drop path one bit test of the policy's capture mask unless the reason is sampled; a sampled reason over its per-second cap also reads its budget (section 1, side by side).",
+    ));
+
     let k10 = r.block_list.iter().find(|p| p.size == 10_000);
     let last = r.block_list.last();
     let target = "random IPv4 sources, 1M-entry block list / 10k-entry list <= 1.5x".to_string();

@@ -788,8 +788,11 @@ pub mod sip {
     pub const WINDOW_MAX: u32 = 4096;
     /// Default window: a whole UDP payload at a 1500-byte MTU.
     pub const WINDOW_DEFAULT: u32 = 1472;
-    /// `SipScratch` size: the window plus slack for 8-byte loads.
-    pub const SCRATCH_BYTES: u32 = WINDOW_MAX + 64;
+    /// Words the request walk searches per loop step (from one base, at constant offsets).
+    pub const SCAN_WORDS: u32 = 32;
+    /// `SipScratch` size: the window plus slack for 8-byte loads, including the request walk's
+    /// search from the window's last word.
+    pub const SCRATCH_BYTES: u32 = WINDOW_MAX + 8 * (SCAN_WORDS + 8);
     /// Lines the scan may walk: more than fit in the window (every line is at least two bytes
     /// long, or it is the empty line that ends the headers), so the window, not this, bounds it.
     pub const MAX_LINES: u32 = WINDOW_MAX / 2 + 1;
@@ -904,7 +907,7 @@ pub mod sip {
 
     /// Bytes of `x` that are 0: bit 7 of exactly those bytes set.
     #[inline(always)]
-    const fn zero_bytes(x: u64) -> u64 {
+    pub const fn zero_bytes(x: u64) -> u64 {
         const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
         !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
     }

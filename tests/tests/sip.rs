@@ -149,6 +149,37 @@ fn other_headers_folds_and_bodies_do_not_confuse_the_scan() {
 
 #[test]
 #[ignore = "needs root and BPF"]
+fn the_user_agent_is_found_after_any_run_of_other_headers() {
+    // The walk searches the header block many words at a time: whatever the length of the
+    // lines before it (one long header, or many short ones none of which starts with a letter
+    // the walk visits), the User-Agent line, and the empty line after it, are found at every
+    // byte offset, as are lines that start exactly at a search block's edges.
+    let Some(h) = harness(POLICY) else { return };
+    for len in 0..=700usize {
+        let filler = format!("X-Filler: {}", "f".repeat(len));
+        let one = request("OPTIONS", &[&filler, "User-Agent: sipvicious", "Content-Length: 0"], "");
+        h.expect(&format!("after a {len}-byte header"), &udp(SCANNER, &one), XDP_DROP, "sip_user_agent");
+        let lines: Vec<String> = (0..len / 10).map(|i| format!("Via: {i}")).collect();
+        let mut headers: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let pad = "z".repeat(len % 10);
+        let last = format!("Max-Forwards: 7{pad}");
+        headers.push(&last);
+        headers.push("User-Agent: friendly-scanner");
+        let many = request("REGISTER", &headers, "");
+        h.expect(
+            &format!("after {} short headers", headers.len() - 1),
+            &udp(SCANNER, &many),
+            XDP_DROP,
+            "sip_user_agent",
+        );
+        // And a harmless User-Agent at the same place passes.
+        let fine = request("OPTIONS", &[&filler, "User-Agent: Yealink", "Content-Length: 0"], "");
+        h.expect(&format!("harmless, after a {len}-byte header"), &udp(PHONE, &fine), XDP_PASS, "port_open");
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
 fn the_window_bounds_the_scan() {
     let Some(mut h) = harness(POLICY) else { return };
     // The User-Agent sits past byte 700 of the payload.

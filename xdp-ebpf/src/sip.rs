@@ -17,11 +17,15 @@
 //! User-Agent shows up pass and are counted (`stat::SIP_INCOMPLETE`).
 //!
 //! The first `sip_window` bytes of the payload are copied into a per-CPU scratch buffer with
-//! `bpf_xdp_load_bytes` (which also reads multi-buffer frames), then scanned a word at a time:
-//! each step either moves 8 bytes or lands just past the next `\n`. Only the start of each header
-//! line is examined, so a name inside a value, a folded line or a compact header (`f:`, `t:`,
-//! `m:`...: SIP has no compact form of these three) cannot be taken for one of them. Scanning
-//! stops at the empty line that ends the headers or at the window.
+//! `bpf_xdp_load_bytes` (which also reads multi-buffer frames). The request line is read a word
+//! at a time. The header block of a request is then searched up to `sip::SCAN_WORDS` words (256
+//! bytes) per loop step for newlines followed by a letter that may begin one of the three names
+//! (`u`, `a`, `p`, either case) or by a line end; only those line starts are visited, so the
+//! headers cost one step per 256 bytes plus one per such line, whatever the other lines hold.
+//! Only the start of a header line is examined, so a name inside a value, a folded line or a
+//! compact header (`f:`, `t:`, `m:`...: SIP has no compact form of these three) cannot be taken
+//! for one of them. Scanning stops at the empty line that ends the headers or at the window.
+//! The walks that look for one value header (CSeq, Call-ID) go line by line.
 //!
 //! Bytes of the scratch buffer past the copied window belong to earlier packets: every position
 //! is checked against the window length before its byte counts.
@@ -310,12 +314,54 @@ fn first_line(buf: Buf, n: u32, want: u32) -> LineLoop {
 
 /// Walk a request's header lines after the first: note in the scan slots where the User-Agent
 /// header's colon is, and the `FLAG_*` facts.
+///
+/// Only lines that may matter are visited: those starting with a letter of the three names
+/// (`u`, `a`, `p`, either case) and the empty line. [`line_starts`] finds them among the
+/// newlines of up to [`SCAN_WORDS`] words per step, so a header block costs one step per
+/// 64 bytes plus one per such line, whatever the number of other lines.
 #[inline(always)]
 fn header_lines(ctx: &mut LineLoop) {
+    use sip::scan::{PENDING, WORD};
+    let buf = ctx.buf;
+    // From the first line's newline on: it starts the second line.
+    let nl = ctx.first_end - 1;
+    let k = (nl >> 3) & (WORDS - 1);
+    buf.set(WORD, k as u64);
+    buf.set(PENDING, line_starts(buf, k) & (u64::MAX << ((nl & 7) * 8)));
     // SAFETY: as in `first_line`.
     unsafe {
         bpf_loop(STEPS, header_step as *const () as *mut c_void, ctx as *mut LineLoop as *mut c_void, 0);
     }
+}
+
+/// The newlines of aligned word `k` that start a line the request walk visits: the next byte
+/// is `u`, `a` or `p` in either case, CR or LF (bit 7 of the newline's byte set). Folding with
+/// 0x20 maps CR and LF to `-` and `*`, so lines starting with those are visited too and turned
+/// away there; no line the walk needs is missed.
+#[inline(always)]
+fn line_starts(buf: Buf, k: u32) -> u64 {
+    starts_in(buf.aligned(k), buf.aligned(k + 1))
+}
+
+/// [`line_starts`] of word `w`, followed by word `after`.
+#[inline(always)]
+fn starts_in(w: u64, after: u64) -> u64 {
+    let nl = sip::newline_mask(w);
+    if nl == 0 {
+        return 0;
+    }
+    let next = sip::fold8((w >> 8) | (after << 56));
+    let is = |c: u8| sip::zero_bytes(next ^ (0x0101_0101_0101_0101 * c as u64));
+    nl & (is(b'u') | is(b'a') | is(b'p') | is(b'-') | is(b'*'))
+}
+
+/// Any byte of `w` may be `\n` (the borrowing zero-byte test: it may also flag a byte right
+/// after a real newline, never miss one). The cheap first look of the search.
+#[inline(always)]
+fn may_hold_newline(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let x = w ^ (ONES * b'\n' as u64);
+    x.wrapping_sub(ONES) & !x & (ONES * 0x80) != 0
 }
 
 /// Walk a message's header lines after the first for one value header (`ctx.want`: CSeq or
@@ -415,28 +461,69 @@ extern "C" fn first_line_step(_index: u64, ctx: *mut c_void) -> i64 {
     1
 }
 
-/// One step of [`header_lines`]: 0 to go on, 1 to stop.
+/// One step of [`header_lines`]: 0 to go on, 1 to stop. `WORD` is the word searched,
+/// `PENDING` its line starts not yet visited.
 extern "C" fn header_step(_index: u64, ctx: *mut c_void) -> i64 {
-    use sip::scan::{FLAGS, UA};
+    use sip::scan::{FLAGS, PENDING, UA, WORD};
     // SAFETY: `ctx` is the caller's `LineLoop`.
     let ctx = unsafe { &mut *(ctx as *mut LineLoop) };
     let (buf, n) = (ctx.buf, ctx.n);
-    let Some((line, end, cut, last)) = next_header_line(buf, n) else { return 0 };
-    if last {
-        if !cut && line < n {
-            // The empty line: end of the headers.
-            buf.set(FLAGS, buf.get(FLAGS) | FLAG_ENDED);
+    let mut k = buf.get(WORD) as u32 & (WORDS - 1);
+    let mut pending = buf.get(PENDING);
+    if pending == 0 {
+        // Words k+1 ..= k+SCAN_WORDS, read at constant offsets from one base (the scratch
+        // buffer's slack covers the reads past the window); `left` of them hold window bytes.
+        let total = n.div_ceil(8);
+        let left = total.saturating_sub(k + 1);
+        // SAFETY: k < WORDS, and the scratch value holds SCAN_WORDS + 8 words past the last.
+        let base = unsafe { buf.words.add(k as usize + 1) };
+        // Past the search: word k+SCAN_WORDS was the last searched, the next search begins after it.
+        let mut found = sip::SCAN_WORDS - 1;
+        for i in 0..sip::SCAN_WORDS {
+            if i >= left {
+                // The window ends inside the headers.
+                return 1;
+            }
+            // SAFETY: as above.
+            let w = unsafe { *base.add(i as usize) };
+            if may_hold_newline(w) {
+                pending = starts_in(w, unsafe { *base.add(i as usize + 1) });
+                if pending != 0 {
+                    found = i;
+                    break;
+                }
+            }
         }
+        k += 1 + found;
+        buf.set(WORD, k as u64);
+        if pending == 0 {
+            buf.set(PENDING, 0);
+            return 0;
+        }
+    }
+    let low = pending & pending.wrapping_neg();
+    buf.set(PENDING, pending ^ low);
+    // Just past the newline; `& 15` tells the verifier it is at most 8 past the word.
+    let line = k * 8 + (sip::past_first(low) as u32 & 15);
+    if line >= n {
+        // Past the window: what follows is another packet's bytes.
         return 1;
     }
-    header(buf, line, end);
+    let first = buf.byte(line);
+    if first == b'\n' || (first == b'\r' && line + 1 < n && buf.byte(line + 1) == b'\n') {
+        // The empty line: end of the headers.
+        buf.set(FLAGS, buf.get(FLAGS) | FLAG_ENDED);
+        return 1;
+    }
+    // The line's end bounds nothing `header` reads: a name and the blanks after it hold no
+    // newline, so the window's end serves.
+    header(buf, line, n);
     let flags = buf.get(FLAGS);
     // The User-Agent, and credentials if they matter.
     let done = buf.get(UA) != 0 && (ctx.want & WANT_CREDENTIALS == 0 || flags & FLAG_CREDENTIALS != 0);
-    if cut || flags & FLAG_EVASION != 0 || done {
+    if flags & FLAG_EVASION != 0 || done {
         return 1;
     }
-    advance(buf, end);
     0
 }
 
@@ -649,6 +736,9 @@ fn value_header_line(buf: Buf, line: u32, end: u32, want: u32) {
     }
 }
 
+/// Value bytes [`ua_step`] feeds the automaton per step.
+const UA_RUN: u32 = 32;
+
 /// What the matcher's callback needs.
 #[repr(C)]
 struct UaLoop {
@@ -666,7 +756,7 @@ const UA_OVERLONG: u32 = 2;
 const UA_CUT: u32 = 3;
 
 /// Run the User-Agent value after the colon at `colon` (and its continuation lines) through the
-/// automaton of this generation under `bpf_loop` (see [`first_line`] for why): up to 8 plain
+/// automaton of this generation under `bpf_loop` (see [`first_line`] for why): up to `UA_RUN` plain
 /// value bytes per step, one for blanks before the value, line ends and folds.
 // Own stack frame (BPF-to-BPF call): its loop context is not live beside the line walk's.
 #[inline(never)]
@@ -761,11 +851,14 @@ extern "C" fn ua_step(_index: u64, ctx: *mut c_void) -> i64 {
         ctx.verdict = UA_LISTED;
         return 1;
     }
-    // The common case, plain value bytes: up to 7 more in this step. A line end, a `\r`, the
-    // window's end or the bound stops it; the next step reads that byte as above.
+    // The common case, plain value bytes: up to `UA_RUN - 1` more in this step. A line end, a
+    // `\r`, the window's end or the bound stops it; the next step reads that byte as above.
+    // Matching states lead only to themselves (the controller builds them so), so the match
+    // bit is looked at once, after the run.
+    let stop = if limit < n { limit } else { n };
     let (mut s, mut j) = (next, i + 1);
-    for _ in 0..7 {
-        if j >= n || j >= limit {
+    for _ in 1..UA_RUN {
+        if j >= stop {
             break;
         }
         let c = buf.byte(j);
@@ -773,13 +866,12 @@ extern "C" fn ua_step(_index: u64, ctx: *mut c_void) -> i64 {
             break;
         }
         let class = (m.class[c as usize] as u32 & (sip::UA_CLASSES - 1)) as usize;
-        let next = m.next[((s & sip::UA_STATE_MASK) as usize * sip::UA_CLASSES as usize + class) & NEXT_MASK];
-        if next & sip::UA_MATCH != 0 {
-            ctx.verdict = UA_LISTED;
-            return 1;
-        }
-        s = next;
+        s = m.next[((s & sip::UA_STATE_MASK) as usize * sip::UA_CLASSES as usize + class) & NEXT_MASK];
         j += 1;
+    }
+    if s & sip::UA_MATCH != 0 {
+        ctx.verdict = UA_LISTED;
+        return 1;
     }
     buf.set(AT, j as u64);
     buf.set(STATE, s as u64 | (limit as u64) << 32);

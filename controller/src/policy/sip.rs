@@ -217,31 +217,34 @@ impl UaAutomaton {
                 }
             }
         }
-        // Once matched, stay matched (the program stops at the first match anyway).
+        // Once matched, stay matched: every class leads a matching state back to itself, so the
+        // program may feed a run of bytes and look at the match bit once, after the run.
         for s in 0..states {
-            for c in 0..classes {
-                let t = delta[s][c];
+            for c in 0..UA_CLASSES as usize {
+                let t = if accept[s] {
+                    s
+                } else if c < classes {
+                    delta[s][c]
+                } else {
+                    0
+                };
                 table.next[s * UA_CLASSES as usize + c] = t as u16 | if accept[t] { UA_MATCH } else { 0 };
             }
         }
         Ok(Self { table, states })
     }
 
-    /// Run a User-Agent value through the tables exactly as the program does.
+    /// Run a User-Agent value through the tables as the program does, which feeds runs of
+    /// bytes and looks at the match bit after each run: here the whole value is one run, so a
+    /// match is only seen if matching states keep it (the reference tests below check that).
     pub fn matches(&self, value: &[u8]) -> bool {
         let t = &self.table;
         let mut state = t.next[UA_BEGIN as usize];
-        if state & UA_MATCH != 0 {
-            return true;
-        }
         for &b in value {
             let class = (t.class[b as usize] as u32 & (UA_CLASSES - 1)) as usize;
             state = t.next[(state & (UA_STATES as u16 - 1)) as usize * UA_CLASSES as usize + class];
-            if state & UA_MATCH != 0 {
-                return true;
-            }
         }
-        false
+        state & UA_MATCH != 0
     }
 }
 

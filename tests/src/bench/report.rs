@@ -143,7 +143,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
         "1400-byte INVITE with the User-Agent scan / the same frame on a plain port <= 3x",
         pair("1400-byte INVITE: User-Agent scan / the same frame on a plain port"),
         3.0,
-        "The scan reads the request line and every header line up to the User-Agent, 8 bytes per step for blank runs; the plain path reads no payload.",
+        "The scan copies the window out of the packet, reads the request line, searches the header block 256 bytes per loop step for the lines that may be User-Agent, Authorization or Proxy-Authorization, and runs the User-Agent value through the automaton (one dependent table load per byte); the plain path reads no payload.",
     ));
 
     t.push(paired_target(

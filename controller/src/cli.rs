@@ -181,6 +181,12 @@ pub struct RunCmd {
     /// Start even if the policy closes SSH to every source.
     #[arg(long)]
     pub allow_lockout: bool,
+    /// Start even if a state file (lists, journal, fleet entries, bans, known peers) is
+    /// unreadable: move it aside as `NAME.bad-UNIXTIME` and rebuild what it held from the
+    /// pinned maps. Without it such a file stops the start and the pinned program keeps
+    /// filtering.
+    #[arg(long)]
+    pub recover: bool,
     /// Prometheus listener, or `off`.
     #[arg(long, default_value = "127.0.0.1:9947")]
     pub metrics: String,
@@ -318,6 +324,7 @@ fn run_daemon(iface: String, socket: Option<PathBuf>, run: RunCmd) -> i32 {
         },
         keep_attached: run.keep_attached,
         allow_lockout: run.allow_lockout,
+        recover: run.recover,
         metrics,
         stats_interval,
     };

@@ -113,6 +113,13 @@ impl Response {
         }
     }
 
+    /// The answer as sent: one JSON line.
+    fn line(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).unwrap_or_else(|_| br#"{"ok":false}"#.to_vec());
+        out.push(b'\n');
+        out
+    }
+
     /// CLI exit code: 0 ok, 1 runtime failure, 2 invalid input.
     pub fn exit_code(&self) -> i32 {
         match (self.ok, self.error_kind) {
@@ -182,71 +189,135 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Clients served at once. Each holds at most [`MAX_REQUEST`] bytes while its request line
+/// arrives, so the socket's buffers stay under `MAX_CLIENTS * MAX_REQUEST` whatever clients do;
+/// a client beyond the limit is answered "busy" at once and closed.
+pub const MAX_CLIENTS: usize = 64;
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// Time a client has to send its whole request line.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Time a client has to read its answer (a million-entry `list` is tens of megabytes).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Serve requests until `shutdown` flips.
 pub async fn serve(listener: UnixListener, fw: Arc<Mutex<Firewall>>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let mut log = crate::ratelog::RateLog::new(1, Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // No await: a busy daemon spends nothing more on this client.
+                        let answer = Response::runtime(format!(
+                            "busy: {MAX_CLIENTS} control requests are in progress; try again"
+                        ));
+                        let _ = stream.try_write(&answer.line());
+                        if let Some(suppressed) = log.allow("busy") {
+                            warn!(clients = MAX_CLIENTS, suppressed, "control socket busy: a client was turned away");
+                        }
+                        continue;
+                    };
                     let fw = fw.clone();
                     tokio::spawn(async move {
                         if let Err(e) = connection(stream, fw).await {
                             debug!(error = %e, "control connection");
                         }
+                        drop(slot);
                     });
                 }
-                Err(e) => warn!(error = %e, "control socket accept failed"),
+                Err(e) => {
+                    if let Some(suppressed) = log.allow("accept") {
+                        warn!(error = %e, suppressed, "control socket accept failed");
+                    }
+                    // Out of descriptors, most likely: let some close before trying again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             },
         }
     }
 }
 
-/// Longest request line accepted.
-const MAX_REQUEST: usize = 1 << 20;
+/// Why a request line could not be read.
+enum ReadError {
+    TooLong,
+    TooSlow,
+    Io(std::io::Error),
+}
 
-/// Read one newline-terminated request into a `BytesMut`, refusing oversized ones.
-async fn read_request(read: &mut tokio::net::unix::OwnedReadHalf) -> std::io::Result<BytesMut> {
+/// Read one newline-terminated request into a `BytesMut`: at most [`MAX_REQUEST`] bytes, within
+/// [`CLIENT_DEADLINE`].
+async fn read_request(read: &mut UnixStream) -> Result<BytesMut, ReadError> {
     let mut buf = BytesMut::with_capacity(4096);
+    let deadline = tokio::time::Instant::now() + CLIENT_DEADLINE;
+    let mut searched = 0;
     loop {
-        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            return Ok(buf.split_to(pos));
+        if let Some(pos) = buf[searched..].iter().position(|&b| b == b'\n') {
+            return Ok(buf.split_to(searched + pos));
         }
+        searched = buf.len();
         if buf.len() >= MAX_REQUEST {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request too long"));
+            return Err(ReadError::TooLong);
         }
-        if read.read_buf(&mut buf).await? == 0 {
-            return Ok(buf);
+        // Never read past the limit: the buffer grows to MAX_REQUEST and no further.
+        buf.reserve((MAX_REQUEST - buf.len()).min(64 * 1024));
+        let room = MAX_REQUEST - buf.len();
+        let mut limited = (&mut *read).take(room as u64);
+        match tokio::time::timeout_at(deadline, limited.read_buf(&mut buf)).await {
+            Err(_) => return Err(ReadError::TooSlow),
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
+            Ok(Ok(0)) => return Ok(buf),
+            Ok(Ok(_)) => {}
         }
     }
 }
 
-async fn connection(stream: UnixStream, fw: Arc<Mutex<Firewall>>) -> std::io::Result<()> {
+async fn connection(mut stream: UnixStream, fw: Arc<Mutex<Firewall>>) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
-    let (mut read, mut write) = stream.into_split();
-    let line = read_request(&mut read).await?;
     let response = if cred.uid() != 0 {
+        // Checked before reading anything: the socket's mode already keeps others out.
         Response::runtime("the control socket is for root only".into())
     } else {
-        match serde_json::from_slice::<Request>(&line) {
-            Ok(req) => {
-                let who = format!("uid {} pid {}", cred.uid(), cred.pid().unwrap_or(0));
-                // Reloads write up to a few hundred thousand map entries: keep them off the
-                // async workers.
-                tokio::task::spawn_blocking(move || {
-                    let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
-                    handle(&mut fw, req, &who)
-                })
-                .await
-                .unwrap_or_else(|e| Response::runtime(format!("request handler failed: {e}")))
+        match read_request(&mut stream).await {
+            Err(ReadError::Io(e)) => return Err(e),
+            Err(ReadError::TooLong) => {
+                Response::invalid(format!("request longer than {MAX_REQUEST} bytes without a line end"))
             }
-            Err(e) => Response::invalid(format!("malformed request: {e}")),
+            Err(ReadError::TooSlow) => {
+                Response::invalid(format!("no complete request line within {} s", CLIENT_DEADLINE.as_secs()))
+            }
+            Ok(line) => match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => {
+                    let who = format!("uid {} pid {}", cred.uid(), cred.pid().unwrap_or(0));
+                    // Reloads write up to a few hundred thousand map entries: keep them off the
+                    // async workers.
+                    tokio::task::spawn_blocking(move || {
+                        let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+                        handle(&mut fw, req, &who)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Response::runtime(format!("request handler failed: {e}")))
+                }
+                Err(e) => Response::invalid(format!("malformed request: {e}")),
+            },
         }
     };
-    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
+    let out = response.line();
+    // A client that does not read its answer does not hold a slot for long.
+    match tokio::time::timeout(ANSWER_DEADLINE, async {
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client did not read its answer")),
+    }
 }
 
 /// The CLI side: send one request, wait for the answer.

@@ -40,6 +40,8 @@ pub struct RunArgs {
     pub xdp_mode: XdpModeChoice,
     pub keep_attached: bool,
     pub allow_lockout: bool,
+    /// Move unreadable state files aside and rebuild from the pinned maps.
+    pub recover: bool,
     pub metrics: Option<SocketAddr>,
     /// Print a counter summary this often (0 = only at exit).
     pub stats_interval: Duration,
@@ -83,6 +85,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         force_dry_run: args.dry_run,
         xdp_mode: args.xdp_mode,
         allow_lockout: args.allow_lockout,
+        recover: args.recover,
     };
     let mut fw = Firewall::start(&opts)?;
     let events = fw.dataplane_mut().take_events();

@@ -29,6 +29,7 @@ use crate::{
     },
     peers,
     policy::{self, CompiledPolicy, Policy, SshReach, fleet::Crowdsec},
+    ratelog::RateLog,
     render::{self, MapFill, TopRow, Which, summarize},
     sources::{FleetEntry, ListKind, Lists, ManualEntry, RemoveError, SourceTables, Sources},
     state::{self, StateError, rfc3339, unix_now},
@@ -46,6 +47,8 @@ pub struct StartOptions {
     pub force_dry_run: bool,
     pub xdp_mode: XdpModeChoice,
     pub allow_lockout: bool,
+    /// Move unreadable state files aside and rebuild from the pinned maps (`--recover`).
+    pub recover: bool,
 }
 
 /// A CLI list change.
@@ -121,7 +124,15 @@ pub struct Firewall {
     pub peers: peers::Watch,
     /// `[fleet.crowdsec]`, when the policy has it.
     fleet: Option<Fleet>,
+    /// Per-event lines (bans, expiries, their errors) at most [`LOG_LINES_PER_S`] per second
+    /// each; the rest are counted and summed up.
+    log: RateLog,
+    /// `stat::EVENTS_LOST` when the sweep last looked.
+    events_lost: Option<u64>,
 }
+
+/// Per-event log lines of one kind written per second before the rest are only counted.
+pub const LOG_LINES_PER_S: u32 = 20;
 
 fn load_policy(path: Option<&Path>, force_dry_run: bool) -> Result<(Policy, CompiledPolicy), OpError> {
     let (p, mut c) = match path {
@@ -155,8 +166,9 @@ impl Firewall {
             .map_err(StateError::at("creating the state folder", &opts.state_dir))?;
         let now = unix_now();
         let bans_path = opts.state_dir.join(BANS_FILE);
+        // Bans set aside are rebuilt from the kernel's table by `merge_bans`.
         let ban_records: Vec<BanRecord> =
-            state::read_json(&bans_path).map_err(StateError::at("reading the bans", &bans_path))?.unwrap_or_default();
+            state::read_state("reading the bans", &bans_path, opts.recover)?.into_value().unwrap_or_default();
 
         let mut dp = Dataplane::load(&LoadOptions { pin_dir: Some(opts.pin_dir.clone()), capacity: policy.capacity })?;
         if dp.adopted_maps {
@@ -165,8 +177,9 @@ impl Firewall {
         let tables = SourceTables::new(dp.take_source_maps().expect("a freshly loaded data plane has its source maps"));
         // The policy's static lists join the restored manual entries; the kernel tables are
         // brought in line with them around the first generation flip.
-        let mut sources = Sources::open(&opts.state_dir, tables, &compiled.allow, &compiled.block, now)?;
         let adopted = dp.adopted_maps;
+        let recover = opts.recover.then_some(adopted);
+        let mut sources = Sources::open(&opts.state_dir, tables, &compiled.allow, &compiled.block, now, recover)?;
         sources.reconcile(adopted, || dp.apply_policy(&compiled))?;
 
         let mut fw = Self {
@@ -188,6 +201,8 @@ impl Firewall {
             policy_loaded_at: now,
             peers: peers::Watch::default(),
             fleet: None,
+            log: RateLog::new(LOG_LINES_PER_S, Duration::from_secs(1)),
+            events_lost: None,
         };
         fw.configure_fleet();
         fw.merge_bans(now)?;
@@ -195,7 +210,7 @@ impl Firewall {
             // A new table (after a reboot): the known peers of the state folder come back, so
             // the phones of a host rebooted during an attack stay known.
             let ttl = fw.policy.options.known_ttl.as_secs();
-            match peers::restore(&mut fw.dp, &fw.state_dir, ttl) {
+            match peers::restore(&mut fw.dp, &fw.state_dir, ttl, opts.recover) {
                 Ok(0) => {}
                 Ok(n) => info!(peers = n, "known peers restored from the state folder"),
                 Err(peers::RestoreError::State(e)) => return Err(e.into()),
@@ -691,10 +706,12 @@ impl Firewall {
         let sip_check = common::sip::CLASS_NAMES.iter().any(|(c, _)| *c == ev.class);
         let dry = ev.flags & BAN_DRY_RUN != 0;
         let msg = if dry { "would ban (dry run)" } else { "banned" };
-        if sip_check {
-            warn!(target: "voipwall::ban", source = %source, class = %class, count = ev.rate_pps, until = %rfc3339(until), dry_run = dry, "{msg}");
-        } else {
-            warn!(target: "voipwall::ban", source = %source, class = %class, level = ev.level, rate_pps = ev.rate_pps, until = %rfc3339(until), dry_run = dry, "{msg}");
+        if let Some(suppressed) = self.log.allow("ban") {
+            if sip_check {
+                warn!(target: "voipwall::ban", source = %source, class = %class, count = ev.rate_pps, until = %rfc3339(until), dry_run = dry, suppressed, "{msg}");
+            } else {
+                warn!(target: "voipwall::ban", source = %source, class = %class, level = ev.level, rate_pps = ev.rate_pps, until = %rfc3339(until), dry_run = dry, suppressed, "{msg}");
+            }
         }
         if dry {
             return;
@@ -726,11 +743,15 @@ impl Firewall {
         let had_bans = !expired_bans.is_empty();
         for source in expired_bans {
             if let Err(e) = self.dp.ban_remove(&key_of(&source)) {
-                error!(source = %source, error = %e, "removing an expired ban failed");
+                if let Some(suppressed) = self.log.allow("ban_remove_failed") {
+                    error!(source = %source, error = %e, suppressed, "removing an expired ban failed");
+                }
                 continue;
             }
-            if let Some(b) = self.bans.remove(&source) {
-                info!(target: "voipwall::ban", source = %source, class = %b.class, level = b.level, "ban expired");
+            if let Some(b) = self.bans.remove(&source)
+                && let Some(suppressed) = self.log.allow("ban_expired")
+            {
+                info!(target: "voipwall::ban", source = %source, class = %b.class, level = b.level, suppressed, "ban expired");
             }
             self.bans_dirty = true;
         }
@@ -740,7 +761,28 @@ impl Firewall {
         {
             error!(error = %e, "clearing the bans-present flag failed");
         }
-        self.sources.expire(now);
+        self.sources.expire(now, &mut self.log);
+        // Ban events the program could not hand over (ring buffer full): one line per sweep at
+        // most, with the count (the program itself writes no line per lost event).
+        if let Ok(lost) = self.dp.stat(stat::EVENTS_LOST) {
+            if let Some(before) = self.events_lost
+                && lost > before
+            {
+                warn!(
+                    lost = lost - before,
+                    "ban events lost since the last second (ring buffer full): those bans are enforced and expire in the kernel, but are not logged, pushed to the fleet or kept across a reboot"
+                );
+            }
+            self.events_lost = Some(lost);
+        }
+        let window = self.log.window().as_secs_f64();
+        for (kind, n) in self.log.flush() {
+            warn!(
+                kind,
+                suppressed = n,
+                "{n} more `{kind}` log lines in the last {window} s were not written (at most {LOG_LINES_PER_S} per second each)"
+            );
+        }
         let ended = self.sources.expire_fleet(now);
         if ended > 0 {
             info!(target: "voipwall::fleet", entries = ended, "fleet: decisions ended; entries removed");

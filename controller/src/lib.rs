@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod paths;
 pub mod peers;
 pub mod policy;
+pub mod ratelog;
 pub mod render;
 pub mod sources;
 pub mod state;

@@ -64,10 +64,11 @@ pub fn live(dp: &Dataplane, ipv6_prefix: u8, ttl_secs: u64) -> Result<Vec<KnownR
 
 /// Put the known peers of the state file back into a freshly created table (after a reboot):
 /// those still within `ttl_secs` of their last packet. Returns how many.
-pub fn restore(dp: &mut Dataplane, dir: &Path, ttl_secs: u64) -> Result<usize, RestoreError> {
+/// `recover`: an unreadable file is moved aside (no peer is restored) instead of an error.
+pub fn restore(dp: &mut Dataplane, dir: &Path, ttl_secs: u64, recover: bool) -> Result<usize, RestoreError> {
     let path = dir.join(FILE);
     let records: Vec<KnownRecord> =
-        state::read_json(&path).map_err(StateError::at("reading the known peers", &path))?.unwrap_or_default();
+        state::read_state("reading the known peers", &path, recover)?.into_value().unwrap_or_default();
     let (now_mono, now) = (monotonic_ns(), state::unix_now());
     let mut n = 0;
     for r in records.iter().filter(|r| now.saturating_sub(r.seen) <= ttl_secs) {

@@ -107,6 +107,80 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>>
     }
 }
 
+/// What to say when a state file exists but cannot be used.
+pub const BAD_FILE_HINT: &str = "the file is left as it is and the pinned program keeps filtering; `voipwall run --recover` moves it aside and rebuilds what it held from the pinned maps";
+
+/// A state file read at start-up: its value, or where it was moved because it was unreadable.
+#[derive(Debug)]
+pub enum ReadState<T> {
+    /// Read (`None`: there is no such file).
+    Read(Option<T>),
+    /// Unreadable and moved here (`--recover`).
+    SetAside(PathBuf),
+}
+
+impl<T> ReadState<T> {
+    /// The value, `None` if absent or set aside.
+    pub fn into_value(self) -> Option<T> {
+        match self {
+            Self::Read(v) => v,
+            Self::SetAside(_) => None,
+        }
+    }
+}
+
+/// Read a JSON state file at start-up. A file that does not parse is an error naming it and
+/// saying what to do, unless `recover`: then it is moved aside (see [`set_aside`]).
+pub fn read_state<T: DeserializeOwned>(
+    what: &'static str,
+    path: &Path,
+    recover: bool,
+) -> Result<ReadState<T>, StateError> {
+    checked(what, path, recover, read_json(path))
+}
+
+/// [`read_state`] for any reader's result: an `InvalidData` error is a bad file.
+pub fn checked<T>(
+    what: &'static str,
+    path: &Path,
+    recover: bool,
+    read: std::io::Result<Option<T>>,
+) -> Result<ReadState<T>, StateError> {
+    match read {
+        Ok(v) => Ok(ReadState::Read(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            if recover {
+                let aside = set_aside(path).map_err(StateError::at("moving an unreadable state file aside", path))?;
+                tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "{what}: unreadable; moved aside, rebuilding from the pinned maps (--recover)");
+                Ok(ReadState::SetAside(aside))
+            } else {
+                Err(StateError {
+                    what,
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(e.kind(), format!("{e}; {BAD_FILE_HINT}")),
+                })
+            }
+        }
+        Err(e) => Err(StateError { what, path: path.to_path_buf(), source: e }),
+    }
+}
+
+/// Move an unreadable file to `NAME.bad-UNIXTIME` (a number appended if that exists) in the
+/// same folder, so it can be examined; returns the new path.
+pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = format!("{name}.bad-{}", unix_now());
+    let mut to = path.with_file_name(&base);
+    let mut n = 1;
+    while to.exists() {
+        to = path.with_file_name(format!("{base}.{n}"));
+        n += 1;
+    }
+    fs::rename(path, &to)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    Ok(to)
+}
+
 /// An append-only log of small changes: one JSON record per line, each fsynced before the
 /// change is reported done, so a CLI change survives `kill -9` without rewriting a snapshot that
 /// may hold a million entries. A torn last line (a crash mid-write) is ignored on replay.
@@ -244,6 +318,26 @@ mod tests {
         assert!(Journal::replay::<i32>(&path).unwrap().is_empty());
         j.append(&4).unwrap();
         assert_eq!(Journal::replay::<i32>(&path).unwrap(), vec![4]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_or_is_set_aside() {
+        let dir = std::env::temp_dir().join(format!("vw-bad-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bans.json");
+        fs::write(&path, b"[{\"torn").unwrap();
+        let e = read_state::<Vec<i32>>("reading the bans", &path, false).unwrap_err().to_string();
+        assert!(e.contains("bans.json") && e.contains("--recover"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), b"[{\"torn", "left as it is");
+        let ReadState::SetAside(aside) = read_state::<Vec<i32>>("reading the bans", &path, true).unwrap() else {
+            panic!("not set aside")
+        };
+        assert!(!path.exists());
+        assert_eq!(fs::read(&aside).unwrap(), b"[{\"torn");
+        assert!(aside.file_name().unwrap().to_string_lossy().starts_with("bans.json.bad-"));
+        // A missing file is no error, with or without recovery.
+        assert!(matches!(read_state::<Vec<i32>>("reading the bans", &path, false).unwrap(), ReadState::Read(None)));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -5,7 +5,7 @@
 use aya_log_ebpf::warn;
 use common::{BAN_DRY_RUN, BAN_IPV6, BanEntry, BanEvent, POLICY_DRY_RUN, PolicyConfig, SourceKey, active, stat};
 
-use crate::maps::{ACTIVE, BANS, EVENTS, bump};
+use crate::maps::{ACTIVE, BANS, EVENTS, bump_count};
 
 /// What fired: the rate class (or a reserved SIP class), its level, and what was observed (a
 /// packet rate, or a count for the SIP checks).
@@ -59,10 +59,14 @@ pub fn insert(
     // Written straight into ring buffer memory: no 48-byte copy on the stack.
     let Some(mut slot) = EVENTS.reserve::<BanEvent>(0) else {
         // The controller is not draining events (stopped, or overwhelmed). The ban itself is in
-        // the map and still enforced; only its log line is lost.
-        // aya-log-ebpf 0.2 ignores its context argument, so none is threaded down to here.
-        warn!(&(), "ban event lost: ring buffer full");
-        bump(stat::EVENTS_LOST);
+        // the map and still enforced; only its event is lost. A storm of losses must not become
+        // a storm of log records: a line at this CPU's 1st, 2nd, 4th, 8th... loss, with the
+        // count (the controller also reports the counter's growth every second).
+        let lost = bump_count(stat::EVENTS_LOST);
+        if lost & lost.wrapping_sub(1) == 0 {
+            // aya-log-ebpf 0.2 ignores its context argument, so none is threaded down to here.
+            warn!(&(), "ban events lost: ring buffer full ({} on this CPU so far)", lost);
+        }
         return;
     };
     slot.write(BanEvent {

@@ -140,3 +140,16 @@ pub fn bump(slot: u32) {
         unsafe { *v += 1 };
     }
 }
+
+/// [`bump`], returning this CPU's count after it (0 if the slot is missing).
+#[inline(always)]
+pub fn bump_count(slot: u32) -> u64 {
+    match STATS.get_ptr_mut(slot) {
+        // SAFETY: as in `bump`.
+        Some(v) => unsafe {
+            *v += 1;
+            *v
+        },
+        None => 0,
+    }
+}

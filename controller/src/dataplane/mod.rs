@@ -588,6 +588,12 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// One `stat::*` counter, summed over CPUs.
+    pub fn stat(&self, index: u32) -> Result<u64> {
+        let values = self.stats.get(&index, 0).map_err(MapOpError::on(maps::STATS, "read"))?;
+        Ok(values.iter().sum())
+    }
+
     /// The ban event ring buffer (once; the events service owns it).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()

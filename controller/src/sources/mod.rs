@@ -17,7 +17,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use self::{
     model::{
@@ -28,7 +28,7 @@ pub use self::{
 };
 use crate::{
     dataplane::{DataplaneError, MapOpError},
-    state::{self, Journal, StateError},
+    state::{self, Journal, ReadState, StateError},
 };
 
 /// A list change bigger than this is written as a snapshot rather than a journal line.
@@ -84,28 +84,68 @@ impl Sources {
     /// Read the lists from `state_dir` (snapshot, then every journalled change after it), drop
     /// expired entries, join the policy's own entries, and take over the kernel tables. Nothing
     /// is written to the kernel yet: see [`Self::reconcile`].
-    pub fn open(state_dir: &Path, tables: SourceTables, allow: &[IpNet], block: &[IpNet], now: u64) -> Result<Self> {
+    ///
+    /// `recover` (`--recover`; the value: whether the tables are adopted pins): an unreadable
+    /// snapshot, journal or fleet file is moved aside instead of failing, and what the adopted
+    /// tables hold is taken as the truth: entries the files still describe keep their details,
+    /// the others come back as permanent entries marked as recovered.
+    pub fn open(
+        state_dir: &Path,
+        tables: SourceTables,
+        allow: &[IpNet],
+        block: &[IpNet],
+        now: u64,
+        recover: Option<bool>,
+    ) -> Result<Self> {
+        let may_recover = recover.is_some();
+        let mut lost = false;
         let snapshot = state_dir.join(SNAPSHOT);
-        let mut persisted: PersistedLists = state::read_json(&snapshot)
-            .map_err(StateError::at("reading the list snapshot", &snapshot))?
-            .unwrap_or_default();
+        let mut persisted: PersistedLists =
+            match state::read_state("reading the list snapshot", &snapshot, may_recover)? {
+                ReadState::Read(p) => p.unwrap_or_default(),
+                ReadState::SetAside(_) => {
+                    lost = true;
+                    PersistedLists::default()
+                }
+            };
         let journal_path = state_dir.join(JOURNAL);
-        for op in Journal::replay::<ListOp>(&journal_path)
-            .map_err(StateError::at("replaying the list journal", &journal_path))?
-        {
-            persisted.apply(op);
+        let replayed = Journal::replay::<ListOp>(&journal_path).map(Some);
+        match state::checked("replaying the list journal", &journal_path, may_recover, replayed)? {
+            ReadState::Read(ops) => ops.into_iter().flatten().for_each(|op| persisted.apply(op)),
+            ReadState::SetAside(_) => lost = true,
         }
         let journal =
             Journal::open(&journal_path).map_err(StateError::at("opening the list journal", &journal_path))?;
-        let mut lists = Lists::restore(persisted, now);
-        lists.set_policy(ListKind::Allow, allow);
-        lists.set_policy(ListKind::Block, block);
         // The fleet entries the host held when it stopped: kept (fail-static) until their
         // decisions end or the LAPI says otherwise.
         let fleet_path = state_dir.join(FLEET);
-        let fleet: Vec<(IpNet, FleetEntry)> = state::read_json(&fleet_path)
-            .map_err(StateError::at("reading the fleet entries", &fleet_path))?
-            .unwrap_or_default();
+        let (mut fleet, fleet_lost): (Vec<(IpNet, FleetEntry)>, bool) =
+            match state::read_state("reading the fleet entries", &fleet_path, may_recover)? {
+                ReadState::Read(f) => (f.unwrap_or_default(), false),
+                ReadState::SetAside(_) => (Vec::new(), true),
+            };
+        if (lost || fleet_lost) && recover == Some(true) {
+            let entries = tables.entries()?;
+            if lost {
+                persisted = recovered_lists(&persisted, &entries, allow, block, now);
+            }
+            if fleet_lost {
+                fleet = recovered_fleet(&entries, now);
+            }
+            info!(
+                allow = persisted.allow.len(),
+                block = persisted.block.len(),
+                fleet = fleet.len(),
+                "lists rebuilt from the pinned tables"
+            );
+        } else if lost || fleet_lost {
+            warn!(
+                "no pinned tables to rebuild from (a new start): the lists hold what the readable files and the policy give"
+            );
+        }
+        let mut lists = Lists::restore(persisted, now);
+        lists.set_policy(ListKind::Allow, allow);
+        lists.set_policy(ListKind::Block, block);
         let live: Vec<(IpNet, FleetEntry)> = fleet.into_iter().filter(|(_, e)| e.expires > now).collect();
         lists.set_fleet(&live, &[]);
         Ok(Self { lists, tables, journal, state_dir: state_dir.to_path_buf() })
@@ -340,18 +380,23 @@ impl Sources {
     /// Remove manual entries whose TTL has passed (kernel and journal); returns them. Failures
     /// are logged: an entry that could not leave the kernel is retried at the next sweep, one
     /// that could not be journalled is dropped again at the next start anyway.
-    pub fn expire(&mut self, now: u64) -> Vec<(ListKind, IpNet)> {
+    /// Per-entry lines go through `log` (a million entries may expire in one sweep).
+    pub fn expire(&mut self, now: u64, log: &mut crate::ratelog::RateLog) -> Vec<(ListKind, IpNet)> {
         let expired = self.lists.expired(now);
         let mut gone = Vec::new();
         for (kind, net) in expired {
             let saved = self.lists.checkpoint([(kind, net)]);
             let Ok(diff) = self.lists.remove_manual(kind, &net) else { continue };
             if let Err(e) = self.write_diff(&diff) {
-                error!(cidr = %net, error = %e, "removing an expired entry failed; retrying at the next sweep");
+                if let Some(suppressed) = log.allow("list_expire_failed") {
+                    error!(cidr = %net, error = %e, suppressed, "removing an expired entry failed; retrying at the next sweep");
+                }
                 self.lists.rollback(saved);
                 continue;
             }
-            info!(cidr = %net, list = ?kind, "list entry expired");
+            if let Some(suppressed) = log.allow("list_expired") {
+                info!(cidr = %net, list = ?kind, suppressed, "list entry expired");
+            }
             gone.push((kind, net));
         }
         for kind in [ListKind::Allow, ListKind::Block] {
@@ -421,5 +466,88 @@ impl Sources {
         state::write_json_compact(&path, &self.lists.persisted())
             .map_err(StateError::at("writing the list snapshot", &path))?;
         self.reset_journal()
+    }
+}
+
+/// Who and why of entries rebuilt from the kernel.
+const RECOVERED_WHO: &str = "voipwall run --recover";
+const RECOVERED_REASON: &str = "rebuilt from the pinned table: its state file was unreadable";
+/// How long a fleet entry rebuilt from the kernel lasts (its decision's end is unknown) unless
+/// the LAPI renews or ends it sooner.
+const RECOVERED_FLEET_SECS: u64 = 3600;
+
+/// The manual entries the adopted tables say exist: those of `known` (what the readable files
+/// still describe) keep their details; the others are permanent and marked as recovered. The
+/// policy's own CIDRs are not manual entries.
+fn recovered_lists(
+    known: &PersistedLists,
+    kernel: &[(IpNet, TrieValue)],
+    allow: &[IpNet],
+    block: &[IpNet],
+    now: u64,
+) -> PersistedLists {
+    let recovered =
+        ManualEntry { reason: Some(RECOVERED_REASON.into()), who: RECOVERED_WHO.into(), created: now, expires: None };
+    let mut out = PersistedLists::default();
+    for (net, value) in kernel {
+        let (map, known, policy) = match value {
+            TrieValue::Allow => (&mut out.allow, &known.allow, allow),
+            TrieValue::Block => (&mut out.block, &known.block, block),
+            TrieValue::Fleet => continue,
+        };
+        if let Some(e) = known.get(net) {
+            map.insert(*net, e.clone());
+        } else if !policy.contains(net) {
+            map.insert(*net, recovered.clone());
+        }
+    }
+    out
+}
+
+/// Fleet-only entries of the adopted tables, kept for [`RECOVERED_FLEET_SECS`].
+fn recovered_fleet(kernel: &[(IpNet, TrieValue)], now: u64) -> Vec<(IpNet, FleetEntry)> {
+    let entry = FleetEntry {
+        origin: "recovered".into(),
+        scenario: RECOVERED_REASON.into(),
+        expires: now + RECOVERED_FLEET_SECS,
+    };
+    kernel.iter().filter(|(_, v)| *v == TrieValue::Fleet).map(|(n, _)| (*n, entry.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn recovery_takes_the_tables_as_the_truth_and_keeps_known_details() {
+        let detailed =
+            ManualEntry { reason: Some("scanner".into()), who: "uid 0".into(), created: 5, expires: Some(99) };
+        let mut known = PersistedLists::default();
+        known.block.insert(net("192.0.2.0/24"), detailed.clone());
+        // Removed from the kernel after the snapshot (by a journalled change): gone.
+        known.block.insert(net("198.51.100.7/32"), detailed.clone());
+        let kernel = [
+            (net("192.0.2.0/24"), TrieValue::Block),
+            (net("203.0.113.9/32"), TrieValue::Block),
+            (net("10.0.0.0/8"), TrieValue::Block),
+            (net("2001:db8::/32"), TrieValue::Allow),
+            (net("100.64.0.1/32"), TrieValue::Fleet),
+        ];
+        let policy_block = [net("10.0.0.0/8")];
+        let out = recovered_lists(&known, &kernel, &[], &policy_block, 1000);
+        assert_eq!(out.block.get(&net("192.0.2.0/24")), Some(&detailed));
+        let rebuilt = &out.block[&net("203.0.113.9/32")];
+        assert_eq!((rebuilt.who.as_ref(), rebuilt.expires, rebuilt.created), (RECOVERED_WHO, None, 1000));
+        assert!(!out.block.contains_key(&net("198.51.100.7/32")));
+        assert!(!out.block.contains_key(&net("10.0.0.0/8")), "a policy entry is not a manual one");
+        assert!(out.allow.contains_key(&net("2001:db8::/32")));
+        assert_eq!(out.block.len() + out.allow.len(), 3, "fleet entries are not manual ones");
+        let fleet = recovered_fleet(&kernel, 1000);
+        assert_eq!(fleet.len(), 1);
+        assert_eq!((fleet[0].0, fleet[0].1.expires), (net("100.64.0.1/32"), 1000 + RECOVERED_FLEET_SECS));
     }
 }

@@ -51,6 +51,22 @@ pub struct StartOptions {
     pub recover: bool,
 }
 
+/// The CIDRs of a `--file`: one per line, `#` comments, blank lines skipped; sorted, without
+/// duplicates. An error names the line (`origin:LINE`).
+pub fn cidr_lines(text: &str, origin: &str) -> Result<Vec<IpNet>, OpError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.push(policy::parse_cidr(line).map_err(|(m, h)| OpError::Invalid(format!("{origin}:{}: {m}; {h}", i + 1)))?);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
 /// A CLI list change.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ListChange {
@@ -558,16 +574,7 @@ impl Firewall {
         if let Some(path) = &req.file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| OpError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-            for (i, line) in text.lines().enumerate() {
-                let line = line.split('#').next().unwrap_or("").trim();
-                if line.is_empty() {
-                    continue;
-                }
-                out.push(
-                    policy::parse_cidr(line)
-                        .map_err(|(m, h)| OpError::Invalid(format!("{}:{}: {m}; {h}", path.display(), i + 1)))?,
-                );
-            }
+            out.extend(cidr_lines(&text, &path.display().to_string())?);
         }
         if out.is_empty() {
             return Err(OpError::Invalid("name at least one CIDR (arguments or --file)".into()));

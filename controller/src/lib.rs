@@ -14,6 +14,7 @@ pub mod error;
 pub mod explain;
 pub mod firewall;
 pub mod fleet;
+pub mod fuzzing;
 pub mod metrics;
 pub mod paths;
 pub mod peers;

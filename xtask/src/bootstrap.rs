@@ -236,6 +236,31 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// cargo-fuzz release the fuzz targets are run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// `cargo fuzz` (only `cargo xtask fuzz` needs it).
+pub fn cargo_fuzz() -> Result<()> {
+    let ok = || {
+        Command::new("cargo")
+            .args(["fuzz", "--version"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION))
+    };
+    if ok() {
+        step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}: present"));
+        return Ok(());
+    }
+    step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}: installing; takes a few minutes once"));
+    run(Command::new(env!("CARGO")).args(["install", "--locked", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}")]))?;
+    if !ok() {
+        bail!("cargo-fuzz was installed but does not run; check that {} is on PATH", cargo_bin().display());
+    }
+    Ok(())
+}
+
 fn require_root(need: Need) -> Result<()> {
     // SAFETY: no preconditions.
     let uid = unsafe { libc::geteuid() };

@@ -43,6 +43,20 @@ enum Cmd {
     },
     /// Build the Debian package (target/debian/voipwall_VERSION_ARCH.deb).
     Package,
+    /// Fuzz the parsers that take outside input (cargo-fuzz, libFuzzer): every target, or one.
+    /// New inputs go to target/fuzz-corpus; `--save` merges them, minimised, into fuzz/corpus.
+    /// A crash stops the run and names its input (fuzz/artifacts/TARGET): once fixed, move it
+    /// to fuzz/regressions/TARGET, where the test suite replays it.
+    Fuzz {
+        /// One of: policy, request, cidr_file, state, lapi, sip.
+        target: Option<String>,
+        /// Minutes per target (at least 1).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+        /// Merge the new inputs into the checked-in corpus afterwards.
+        #[arg(long)]
+        save: bool,
+    },
     /// Run the benchmarks and regenerate BENCHMARKS.md, results JSON and charts.
     Bench {
         /// A short run (under two minutes).
@@ -99,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             step(&format!("built {}", deb.display()));
             Ok(())
         }
+        Cmd::Fuzz { target, minutes, save } => fuzz(&root, target.as_deref(), minutes, save),
         Cmd::Bench { quick, args } => {
             bootstrap::all(bootstrap::Need::Bench)?;
             // The controller benchmarks time the release daemon.
@@ -114,6 +129,60 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&a)
         }
     }
+}
+
+/// The fuzz targets, as named in `fuzz/Cargo.toml` and `voipwall::fuzzing::TARGETS`.
+const FUZZ_TARGETS: &[&str] = &["policy", "request", "cidr_file", "state", "lapi", "sip"];
+
+fn fuzz(root: &Path, only: Option<&str>, minutes: u64, save: bool) -> Result<()> {
+    bootstrap::all(bootstrap::Need::Build)?;
+    bootstrap::cargo_fuzz()?;
+    let targets: Vec<&str> = match only {
+        Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!("no fuzz target {t:?}; the targets are {}", FUZZ_TARGETS.join(", ")),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    for t in targets {
+        let fresh = root.join("target/fuzz-corpus").join(t);
+        std::fs::create_dir_all(&fresh).with_context(|| format!("creating {}", fresh.display()))?;
+        let seeds = root.join("fuzz/corpus").join(t);
+        let regressions = root.join("fuzz/regressions").join(t);
+        step(&format!("fuzzing {t} for {minutes} min (new inputs in {})", fresh.display()));
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root.join("fuzz"))
+            // The data plane object is not needed: the targets are the controller's parsers.
+            .env("AYA_BUILD_SKIP", "1")
+            .args(["+nightly", "fuzz", "run", t])
+            .arg(&fresh)
+            .arg(&seeds);
+        if regressions.is_dir() {
+            cmd.arg(&regressions);
+        }
+        cmd.args(["--", &format!("-max_total_time={}", minutes * 60), "-timeout=10", "-rss_limit_mb=2048"]);
+        let status = cmd.status().context("running cargo fuzz")?;
+        if !status.success() {
+            bail!(
+                "fuzz target {t} failed ({status}): its input is under fuzz/artifacts/{t}; replay it with `cargo +nightly fuzz run {t} FILE` in fuzz/, and once fixed move it to fuzz/regressions/{t}"
+            );
+        }
+        if save {
+            step(&format!("merging the new {t} inputs into {}", seeds.display()));
+            let status = Command::new("cargo")
+                .current_dir(root.join("fuzz"))
+                .env("AYA_BUILD_SKIP", "1")
+                .args(["+nightly", "fuzz", "run", t])
+                .arg(&seeds)
+                .arg(&fresh)
+                .args(["--", "-merge=1"])
+                .status()
+                .context("running cargo fuzz")?;
+            if !status.success() {
+                bail!("merging the {t} corpus failed ({status})");
+            }
+        }
+    }
+    step("fuzzing finished without a crash");
+    Ok(())
 }
 
 /// The release binary, then the package around it.

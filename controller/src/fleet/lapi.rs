@@ -266,6 +266,12 @@ pub fn go_duration(text: &str) -> Option<f64> {
         rest = &rest[u..];
         total += number * scale;
     }
+    // Go's durations are int64 nanoseconds: a LAPI cannot mean more than this. A longer text is
+    // not a duration (and would overflow an expiry time).
+    const GO_MAX_SECS: f64 = i64::MAX as f64 / 1e9;
+    if !(total <= GO_MAX_SECS) {
+        return None;
+    }
     Some(sign * total)
 }
 
@@ -340,7 +346,11 @@ mod tests {
         assert_eq!(go_duration("-1.5s"), Some(-1.5));
         assert_eq!(go_duration("250ms"), Some(0.25));
         assert_eq!(go_duration("0"), Some(0.0));
-        for bad in ["", "3x", "h", "1h2", "--1s", "1.2.3s"] {
+        // The longest Go duration, and beyond it (a fuzzed answer overflowed the expiry time).
+        assert!(go_duration("2562047h47m16.854775807s").is_some());
+        for bad in
+            ["", "3x", "h", "1h2", "--1s", "1.2.3s", "2562048h", "777777777777777777773h5985.2ms", "-9999999999h"]
+        {
             assert_eq!(go_duration(bad), None, "{bad:?}");
         }
     }

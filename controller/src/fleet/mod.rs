@@ -278,7 +278,7 @@ impl Fleet {
             net,
             origin: d.origin.as_str().into(),
             scenario: d.scenario.as_str().into(),
-            expires: now + secs.ceil() as u64,
+            expires: now.saturating_add(secs.ceil() as u64),
         })
     }
 

@@ -166,22 +166,49 @@ fn fuzz(root: &Path, only: Option<&str>, minutes: u64, save: bool) -> Result<()>
             );
         }
         if save {
-            step(&format!("merging the new {t} inputs into {}", seeds.display()));
-            let status = Command::new("cargo")
-                .current_dir(root.join("fuzz"))
-                .env("AYA_BUILD_SKIP", "1")
-                .args(["+nightly", "fuzz", "run", t])
-                .arg(&seeds)
-                .arg(&fresh)
-                .args(["--", "-merge=1"])
-                .status()
-                .context("running cargo fuzz")?;
-            if !status.success() {
-                bail!("merging the {t} corpus failed ({status})");
-            }
+            save_corpus(root, t, &seeds, &fresh)?;
         }
     }
     step("fuzzing finished without a crash");
+    Ok(())
+}
+
+/// Replace the checked-in corpus of `t` with the smallest set of its inputs and the new ones
+/// that covers every edge they cover (libFuzzer's `-set_cover_merge`), so the repository keeps
+/// a few hundred inputs rather than every one that added a feature.
+fn save_corpus(root: &Path, t: &str, seeds: &Path, fresh: &Path) -> Result<()> {
+    let merged = root.join("target/fuzz-merge").join(t);
+    let _ = std::fs::remove_dir_all(&merged);
+    std::fs::create_dir_all(&merged).with_context(|| format!("creating {}", merged.display()))?;
+    step(&format!("merging the {t} inputs into {} (set cover)", seeds.display()));
+    let status = Command::new("cargo")
+        .current_dir(root.join("fuzz"))
+        .env("AYA_BUILD_SKIP", "1")
+        .args(["+nightly", "fuzz", "run", t])
+        .arg(&merged)
+        .arg(seeds)
+        .arg(fresh)
+        .args(["--", "-set_cover_merge=1", "-use_counters=0"])
+        .status()
+        .context("running cargo fuzz")?;
+    if !status.success() {
+        bail!("merging the {t} corpus failed ({status})");
+    }
+    let kept = std::fs::read_dir(&merged)?.count();
+    if kept == 0 {
+        bail!("the {t} merge kept no input; {} is left as it was", seeds.display());
+    }
+    std::fs::remove_dir_all(seeds).with_context(|| format!("clearing {}", seeds.display()))?;
+    std::fs::rename(&merged, seeds).or_else(|_| {
+        // Another file system: copy.
+        std::fs::create_dir_all(seeds)?;
+        for e in std::fs::read_dir(&merged)? {
+            let e = e?;
+            std::fs::copy(e.path(), seeds.join(e.file_name()))?;
+        }
+        std::io::Result::Ok(())
+    })?;
+    step(&format!("{} keeps {kept} {t} inputs", seeds.display()));
     Ok(())
 }
 

@@ -269,7 +269,7 @@ pub fn go_duration(text: &str) -> Option<f64> {
     // Go's durations are int64 nanoseconds: a LAPI cannot mean more than this. A longer text is
     // not a duration (and would overflow an expiry time).
     const GO_MAX_SECS: f64 = i64::MAX as f64 / 1e9;
-    if !(total <= GO_MAX_SECS) {
+    if !total.is_finite() || total > GO_MAX_SECS {
         return None;
     }
     Some(sign * total)

@@ -22,6 +22,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    aya_build::build_ebpf([Package { name: "xdp-ebpf", root_dir, ..Default::default() }], Toolchain::default())
-        .context("building the eBPF object failed; `cargo xtask test` bootstraps rust-src and bpf-linker")
+    // The layout-canary feature reaches the eBPF object too: both sides must agree on it.
+    let features: &[&str] =
+        if std::env::var_os("CARGO_FEATURE_LAYOUT_CANARY").is_some() { &["layout-canary"] } else { &[] };
+    aya_build::build_ebpf(
+        [Package { name: "xdp-ebpf", root_dir, features, ..Default::default() }],
+        Toolchain::default(),
+    )
+    .context("building the eBPF object failed; `cargo xtask test` bootstraps rust-src and bpf-linker")
 }

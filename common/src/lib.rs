@@ -191,8 +191,33 @@ pub mod active {
     /// the controller clears it only when its sweep leaves the table empty (and sets it again if
     /// a ban raced in), so with no bans every packet skips the ban-table hash lookup.
     pub const BANS_PRESENT: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// [`crate::LAYOUT_VERSION`] of the controller that last took the pinned maps over (0 in
+    /// maps pinned before the layout was versioned).
+    pub const LAYOUT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
+
+/// Version of the pinned map layout: what every map holds and how it is keyed. A controller
+/// whose maps differ in shape (key size, value size, or the entries of a fixed-size map) from
+/// the pinned ones migrates them (see the controller's `dataplane::migrate`). Rules for
+/// changing a map, so that migration stays correct:
+/// - a value may grow by fields appended at its end, where zero means "absent" (an older
+///   entry is carried over zero-extended; a newer one back only if those bytes are zero);
+/// - an array may gain or lose trailing entries;
+/// - any other change of meaning (a key, an index formula, a field reordered) gives the map a
+///   new name, and this number goes up.
+#[cfg(not(feature = "layout-canary"))]
+pub const LAYOUT_VERSION: u32 = 2;
+/// A build with a changed layout (`BanEntry` grows by 8 bytes, `COUNTERS` by a row) for the
+/// upgrade tests.
+#[cfg(feature = "layout-canary")]
+pub const LAYOUT_VERSION: u32 = 3;
+
+/// The tail of [`BanEntry`]: one byte, or eight more in the layout-canary test build.
+#[cfg(not(feature = "layout-canary"))]
+pub type BanPad = u8;
+#[cfg(feature = "layout-canary")]
+pub type BanPad = [u8; 9];
 
 /// Fixed sizes: these shape indices, so they are compile-time constants on both sides.
 pub const GENERATIONS: u32 = 2;
@@ -215,7 +240,11 @@ pub const PORTS_ENTRIES: u32 = GENERATIONS * PORT_PROTOS * 65536;
 /// Entries of the class table.
 pub const CLASSES_ENTRIES: u32 = GENERATIONS * MAX_CLASSES;
 /// Entries of the counter array.
+#[cfg(not(feature = "layout-canary"))]
 pub const COUNTERS_ENTRIES: u32 = verdict::COUNT * MAX_REASONS;
+/// The layout-canary build has one spare row of counters (a changed fixed-size array).
+#[cfg(feature = "layout-canary")]
+pub const COUNTERS_ENTRIES: u32 = (verdict::COUNT + 1) * MAX_REASONS;
 /// Entries of the per-rule counter array.
 pub const RULE_COUNTERS_ENTRIES: u32 = verdict::COUNT * MAX_RULES;
 /// Most VLAN tags parsed (802.1ad outer + 802.1Q inner).
@@ -997,7 +1026,7 @@ pub struct BanEntry {
     pub level: u8,
     /// `BAN_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    pub _pad: BanPad,
 }
 
 /// `BanEntry::flags` / `BanEvent::flags`: the source is IPv6 (key masked to `prefix_len`).
@@ -1144,7 +1173,7 @@ mod tests {
         assert_eq!(size_of::<SipCalls>(), 8 + 32 + 4 + 4);
         assert_eq!(size_of::<RateKey>(), 16 + 4);
         assert_eq!(size_of::<RateState>(), 16 + 8 + 4 + 4 + 8);
-        assert_eq!(size_of::<BanEntry>(), 8 + 4 + 4);
+        assert_eq!(size_of::<BanEntry>(), 8 + 4 + 3 + size_of::<BanPad>());
         assert_eq!(size_of::<BanEvent>(), 16 + 8 + 8 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 3);
@@ -1291,7 +1320,7 @@ mod tests {
         assert_eq!(port_index(1, PROTO_SLOT_UDP, 7) as usize, PORT_SLOTS + port_slot(PROTO_SLOT_UDP, 7));
         assert_eq!(flow_port_bit(PROTO_SLOT_UDP, 65), ((65536 + 64) / 64, 2));
         assert_eq!(class_index(1, MAX_CLASSES - 1), CLASSES_ENTRIES - 1);
-        assert_eq!(counter_index(verdict::WOULD_DROP, MAX_REASONS - 1), COUNTERS_ENTRIES - 1);
+        assert!(counter_index(verdict::WOULD_DROP, MAX_REASONS - 1) < COUNTERS_ENTRIES);
         assert_eq!(rule_counter_index(MAX_RULES - 1, verdict::WOULD_DROP), RULE_COUNTERS_ENTRIES - 1);
     }
 

@@ -257,7 +257,7 @@ impl Firewall {
                     class: 0,
                     level: rec.level,
                     flags: if rec.source.addr().is_ipv6() { common::BAN_IPV6 } else { 0 },
-                    _pad: 0,
+                    _pad: Default::default(),
                 };
                 self.dp.ban_insert(&key, &entry)?;
             }
@@ -276,7 +276,10 @@ impl Firewall {
             }
         };
         let attachment = self.dp.attach(&opts.iface, opts.xdp_mode, remembered.as_ref().map(|a| a.mode))?;
-        if attachment.adopted {
+        if let Some(old) = attachment.replaced {
+            self.attached_since = remembered.map_or(now, |a| a.since);
+            info!(iface = %opts.iface, from = old, to = attachment.program_id, "took the attached link over and replaced its program without detaching");
+        } else if attachment.adopted {
             self.attached_since = remembered.map_or(now, |a| a.since);
             info!(iface = %opts.iface, program_id = attachment.program_id, "adopted the attached program without detaching");
         } else {
@@ -1052,6 +1055,8 @@ impl Firewall {
             "xdp_mode": a.map(|a| a.mode.as_str()),
             "program_id": a.map(|a| a.program_id),
             "adopted": a.map(|a| a.adopted),
+            "replaced_program": a.and_then(|a| a.replaced),
+            "layout_version": common::LAYOUT_VERSION,
             "attached_since": rfc3339(self.attached_since),
             "policy": {
                 "path": self.policy.path,

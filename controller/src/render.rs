@@ -257,7 +257,11 @@ pub fn status(data: Value, fill: &[MapFill]) -> Reply {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let _ = writeln!(text, "interface      {}", s(&data["iface"]));
     if data["attached"].as_bool() == Some(true) {
-        let adopted = if data["adopted"].as_bool() == Some(true) { ", adopted" } else { "" };
+        let adopted = match (data["adopted"].as_bool(), data["replaced_program"].as_u64()) {
+            (_, Some(old)) => format!(", replaced program {old} on the adopted link"),
+            (Some(true), None) => ", adopted".to_string(),
+            _ => String::new(),
+        };
         let _ = writeln!(
             text,
             "xdp            attached ({} mode, program id {}{adopted}) since {}",

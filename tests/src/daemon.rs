@@ -27,6 +27,18 @@ pub fn binary() -> PathBuf {
     p
 }
 
+/// The same `voipwall` built with a changed map layout (the `layout-canary` feature), for the
+/// upgrade tests: `$VOIPWALL_CANARY_BIN` (set by `cargo xtask test`), else
+/// `target/debug/voipwall-layout-canary`.
+pub fn canary_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VOIPWALL_CANARY_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/voipwall-layout-canary");
+    assert!(p.exists(), "{} is missing: `cargo xtask test` builds it", p.display());
+    p
+}
+
 /// A private bpffs mount and state folder that outlive daemon restarts within one test.
 pub struct Env {
     pub root: PathBuf,
@@ -120,12 +132,17 @@ impl Daemon {
 
     /// Start on `iface` in `ns`; `Err(log)` if it exits before answering.
     pub fn try_start_on(ns: &NetNs, iface: &str, env: &Env, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_bin(&binary(), ns, iface, env, extra)
+    }
+
+    /// [`Daemon::try_start_on`] with another build of `voipwall` (an upgrade or a downgrade).
+    pub fn try_start_bin(bin: &Path, ns: &NetNs, iface: &str, env: &Env, extra: &[&str]) -> Result<Self, String> {
         static N: AtomicU64 = AtomicU64::new(0);
         let log = env.root.join(format!("daemon-{}.log", N.fetch_add(1, Ordering::Relaxed)));
         let socket = env.socket();
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
-            .arg(binary())
+            .arg(bin)
             .args(["--iface", iface, "--socket"])
             .arg(&socket)
             .arg("run")

@@ -280,7 +280,7 @@ fn block_list_and_bans_drop() {
     // A live ban drops; an expired one is treated as absent without any sweeper.
     let src = [192, 0, 2, 77];
     let now = monotonic_ns();
-    let ban = |expires_ns| BanEntry { expires_ns, rate_pps: 0, class: 0, level: 0, flags: 0, _pad: 0 };
+    let ban = |expires_ns| BanEntry { expires_ns, rate_pps: 0, class: 0, level: 0, flags: 0, _pad: Default::default() };
     h.dp.ban_insert(&v4_mapped(src), &ban(now + 60_000_000_000)).unwrap();
     h.expect("banned source", &sip(src), XDP_DROP, "banned");
     h.expect(
@@ -816,8 +816,11 @@ fn the_bans_present_flag_never_hides_a_ban() {
     let mut h = Harness::new(POLICY);
     let src = [192, 0, 2, 90];
     let far = monotonic_ns() + 60_000_000_000;
-    h.dp.ban_insert(&v4_mapped(src), &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 0, flags: 0, _pad: 0 })
-        .unwrap();
+    h.dp.ban_insert(
+        &v4_mapped(src),
+        &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 0, flags: 0, _pad: Default::default() },
+    )
+    .unwrap();
     h.expect("banned", &sip(src), XDP_DROP, "banned");
     h.dp.clear_bans_present().unwrap();
     h.expect("a clear with a ban in the table keeps it enforced", &sip(src), XDP_DROP, "banned");

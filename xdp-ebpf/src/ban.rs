@@ -44,7 +44,7 @@ pub fn insert(
             class: trigger.class,
             level: trigger.level,
             flags,
-            _pad: 0,
+            _pad: Default::default(),
         };
         if BANS.insert(source, &entry, 0).is_err() {
             // No event for a ban that did not happen.

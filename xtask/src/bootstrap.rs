@@ -55,6 +55,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("trafgen", "netsniff-ng"),
     // The Local API the fleet tests run (offline, their own config and database).
     ("crowdsec", "crowdsec"),
+    // Pins a map of a layout voipwall cannot carry, in the upgrade tests.
+    ("bpftool", "bpftool"),
 ];
 
 const BENCH_PACKAGES: &[(&str, &str)] = &[];

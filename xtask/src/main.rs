@@ -301,6 +301,15 @@ fn test(filter: Option<&str>) -> Result<()> {
     serial.sort();
     let matches = |name: &str| filter.is_none_or(|f| name.contains(f));
 
+    // The upgrade tests take a running daemon over with the same binary built with another map
+    // layout (and back): built first, set aside, then the normal build takes its place.
+    if matches("daemon_upgrade") {
+        cargo(&["build", "-p", "controller", "--bin", "voipwall", "--features", "layout-canary"])?;
+        let canary = root.join("target/debug/voipwall-layout-canary");
+        std::fs::copy(root.join("target/debug/voipwall"), &canary).context("setting the layout-canary build aside")?;
+        // SAFETY (edition 2024 requires the block): no other thread runs yet.
+        unsafe { std::env::set_var("VOIPWALL_CANARY_BIN", canary) };
+    }
     // The daemon tests drive the real `voipwall` binary.
     cargo(&["build", "-p", "controller", "--bin", "voipwall"])?;
     // SAFETY (edition 2024 requires the block): no other thread runs yet.

@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use aya::programs::{
-    SchedClassifier, TcAttachType, Xdp, XdpMode,
+    ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, LinkError, PinnedLink},
+    loaded_programs,
+    tc::SchedClassifierLink,
+    xdp::XdpLink,
 };
 use common::programs;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Dataplane, DataplaneError, Result, program_mut};
 use crate::paths;
@@ -79,8 +82,11 @@ pub struct Attachment {
     pub mode: AttachedMode,
     /// Kernel id of the attached XDP program.
     pub program_id: u32,
-    /// True when a restarted daemon found the program already attached and kept it.
+    /// True when a restarted daemon found the program already attached and kept its link.
     pub adopted: bool,
+    /// The XDP program this daemon's replaced on the adopted link (another build's, or a
+    /// migration's), atomically.
+    pub replaced: Option<u32>,
     xdp: Option<LinkHandle>,
     tc: Option<LinkHandle>,
 }
@@ -105,23 +111,21 @@ impl Dataplane {
         let attach_err = |detail: String| DataplaneError::Attach { iface: iface.to_string(), detail };
         let pins = self.pin_dir.clone().map(|dir| (dir.join(paths::XDP_LINK_PIN), dir.join(paths::TC_LINK_PIN)));
         if let Some((xdp_pin, tc_pin)) = &pins
-            && let Ok(link) = PinnedLink::from_pin(xdp_pin)
+            && xdp_pin.exists()
         {
-            // A second handle on the same link, only to read its info; dropping it closes a
-            // file descriptor and detaches nothing (the pin holds the link).
-            let program_id = FdLink::from(PinnedLink::from_pin(xdp_pin).map_err(|e| attach_err(e.to_string()))?)
-                .info()
-                .map(|i| i.program_id())
-                .map_err(|e| attach_err(e.to_string()))?;
+            let (program_id, replaced) = self.take_over(xdp_pin, tc_pin).map_err(|e| attach_err(e.to_string()))?;
+            let link = PinnedLink::from_pin(xdp_pin).map_err(|e| attach_err(e.to_string()))?;
             let tc = match PinnedLink::from_pin(tc_pin) {
                 Ok(l) => LinkHandle::Pinned(l, tc_pin.clone()),
                 Err(_) => self.attach_tc(iface, Some(tc_pin))?,
             };
+            self.finish_migration()?;
             return Ok(Attachment {
                 iface: iface.to_string(),
                 mode: remembered.unwrap_or(AttachedMode::Native),
                 program_id,
                 adopted: true,
+                replaced,
                 xdp: Some(LinkHandle::Pinned(link, xdp_pin.clone())),
                 tc: Some(tc),
             });
@@ -138,7 +142,52 @@ impl Dataplane {
                 return Err(e);
             }
         };
-        Ok(Attachment { iface: iface.to_string(), mode, program_id, adopted: false, xdp: Some(xdp), tc: Some(tc) })
+        self.finish_migration()?;
+        Ok(Attachment {
+            iface: iface.to_string(),
+            mode,
+            program_id,
+            adopted: false,
+            replaced: None,
+            xdp: Some(xdp),
+            tc: Some(tc),
+        })
+    }
+
+    /// The links a previous daemon pinned stay; the programs on them are replaced by this
+    /// build's, each in one `BPF_LINK_UPDATE` (the old program enforces until that instant),
+    /// unless they are already the same code (same tag) and no maps migrate. XDP first: it reads
+    /// the flows the egress program records, so new flows land in the maps it reads. Returns the
+    /// XDP program id now attached and the one replaced.
+    fn take_over(&mut self, xdp_pin: &Path, tc_pin: &Path) -> std::result::Result<(u32, Option<u32>), String> {
+        let attached = FdLink::from(PinnedLink::from_pin(xdp_pin).map_err(|e| e.to_string())?)
+            .info()
+            .map_err(|e| e.to_string())?
+            .program_id();
+        let migrating = self.migration.is_some();
+        let prog: &mut Xdp = program_mut(&mut self.ebpf, programs::INGRESS).map_err(|e| e.to_string())?;
+        let ours = prog.info().map_err(|e| e.to_string())?;
+        if !migrating && program_info(attached).is_some_and(|p| p.tag() == ours.tag()) {
+            return Ok((attached, None));
+        }
+        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(xdp_pin).map_err(|e| e.to_string())?))
+            .map_err(|e| format!("the pinned XDP link: {e}"))?;
+        let id = prog.attach_to_link(link).map_err(|e| format!("replacing the XDP program: {e}"))?;
+        // The pin keeps the link; this handle only closes its descriptor.
+        let fd: FdLink =
+            prog.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(|e: LinkError| e.to_string())?;
+        drop(fd);
+        if let Ok(pinned) = PinnedLink::from_pin(tc_pin) {
+            let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, programs::EGRESS).map_err(|e| e.to_string())?;
+            let link =
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| format!("the pinned TC link: {e}"))?;
+            let id = tc.attach_to_link(link).map_err(|e| format!("replacing the TC program: {e}"))?;
+            let fd: FdLink =
+                tc.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(|e: LinkError| e.to_string())?;
+            drop(fd);
+        }
+        info!(from = attached, to = ours.id(), "replaced the attached program atomically on its pinned link");
+        Ok((ours.id(), Some(attached)))
     }
 
     fn attach_xdp(
@@ -188,4 +237,16 @@ impl Dataplane {
             h.release();
         }
     }
+}
+
+/// The loaded program with this id.
+fn program_info(id: u32) -> Option<ProgramInfo> {
+    loaded_programs().filter_map(std::result::Result::ok).find(|p| p.id() == id)
+}
+
+/// Ids of the maps the XDP program attached through the pinned link in `dir` uses.
+pub(super) fn attached_maps(dir: &Path) -> Option<Vec<u32>> {
+    let link = PinnedLink::from_pin(dir.join(paths::XDP_LINK_PIN)).ok()?;
+    let id = FdLink::from(link).info().ok()?.program_id();
+    program_info(id)?.map_ids().ok().flatten()
 }

@@ -72,13 +72,9 @@ pub enum DataplaneError {
     #[error(transparent)]
     Map(#[from] MapOpError),
     #[error(
-        "pinned map {path} belongs to an incompatible voipwall (key {found_key} / value {found_value} bytes, expected {want_key} / {want_value}); stop that daemon and remove {dir} to start fresh"
+        "cannot carry pinned map {map} into this version's map layout: {why}. Nothing changed: the attached program keeps enforcing with its maps. Go back to the version that pinned them, or stop voipwall and remove {dir} to start fresh (lists and bans come back from the state folder)"
     )]
-    Incompatible { path: PathBuf, dir: PathBuf, found_key: u32, found_value: u32, want_key: u32, want_value: u32 },
-    #[error(
-        "pinned map {path} belongs to an incompatible voipwall ({found} entries, expected {want}); stop that daemon and remove {dir} to start fresh"
-    )]
-    IncompatibleEntries { path: PathBuf, dir: PathBuf, found: u32, want: u32 },
+    Unmigratable { map: &'static str, dir: PathBuf, why: String },
     #[error("attaching to {iface} failed: {detail}")]
     Attach { iface: String, detail: String },
     #[error("pinning under {path} failed: {detail}")]

@@ -10,12 +10,13 @@
 
 mod attach;
 mod error;
+pub mod migrate;
 #[cfg(feature = "test-hooks")]
 mod testing;
 
 use std::{
     collections::HashMap as StdHashMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -125,12 +126,15 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// True when the maps existed (pinned) before this load.
     pub adopted_maps: bool,
+    /// Pinned maps of another layout being taken over: staged and filled, waiting for the
+    /// program swap in [`Dataplane::attach`].
+    migration: Option<migrate::Migration>,
     /// Names of the maps in the loaded object.
     #[cfg(feature = "test-hooks")]
     map_names: Vec<String>,
 }
 
-/// Expected (key, value) sizes of every pinned map, to refuse adopting an incompatible layout.
+/// This build's (key, value) sizes of every pinned map: a pinned map of other sizes is migrated.
 fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
     use std::mem::size_of as s;
     let u = |k: usize, v: usize| (k as u32, v as u32);
@@ -171,10 +175,17 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
 }
 
 /// Entries of the maps whose size is fixed by the program (not by `[capacity]`): a pinned map
-/// of another size belongs to another layout.
+/// of another size belongs to another layout and is migrated.
 fn fixed_entries() -> StdHashMap<&'static str, u32> {
     StdHashMap::from([
         (maps::ACTIVE, active::COUNT),
+        (maps::POLICY, GENERATIONS),
+        (maps::PORTS, common::PORTS_ENTRIES),
+        (maps::CLASSES, common::CLASSES_ENTRIES),
+        (maps::FLOW_PORTS, common::FLOW_PORT_WORDS),
+        (maps::COUNTERS, COUNTERS_ENTRIES),
+        (maps::RULE_COUNTERS, RULE_COUNTERS_ENTRIES),
+        (maps::SIP_UA, GENERATIONS),
         (maps::STATS, stat::COUNT),
         (maps::SIP_SCRATCH, 2),
         (maps::KNOWN_FILTER, known::FILTER_WORDS),
@@ -231,14 +242,45 @@ impl Dataplane {
             return Err(DataplaneError::NotBuilt);
         }
         raise_memlock();
-        let caps = &opts.capacity;
         let mut adopted_maps = false;
+        let mut migration = None;
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DataplaneError::Pin { path: dir.clone(), detail: e.to_string() })?;
             adopted_maps = dir.join(maps::ACTIVE).exists();
-            check_pinned_layout(dir)?;
+            migrate::resume_interrupted(dir, attach::attached_maps(dir))?;
+            migration = migrate::plan(dir, &expected_layout(), &fixed_entries(), migrate::pinned_version(dir))?;
         }
+        let result = Self::load_with(opts, adopted_maps, migration.as_ref());
+        match (result, migration) {
+            (Ok(mut dp), Some(mut m)) => {
+                if let Err(e) = m.carry() {
+                    m.abandon();
+                    return Err(e);
+                }
+                dp.migration = Some(m);
+                if adopted_maps {
+                    dp.read_back()?;
+                }
+                Ok(dp)
+            }
+            (Ok(mut dp), None) => {
+                if adopted_maps {
+                    dp.read_back()?;
+                }
+                Ok(dp)
+            }
+            (Err(e), m) => {
+                if let Some(m) = m {
+                    m.abandon();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn load_with(opts: &LoadOptions, adopted_maps: bool, migration: Option<&migrate::Migration>) -> Result<Self> {
+        let caps = &opts.capacity;
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::SOURCES_V4, caps.allow.saturating_add(caps.block_v4))
@@ -256,7 +298,21 @@ impl Dataplane {
             .map_max_entries(maps::SIP_PEERS, caps.sip_peers)
             .map_max_entries(maps::KNOWN, caps.known);
         let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
-            Some(dir) => maps::ALL.iter().chain([AYA_LOGS].iter()).map(|n| (*n, dir.join(n))).collect(),
+            Some(dir) => {
+                let staged: Vec<&str> = migration.map(|m| m.names().collect()).unwrap_or_default();
+                if let Some(m) = migration {
+                    std::fs::create_dir_all(m.staging())
+                        .map_err(|e| DataplaneError::Pin { path: m.staging(), detail: e.to_string() })?;
+                }
+                maps::ALL
+                    .iter()
+                    .chain([AYA_LOGS].iter())
+                    .map(|n| {
+                        let at = if staged.contains(n) { dir.join(migrate::STAGING) } else { dir.clone() };
+                        (*n, at.join(n))
+                    })
+                    .collect()
+            }
             None => Vec::new(),
         };
         for (name, path) in &pin_paths {
@@ -268,7 +324,7 @@ impl Dataplane {
         let prog: &mut SchedClassifier = program_mut(&mut ebpf, programs::EGRESS)?;
         prog.load().map_err(|e| program_error(programs::EGRESS, e))?;
 
-        let mut dp = Self {
+        let dp = Self {
             #[cfg(feature = "test-hooks")]
             map_names: ebpf.maps().map(|(n, _)| n.to_string()).collect(),
             active: take(&mut ebpf, maps::ACTIVE)?,
@@ -310,11 +366,30 @@ impl Dataplane {
             last_flip: None,
             pin_dir: opts.pin_dir.clone(),
             adopted_maps,
+            migration: None,
         };
-        if adopted_maps {
-            dp.read_back()?;
-        }
         Ok(dp)
+    }
+
+    /// True while pinned maps of another layout wait for the program swap.
+    pub fn migrating(&self) -> bool {
+        self.migration.is_some()
+    }
+
+    /// After the programs were swapped (or attached): finish a migration (second pass, new
+    /// maps moved over the old pins) and record this build's layout version.
+    fn finish_migration(&mut self) -> Result<()> {
+        if let Some(m) = self.migration.take() {
+            // Packets the old program was running when the links switched finish within
+            // microseconds (RCU); what they wrote is then in the old maps for the second pass.
+            std::thread::sleep(Duration::from_millis(20));
+            m.finish()?;
+            // A ban the old program raised after the first pass came over in the second: the new
+            // program must look (the sweep clears the flag again once the table is empty).
+            self.active.set(active::BANS_PRESENT, 1, 0).map_err(MapOpError::on(maps::ACTIVE, "write"))?;
+        }
+        self.active.set(active::LAYOUT, common::LAYOUT_VERSION, 0).map_err(MapOpError::on(maps::ACTIVE, "write"))?;
+        Ok(())
     }
 
     /// The allow/block list maps, once: [`crate::sources`] owns them from then on.
@@ -639,39 +714,6 @@ fn program_error(name: &'static str, e: aya::programs::ProgramError) -> Dataplan
         other => other.to_string(),
     };
     DataplaneError::Program { name, detail }
-}
-
-/// Refuse to adopt pinned maps whose key or value size differs from this build's.
-fn check_pinned_layout(dir: &Path) -> Result<()> {
-    for (name, (key, value)) in expected_layout() {
-        let path = dir.join(name);
-        if !path.exists() || name == maps::EVENTS || name == maps::CAPTURE {
-            continue;
-        }
-        let Ok(data) = MapData::from_pin(&path) else { continue };
-        let Ok(info) = data.info() else { continue };
-        if info.key_size() != key || info.value_size() != value {
-            return Err(DataplaneError::Incompatible {
-                path,
-                dir: dir.to_path_buf(),
-                found_key: info.key_size(),
-                found_value: info.value_size(),
-                want_key: key,
-                want_value: value,
-            });
-        }
-        if let Some(&want) = fixed_entries().get(name)
-            && info.max_entries() != want
-        {
-            return Err(DataplaneError::IncompatibleEntries {
-                path,
-                dir: dir.to_path_buf(),
-                found: info.max_entries(),
-                want,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raising it is harmless on newer ones.

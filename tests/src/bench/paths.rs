@@ -307,7 +307,7 @@ pub fn run(settings: &Settings, baseline: &Baseline) -> (Vec<PathRow>, bool, Vec
             let far = monotonic_ns() + 86_400_000_000_000;
             h.dp.ban_insert(
                 &v4_mapped([192, 0, 2, 13]),
-                &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 1, flags: 0, _pad: 0 },
+                &BanEntry { expires_ns: far, rate_pps: 0, class: 0, level: 1, flags: 0, _pad: Default::default() },
             )
             .expect("ban insert");
         }

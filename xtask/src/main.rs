@@ -57,6 +57,14 @@ enum Cmd {
         #[arg(long)]
         save: bool,
     },
+    /// Soak the release daemon: one fleet host under mixed legitimate and attack traffic in
+    /// test namespaces, reloads every 10 s, CLI changes, the LAPI flapping; reports RSS, FDs,
+    /// map fills and lost events, and checks the packet accounting. Not part of `test`.
+    Soak {
+        /// Minutes to run (at least 1).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+    },
     /// Run the benchmarks and regenerate BENCHMARKS.md, results JSON and charts.
     Bench {
         /// A short run (under two minutes).
@@ -114,6 +122,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Fuzz { target, minutes, save } => fuzz(&root, target.as_deref(), minutes, save),
+        Cmd::Soak { minutes } => {
+            bootstrap::all(bootstrap::Need::Test)?;
+            cargo(&["build", "--release", "-p", "controller", "--bin", "voipwall"])?;
+            // SAFETY (edition 2024 requires the block): no other thread runs yet.
+            unsafe { std::env::set_var("VOIPWALL_BIN", root.join("target/release/voipwall")) };
+            cargo(&["run", "--release", "-p", "tests", "--bin", "soak", "--", "--minutes", &minutes.to_string()])
+        }
         Cmd::Bench { quick, args } => {
             bootstrap::all(bootstrap::Need::Bench)?;
             // The controller benchmarks time the release daemon.

@@ -5,6 +5,8 @@
 pub mod bench;
 pub mod crowdsec;
 pub mod daemon;
+pub mod differential;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod pbx;

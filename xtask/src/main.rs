@@ -48,7 +48,10 @@ enum Cmd {
     /// A crash stops the run and names its input (fuzz/artifacts/TARGET): once fixed, move it
     /// to fuzz/regressions/TARGET, where the test suite replays it.
     Fuzz {
-        /// One of: policy, request, cidr_file, state, lapi, sip.
+        /// One of: policy, request, cidr_file, state, lapi, sip; or `dataplane`: generated
+        /// policies and frames through the kernel program and its model, stopping at the first
+        /// difference, shrunk and written to tests/regressions/dataplane (never part of a plain
+        /// `fuzz` run: it needs root and BPF).
         target: Option<String>,
         /// Minutes per target (at least 1).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -150,11 +153,27 @@ fn run(cli: Cli) -> Result<()> {
 const FUZZ_TARGETS: &[&str] = &["policy", "request", "cidr_file", "state", "lapi", "sip"];
 
 fn fuzz(root: &Path, only: Option<&str>, minutes: u64, save: bool) -> Result<()> {
+    if only == Some("dataplane") {
+        // The differential run of the kernel program against the model (root and BPF).
+        bootstrap::all(bootstrap::Need::Test)?;
+        step(&format!("differential run of the data plane against its model for {minutes} min"));
+        return cargo(&[
+            "run",
+            "--release",
+            "-p",
+            "tests",
+            "--bin",
+            "dataplane_fuzz",
+            "--",
+            "--minutes",
+            &minutes.to_string(),
+        ]);
+    }
     bootstrap::all(bootstrap::Need::Build)?;
     bootstrap::cargo_fuzz()?;
     let targets: Vec<&str> = match only {
         Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
-        Some(t) => bail!("no fuzz target {t:?}; the targets are {}", FUZZ_TARGETS.join(", ")),
+        Some(t) => bail!("no fuzz target {t:?}; the targets are {}, and dataplane", FUZZ_TARGETS.join(", ")),
         None => FUZZ_TARGETS.to_vec(),
     };
     for t in targets {

@@ -251,7 +251,7 @@ fn main() {
             d.ok(&["unblock", &blocked]);
         }
         // The LAPI is down for 10 s of every minute.
-        if tick % 6 == 0 {
+        if tick.is_multiple_of(6) {
             fleet.lapi.kill();
             lapi_down_since = Some(Instant::now());
         } else if lapi_down_since.take().is_some() {

@@ -68,6 +68,7 @@ impl From<OpError> for RunError {
 }
 
 pub fn run(args: RunArgs) -> Result<(), RunError> {
+    bound_malloc_arenas();
     system::require_root().map_err(|e| RunError::runtime(e.to_string()))?;
     system::require_interface(&args.iface).map_err(|e| RunError { code: 2, message: e.to_string() })?;
     if system::ensure_bpffs(&args.pin_root).map_err(|e| RunError::runtime(e.to_string()))? {
@@ -95,6 +96,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Reloads, list changes and metrics run on blocking threads; a handful is plenty, and
+        // a bounded pool keeps the number of threads (and their stacks) flat under load.
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .map_err(|e| RunError::runtime(format!("tokio runtime: {e}")))?;
@@ -434,6 +438,18 @@ fn print_counters(fw: &Firewall) {
     match fw.stats() {
         Ok(reply) => println!("{}", reply.text),
         Err(e) => error!(error = %e, "reading counters failed"),
+    }
+}
+
+/// glibc gives each new thread its own malloc arena (up to 8 per core) and keeps what an arena
+/// once held: a daemon whose blocking threads come and go then grows in steps under load (a
+/// soak showed +29 MiB in 10 minutes, in steps, while the CPU was contended). Two arenas keep
+/// the resident size flat; the daemon's allocations are not contended enough to need more.
+fn bound_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -165,6 +165,8 @@ pub struct Frames {
     restricted: [Vec<u16>; 2],
     /// Recent first fragments: (IPv6, source, proto, id).
     firsts: Vec<(bool, IpAddr, u8, u32)>,
+    /// Recent flows the host opened: (remote, remote port, local port, proto).
+    flows: Vec<(IpAddr, u16, u16, u8)>,
 }
 
 impl Frames {
@@ -185,7 +187,16 @@ impl Frames {
                 sip_ports[slot].push(port);
             }
         }
-        Self { rng: Rng::new(seed), sources, bans: bans.to_vec(), ports, sip_ports, restricted, firsts: Vec::new() }
+        Self {
+            rng: Rng::new(seed),
+            sources,
+            bans: bans.to_vec(),
+            ports,
+            sip_ports,
+            restricted,
+            firsts: Vec::new(),
+            flows: Vec::new(),
+        }
     }
 
     fn source(&mut self, v6: bool) -> IpAddr {
@@ -235,7 +246,39 @@ impl Frames {
         }
     }
 
-    /// The next frame.
+    /// The next frame and its direction (`true`: sent by the host, through the egress
+    /// program): mostly arriving frames, sometimes the host opening a flow, sometimes a reply
+    /// to a flow it opened.
+    pub fn step(&mut self) -> (bool, Vec<u8>) {
+        match below(&mut self.rng, 100) {
+            0..=7 => {
+                let v6 = chance(&mut self.rng, 40);
+                let remote = self.source(v6);
+                let proto = if chance(&mut self.rng, 50) { 17 } else { 6 };
+                let lport = match below(&mut self.rng, 10) {
+                    0..=1 => self.dport(proto == 6),
+                    _ => 32768 + below(&mut self.rng, 28000) as u16,
+                };
+                let rport = [5060, 53, 443, below(&mut self.rng, 65536) as u16][below(&mut self.rng, 4) as usize];
+                let flags = [0x02u8, 0x12, 0x10, 0x18, self.rng.next_u64() as u8][below(&mut self.rng, 5) as usize];
+                let local = if v6 { IpAddr::from(HOST6) } else { IpAddr::from(HOST4) };
+                self.flows.push((remote, rport, lport, proto));
+                if self.flows.len() > 16 {
+                    self.flows.remove(0);
+                }
+                (true, simple(local, remote, proto, lport, rport, flags))
+            }
+            8..=15 if !self.flows.is_empty() => {
+                let (remote, rport, lport, proto) = self.flows[below(&mut self.rng, self.flows.len() as u64) as usize];
+                let local = if remote.is_ipv6() { IpAddr::from(HOST6) } else { IpAddr::from(HOST4) };
+                let flags = [0x12u8, 0x10, 0x04, self.rng.next_u64() as u8][below(&mut self.rng, 4) as usize];
+                (false, simple(remote, local, proto, rport, lport, flags))
+            }
+            _ => (false, self.frame()),
+        }
+    }
+
+    /// The next arriving frame.
     pub fn frame(&mut self) -> Vec<u8> {
         let rng = &mut self.rng;
         let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
@@ -431,6 +474,41 @@ impl Frames {
     }
 }
 
+/// A well-formed TCP (flags `flags`) or UDP packet from `src`:`sport` to `dst`:`dport`.
+fn simple(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        l4.extend_from_slice(&[0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    }
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+            f.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[proto, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => unreachable!("one family"),
+    }
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// Frames sent by the host are kept in a case with this prefix.
+pub const EGRESS: &str = "egress:";
+
 /// A case: a policy, bans, and frames run in order through one fresh program.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Case {
@@ -485,6 +563,12 @@ pub fn setup(policy_text: &str, bans: &[IpAddr]) -> (Harness, Model) {
 pub fn replay(case: &Case) -> Option<(usize, String)> {
     let (h, mut m) = setup(&case.policy, &case.bans);
     for (i, f) in case.frames.iter().enumerate() {
+        if let Some(out) = f.strip_prefix(EGRESS) {
+            let frame = unhex(out);
+            m.egress(&frame);
+            h.dp.test_run_egress(&frame).expect("egress test_run");
+            continue;
+        }
         let frame = unhex(f);
         let want = m.run(&frame);
         match h.try_run(&frame) {
@@ -513,6 +597,8 @@ pub struct Totals {
     pub by_reason: BTreeMap<&'static str, u64>,
     /// Later fragments that inherited their first fragment's outcome.
     pub inherited: u64,
+    /// Frames the host sent (through the egress program), included in `frames`.
+    pub egress: u64,
 }
 
 /// One generated policy with `frames` frames, checked in batches: every frame's XDP action, and
@@ -536,7 +622,7 @@ pub fn run_policy(seed: u64, frames: usize, totals: &mut Totals) -> Result<(), C
         .collect();
     let (h, mut m) = setup(&text, &bans);
     let mut frames_gen = Frames::new(rng.next_u64(), &compiled, &bans);
-    let mut all: Vec<Vec<u8>> = Vec::with_capacity(frames);
+    let mut all: Vec<(bool, Vec<u8>)> = Vec::with_capacity(frames);
     totals.policies += 1;
     const BATCH: usize = 128;
     let mut done = 0;
@@ -546,10 +632,17 @@ pub fn run_policy(seed: u64, frames: usize, totals: &mut Totals) -> Result<(), C
         let mut bad = None;
         let start = all.len();
         for _ in 0..BATCH.min(frames - done) {
-            let f = frames_gen.frame();
+            let (egress, f) = frames_gen.step();
+            if egress {
+                m.egress(&f);
+                h.dp.test_run_egress(&f).expect("egress test_run");
+                all.push((true, f));
+                totals.egress += 1;
+                continue;
+            }
             let e = m.run(&f);
             let (action, _) = h.dp.test_run(&f, 1).expect("test_run");
-            all.push(f);
+            all.push((false, f));
             *want.entry((e.verdict, e.reason)).or_default() += 1;
             *totals.by_reason.entry(reason::NAMES[e.reason as usize]).or_default() += 1;
             if action != e.action && bad.is_none() {
@@ -565,7 +658,7 @@ pub fn run_policy(seed: u64, frames: usize, totals: &mut Totals) -> Result<(), C
             let case = Case {
                 policy: text.clone(),
                 bans: bans.clone(),
-                frames: all.iter().map(|f| hex(f)).collect(),
+                frames: all.iter().map(|(e, f)| if *e { format!("{EGRESS}{}", hex(f)) } else { hex(f) }).collect(),
                 found: String::new(),
             };
             return Err(shrink(case));

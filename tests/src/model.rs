@@ -43,9 +43,11 @@ pub struct Pkt {
     pub proto: u8,
     pub frag: Frag,
     pub frag_id: u32,
+    pub sport: u16,
     pub dport: u16,
     pub payload_off: usize,
     pub icmp_type: u8,
+    pub tcp_flags: u8,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -190,13 +192,16 @@ fn transport(f: &[u8], o: usize, mut p: Pkt) -> Parsed {
             if doff < 20 || o + doff > len {
                 return Parsed::Malformed;
             }
+            p.sport = be16(f, o);
             p.dport = be16(f, o + 2);
+            p.tcp_flags = f[o + 13];
             p.payload_off = o + doff;
         }
         17 => {
             if o + 8 > len {
                 return Parsed::Malformed;
             }
+            p.sport = be16(f, o);
             p.dport = be16(f, o + 2);
             p.payload_off = o + 8;
         }
@@ -240,7 +245,10 @@ impl Lists {
 /// A datagram as fragments name it: source, destination, identification, protocol.
 type FragKey = ([u8; 16], [u8; 16], u32, u8);
 
-/// The model: a policy, lists, bans, and the first fragments seen.
+/// A flow the host opened: remote address and port, local port, protocol.
+type FlowKey = ([u8; 16], u16, [u8; 16], u16, u8);
+
+/// The model: a policy, lists, bans, the first fragments seen and the flows the host opened.
 pub struct Model {
     pub compiled: CompiledPolicy,
     pub lists: Lists,
@@ -249,16 +257,51 @@ pub struct Model {
     frags: HashMap<FragKey, (u32, u32)>,
     /// Later fragments that inherited a first fragment's outcome.
     pub inherited: u64,
+    flows: std::collections::HashSet<FlowKey>,
+    /// (protocol slot, local port) the host opened a flow from.
+    flow_ports: std::collections::HashSet<(u32, u16)>,
 }
 
 impl Model {
     pub fn new(compiled: CompiledPolicy, lists: Lists, bans: Vec<[u8; 16]>) -> Self {
-        Self { compiled, lists, bans, frags: HashMap::new(), inherited: 0 }
+        Self {
+            compiled,
+            lists,
+            bans,
+            frags: HashMap::new(),
+            inherited: 0,
+            flows: Default::default(),
+            flow_ports: Default::default(),
+        }
     }
 
-    /// Forget the fragments seen (a fresh program state).
+    /// Forget the fragments and flows seen (a fresh program state).
     pub fn reset(&mut self) {
         self.frags.clear();
+        self.flows.clear();
+        self.flow_ports.clear();
+    }
+
+    /// A frame the host sends (TC egress): a UDP datagram or TCP SYN from a local port the
+    /// policy does not open opens a flow; a later packet of a known flow keeps it open.
+    pub fn egress(&mut self, frame: &[u8]) {
+        let Parsed::Ip(p) = parse(frame) else { return };
+        let slot = match p.proto {
+            6 => PROTO_SLOT_TCP,
+            17 => PROTO_SLOT_UDP,
+            _ => return,
+        };
+        if p.frag == Frag::Later || self.compiled.ports[port_slot(slot, p.sport)].flags & PORT_OPEN != 0 {
+            return;
+        }
+        let key = (p.dst, p.dport, p.src, p.sport, p.proto);
+        if !self.flows.contains(&key) {
+            if p.proto == 6 && p.tcp_flags & 0x12 != 0x02 {
+                return;
+            }
+            self.flows.insert(key);
+        }
+        self.flow_ports.insert((slot, p.sport));
     }
 
     /// The outcome of `frame`, and what the model now remembers of it.
@@ -323,6 +366,10 @@ impl Model {
     fn port(&self, frame: &[u8], p: &Pkt, slot: u32) -> u32 {
         let rule = self.compiled.ports[port_slot(slot, p.dport)];
         if rule.flags & PORT_OPEN == 0 {
+            let reply = (p.src, p.sport, p.dst, p.dport, p.proto);
+            if self.flow_ports.contains(&(slot, p.dport)) && self.flows.contains(&reply) {
+                return reason::RETURN_TRAFFIC;
+            }
             return reason::PORT_CLOSED;
         }
         if rule.sets != 0 && self.sets_of(p) & rule.sets == 0 {

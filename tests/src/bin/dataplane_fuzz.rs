@@ -61,6 +61,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     println!("  later fragments that inherited their first fragment's outcome: {}", totals.inherited);
+    println!("  frames the host sent (egress program): {}", totals.egress);
     for (r, n) in &totals.by_reason {
         println!("  {r:<24} {n}");
     }

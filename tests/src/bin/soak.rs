@@ -88,6 +88,20 @@ fn counters(d: &Daemon) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
+/// The data plane's total count and the client interface's transmitted packets, read as a pair
+/// nothing arrived between (a frame counted between the two reads would show as a difference).
+fn snapshot(d: &Daemon, pair: &Pair) -> (u64, u64) {
+    for _ in 0..50 {
+        let counted: u64 = counters(d).values().sum();
+        let tx = tx_packets(pair);
+        if counters(d).values().sum::<u64>() == counted && tx_packets(pair) == tx {
+            return (counted, tx);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the link never went quiet for a consistent snapshot");
+}
+
 fn tx_packets(pair: &Pair) -> u64 {
     let out = pair.client.sh(&format!("ip -s -j link show dev {}", pair.client_if));
     let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
@@ -161,8 +175,7 @@ fn main() {
         receiver(&pair.server, &format!("{server}:12000"), got.clone(), stop.clone()),
         receiver(&pair.server, &format!("[{}]:12000", pair.server_v6()), got.clone(), stop.clone()),
     ];
-    let counted_before: u64 = counters(&fleet.daemons[0]).values().sum();
-    let tx_before = tx_packets(pair);
+    let (counted_before, tx_before) = snapshot(&fleet.daemons[0], pair);
     let deadline = Instant::now() + total;
     let started = Instant::now();
 
@@ -294,8 +307,8 @@ fn main() {
     let got = got.lock().unwrap().clone();
     let d = &fleet.daemons[0];
     let after = counters(d);
-    let counted: u64 = after.values().sum::<u64>() - counted_before;
-    let tx = tx_packets(pair) - tx_before;
+    let (counted_after, tx_after) = snapshot(d, pair);
+    let (counted, tx) = (counted_after - counted_before, tx_after - tx_before);
 
     println!("\nsent / delivered:");
     for (src, sent) in &sent_legit {

@@ -467,12 +467,6 @@ impl Fleet {
 
     /// Packets a host dropped for `reason`.
     pub fn dropped(&self, host: usize, reason: &str) -> u64 {
-        self.daemons[host].json(&["stats"])["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["reason"] == reason && c["verdict"] == "drop")
-            .map(|c| c["packets"].as_u64().unwrap_or(0))
-            .sum()
+        self.daemons[host].dropped(reason)
     }
 }

@@ -219,6 +219,18 @@ impl Daemon {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("voipwall {}: not JSON ({e}):\n{text}", a.join(" ")))
     }
 
+    /// Packets the data plane dropped for `reason`, from `voipwall stats --json`.
+    #[track_caller]
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.json(&["stats"])["counters"]
+            .as_array()
+            .expect("stats has counters")
+            .iter()
+            .filter(|c| c["verdict"] == "drop" && c["reason"] == reason)
+            .map(|c| c["packets"].as_u64().unwrap_or(0))
+            .sum()
+    }
+
     /// SIGKILL: nothing runs on the way out.
     pub fn kill9(mut self) {
         self.signal_and_wait(libc::SIGKILL);
@@ -274,6 +286,16 @@ impl Drop for Daemon {
         // running here is stopped cleanly so it detaches.
         let _ = self.signal_and_wait(libc::SIGTERM);
     }
+}
+
+/// Whether one UDP datagram from the pair's client address `src_host` reaches the server on
+/// `port` (a socket bound there receives it within 300 ms).
+pub fn udp_reaches(pair: &Pair, src_host: u8, port: u16) -> bool {
+    let rx = pair.server.enter(|| UdpSocket::bind(format!("{}:{port}", pair.server_v4()))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let tx = pair.client.enter(|| UdpSocket::bind(format!("{}:0", pair.client_v4(src_host)))).unwrap();
+    tx.send_to(b"probe", format!("{}:{port}", pair.server_v4())).unwrap();
+    rx.recv(&mut [0u8; 16]).is_ok()
 }
 
 /// A UDP flow with sequence numbers: `pps` datagrams per second from `src` in `from` to `dst`

@@ -385,23 +385,24 @@ impl Model {
     /// The set mask of the longest set prefix holding the source.
     fn sets_of(&self, p: &Pkt) -> u64 {
         if p.ipv6 {
-            let a = std::net::Ipv6Addr::from(p.src);
-            self.compiled
-                .sets_v6
-                .iter()
-                .filter(|(n, _)| n.contains(&a))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map_or(0, |(_, m)| *m)
+            longest(&self.compiled.sets_v6, &std::net::Ipv6Addr::from(p.src), |n, a| (n.contains(a), n.prefix_len()))
         } else {
             let a = std::net::Ipv4Addr::new(p.src[12], p.src[13], p.src[14], p.src[15]);
-            self.compiled
-                .sets_v4
-                .iter()
-                .filter(|(n, _)| n.contains(&a))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map_or(0, |(_, m)| *m)
+            longest(&self.compiled.sets_v4, &a, |n, a| (n.contains(a), n.prefix_len()))
         }
     }
+}
+
+/// The mask of the longest prefix in `nets` that holds `a` (0 if none does); `test` says
+/// whether a prefix holds the address and how long it is.
+fn longest<N, A>(nets: &[(N, u64)], a: &A, test: impl Fn(&N, &A) -> (bool, u8)) -> u64 {
+    nets.iter()
+        .filter_map(|(n, m)| match test(n, a) {
+            (true, len) => Some((len, *m)),
+            (false, _) => None,
+        })
+        .max_by_key(|&(len, _)| len)
+        .map_or(0, |(_, m)| m)
 }
 
 /// ICMP: errors, echo replies and neighbour discovery pass; echo requests pass (their limit is

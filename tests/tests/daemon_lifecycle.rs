@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tests::{
     bpf_available,
-    daemon::{Daemon, Env, Flow, missing},
+    daemon::{Daemon, Env, Flow, missing, udp_reaches},
     netns::Pair,
 };
 
@@ -30,14 +30,6 @@ ports = ["7000-7100"]
 [limit.signaling]
 levels = [{ pps = 20000, burst = 20000, ban = "1h" }]
 "#;
-
-fn udp_reaches(pair: &Pair, src_host: u8, port: u16) -> bool {
-    let rx = pair.server.enter(|| std::net::UdpSocket::bind(format!("{}:{port}", pair.server_v4()))).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let tx = pair.client.enter(|| std::net::UdpSocket::bind(format!("{}:0", pair.client_v4(src_host)))).unwrap();
-    tx.send_to(b"probe", format!("{}:{port}", pair.server_v4())).unwrap();
-    rx.recv(&mut [0u8; 16]).is_ok()
-}
 
 #[test]
 #[ignore = "needs root and BPF"]

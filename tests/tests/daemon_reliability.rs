@@ -9,7 +9,7 @@ use std::{
 
 use tests::{
     bpf_available,
-    daemon::{Daemon, Env},
+    daemon::{Daemon, Env, udp_reaches},
     netns::{Injector, Pair, mac_of},
     packet::Packet,
 };
@@ -22,14 +22,6 @@ roles = ["voip-edge"]
 levels = [{ pps = 1, burst = 1, ban = "1h" }]
 unknown = "off"
 "#;
-
-fn udp_reaches(pair: &Pair, src_host: u8, port: u16) -> bool {
-    let rx = pair.server.enter(|| std::net::UdpSocket::bind(format!("{}:{port}", pair.server_v4()))).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let tx = pair.client.enter(|| std::net::UdpSocket::bind(format!("{}:0", pair.client_v4(src_host)))).unwrap();
-    tx.send_to(b"probe", format!("{}:{port}", pair.server_v4())).unwrap();
-    rx.recv(&mut [0u8; 16]).is_ok()
-}
 
 /// Send SIP-port packets from `host` until it is banned.
 fn get_banned(pair: &Pair, d: &Daemon, host: u8) {

@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use aya::maps::MapData;
 use tests::{
     bpf_available,
-    daemon::{Daemon, Env, Flow, binary, canary_binary, missing},
+    daemon::{Daemon, Env, Flow, binary, canary_binary, missing, udp_reaches},
     netns::Pair,
 };
 
@@ -19,14 +19,6 @@ roles = ["voip-edge"]
 levels = [{ pps = 20, burst = 20, ban = "1h" }]
 "#;
 
-fn udp_reaches(pair: &Pair, src_host: u8, port: u16) -> bool {
-    let rx = pair.server.enter(|| std::net::UdpSocket::bind(format!("{}:{port}", pair.server_v4()))).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let tx = pair.client.enter(|| std::net::UdpSocket::bind(format!("{}:0", pair.client_v4(src_host)))).unwrap();
-    tx.send_to(b"probe", format!("{}:{port}", pair.server_v4())).unwrap();
-    rx.recv(&mut [0u8; 16]).is_ok()
-}
-
 fn pin_dir(env: &Env) -> PathBuf {
     std::fs::read_dir(&env.pins).unwrap().next().expect("a pin folder per interface").unwrap().path()
 }
@@ -34,18 +26,6 @@ fn pin_dir(env: &Env) -> PathBuf {
 /// Value size of the pinned `BANS` map: 16 bytes in the default layout, 24 in the canary's.
 fn bans_value_size(env: &Env) -> u32 {
     MapData::from_pin(pin_dir(env).join(common::maps::BANS)).unwrap().info().unwrap().value_size()
-}
-
-/// Packets the data plane counted as dropped for `reason`.
-fn dropped(d: &Daemon, reason: &str) -> u64 {
-    let stats = d.json(&["stats"]);
-    stats["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["verdict"] == "drop" && r["reason"] == reason)
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum()
 }
 
 /// Pin a new map at `path` with bpftool (the shape another version could have left).
@@ -70,7 +50,7 @@ fn start(bin: &std::path::Path, pair: &Pair, env: &Env, policy: &str) -> Daemon 
 /// and every packet of the second counted (by the old program or the new one) in the counters
 /// the new daemon reads.
 fn switch_under_traffic(pair: &Pair, env: &Env, running: Daemon, next: &std::path::Path, policy: &str) -> Daemon {
-    let closed_before = dropped(&running, "port_closed");
+    let closed_before = running.dropped("port_closed");
     let allowed = Flow::start(
         &pair.client,
         &format!("{}:40001", pair.client_v4(2)),
@@ -101,7 +81,7 @@ fn switch_under_traffic(pair: &Pair, env: &Env, running: Daemon, next: &std::pat
     );
     assert!(lost.is_empty(), "the allowed flow lost {} of {sent}: {:?}", lost.len(), &lost[..lost.len().min(20)]);
     assert!(closed_got.is_empty(), "{} packets reached a closed port during the switch", closed_got.len());
-    let closed_after = dropped(&d, "port_closed");
+    let closed_after = d.dropped("port_closed");
     assert!(
         closed_after >= closed_before + closed_sent,
         "counters carried across the switch: {closed_before} before + {closed_sent} sent, {closed_after} counted"

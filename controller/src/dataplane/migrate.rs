@@ -13,6 +13,8 @@
 //! - keyed maps (hash, LRU, LPM trie): entry by entry, same key; a value that grew is
 //!   zero-extended; one that shrank is cut only where the cut bytes are zero;
 //! - arrays: by index, up to the smaller entry count, values as above;
+//! - bitmaps the program sets (`KNOWN_FILTER`, `FLOW_PORTS`): by index, then after the swap the
+//!   old words are ORed in, so a bit the old program set between the passes is kept;
 //! - per-CPU counters: added into the new map after the swap, CPU by CPU;
 //! - ring buffers and per-CPU scratch: nothing (they hold no state).
 //!
@@ -48,6 +50,7 @@ pub struct Shape {
 pub enum Carry {
     ByKey,
     ByIndex,
+    Bits,
     Counters,
     Nothing,
 }
@@ -56,6 +59,7 @@ impl Carry {
     fn of(name: &str, map_type: MapType) -> Self {
         match map_type {
             _ if name == maps::SIP_SCRATCH => Self::Nothing,
+            MapType::Array if name == maps::KNOWN_FILTER || name == maps::FLOW_PORTS => Self::Bits,
             MapType::Hash | MapType::LruHash | MapType::LpmTrie => Self::ByKey,
             MapType::Array => Self::ByIndex,
             MapType::PerCpuArray => Self::Counters,
@@ -74,8 +78,17 @@ pub struct Step {
     old_map: MapData,
     /// Entries carried so far.
     pub carried: u64,
-    /// The pin folder, for error messages.
-    dir: PathBuf,
+}
+
+impl Step {
+    /// The staged (new) map.
+    fn open_new(&self, staging: &Path) -> std::result::Result<MapData, String> {
+        MapData::from_pin(staging.join(self.name)).map_err(|e| format!("opening the new map: {e}"))
+    }
+
+    fn refuse(&self, dir: &Path, why: String) -> DataplaneError {
+        DataplaneError::Unmigratable { map: self.name, dir: dir.to_path_buf(), why }
+    }
 }
 
 /// A migration in progress: maps staged and filled, the swap not yet done.
@@ -120,7 +133,7 @@ pub fn plan(
             )));
         }
         let new = Shape { key, value, entries: fixed.get(name).copied().unwrap_or(old.entries) };
-        steps.push(Step { name, old, new, carry, old_map, carried: 0, dir: dir.to_path_buf() });
+        steps.push(Step { name, old, new, carry, old_map, carried: 0 });
     }
     Ok((!steps.is_empty()).then(|| Migration { dir: dir.to_path_buf(), from_version, steps }))
 }
@@ -139,42 +152,40 @@ impl Migration {
     pub fn carry(&mut self) -> Result<()> {
         let staging = self.staging();
         for step in &mut self.steps {
-            let new_map = MapData::from_pin(staging.join(step.name)).map_err(|e| DataplaneError::Unmigratable {
-                map: step.name,
-                dir: self.dir.clone(),
-                why: format!("opening the new map: {e}"),
-            })?;
-            let old = step.old_map.fd().as_fd().as_raw_fd();
-            let new = new_map.fd().as_fd().as_raw_fd();
-            step.carried = match step.carry {
-                Carry::ByKey => copy_keyed(old, new, step, Overwrite::Yes)?,
-                Carry::ByIndex => copy_indexed(old, new, step)?,
-                Carry::Counters | Carry::Nothing => 0,
-            };
+            let carried = step.open_new(&staging).and_then(|new_map| {
+                let old = step.old_map.fd().as_fd().as_raw_fd();
+                let new = new_map.fd().as_fd().as_raw_fd();
+                match step.carry {
+                    Carry::ByKey => copy_keyed(old, new, step, Overwrite::Yes),
+                    Carry::ByIndex | Carry::Bits => copy_indexed(old, new, step, Merge::Replace),
+                    Carry::Counters | Carry::Nothing => Ok(0),
+                }
+            });
+            step.carried = carried.map_err(|why| step.refuse(&self.dir, why))?;
         }
         Ok(())
     }
 
     /// Second pass, after the swap: what the old program wrote since the first pass (keyed
-    /// entries the new maps lack; every counter), then the new maps replace the old pins.
+    /// entries the new maps lack, bits of the bitmaps, every counter), then the new maps
+    /// replace the old pins.
     pub fn finish(self) -> Result<()> {
         let staging = self.staging();
         let cpus = possible_cpus()?;
         let mut moved = Vec::new();
         for mut step in self.steps {
             let path = staging.join(step.name);
-            let new_map = MapData::from_pin(&path).map_err(|e| DataplaneError::Unmigratable {
-                map: step.name,
-                dir: self.dir.clone(),
-                why: format!("opening the new map: {e}"),
-            })?;
-            let old = step.old_map.fd().as_fd().as_raw_fd();
-            let new = new_map.fd().as_fd().as_raw_fd();
-            match step.carry {
-                Carry::ByKey => step.carried += copy_keyed(old, new, &step, Overwrite::No)?,
-                Carry::Counters => step.carried = add_counters(old, new, &step, cpus)?,
-                Carry::ByIndex | Carry::Nothing => {}
-            }
+            let carried = step.open_new(&staging).and_then(|new_map| {
+                let old = step.old_map.fd().as_fd().as_raw_fd();
+                let new = new_map.fd().as_fd().as_raw_fd();
+                match step.carry {
+                    Carry::ByKey => copy_keyed(old, new, &step, Overwrite::No).map(|n| step.carried + n),
+                    Carry::Bits => copy_indexed(old, new, &step, Merge::Or).map(|n| step.carried.max(n)),
+                    Carry::Counters => add_counters(old, new, &step, cpus),
+                    Carry::ByIndex | Carry::Nothing => Ok(step.carried),
+                }
+            });
+            step.carried = carried.map_err(|why| step.refuse(&self.dir, why))?;
             std::fs::rename(&path, self.dir.join(step.name))
                 .map_err(|e| DataplaneError::Pin { path: path.clone(), detail: format!("moving into place: {e}") })?;
             moved.push(format!(
@@ -295,7 +306,17 @@ enum Overwrite {
     No,
 }
 
-fn copy_keyed(old: RawFd, new: RawFd, step: &Step, overwrite: Overwrite) -> Result<u64> {
+/// How an array's words meet what the new map holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    Replace,
+    Or,
+}
+
+// The copies below answer the reason a map cannot be carried; the caller names the map.
+type Carried = std::result::Result<u64, String>;
+
+fn copy_keyed(old: RawFd, new: RawFd, step: &Step, overwrite: Overwrite) -> Carried {
     let mut key = vec![0u8; step.old.key as usize];
     let mut next = vec![0u8; step.old.key as usize];
     let mut value = vec![0u8; step.old.value as usize];
@@ -306,55 +327,69 @@ fn copy_keyed(old: RawFd, new: RawFd, step: &Step, overwrite: Overwrite) -> Resu
     // the walk is bounded all the same.
     let bound = u64::from(step.old.entries).saturating_mul(4).saturating_add(1024);
     for _ in 0..bound {
-        if !sys::next_key(old, (!first).then_some(&key[..]), &mut next).map_err(|e| map_err(step, "walk", e))? {
+        if !sys::next_key(old, (!first).then_some(&key[..]), &mut next).map_err(|e| io("walk", e))? {
             return Ok(n);
         }
         first = false;
         key.copy_from_slice(&next);
-        if !sys::lookup(old, &key, &mut value).map_err(|e| map_err(step, "read", e))? {
+        if !sys::lookup(old, &key, &mut value).map_err(|e| io("read", e))? {
             continue;
         }
         let v = convert(&value, step.new.value as usize).ok_or_else(|| lossy(step))?;
         match sys::update(new, &key, &v, flags) {
             Ok(()) => n += 1,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(map_err(step, "write", e)),
+            Err(e) => return Err(io("write", e)),
         }
     }
     Ok(n)
 }
 
-fn copy_indexed(old: RawFd, new: RawFd, step: &Step) -> Result<u64> {
+fn copy_indexed(old: RawFd, new: RawFd, step: &Step, merge: Merge) -> Carried {
     let mut value = vec![0u8; step.old.value as usize];
+    let mut current = vec![0u8; step.new.value as usize];
     let mut n = 0;
     for i in 0..step.old.entries.min(step.new.entries) {
         let key = i.to_ne_bytes();
-        if !sys::lookup(old, &key, &mut value).map_err(|e| map_err(step, "read", e))? {
+        if !sys::lookup(old, &key, &mut value).map_err(|e| io("read", e))? {
             continue;
         }
         if value.iter().all(|&b| b == 0) {
             continue;
         }
-        let v = convert(&value, step.new.value as usize).ok_or_else(|| lossy(step))?;
-        sys::update(new, &key, &v, sys::BPF_ANY).map_err(|e| map_err(step, "write", e))?;
+        let mut v = convert(&value, step.new.value as usize).ok_or_else(|| lossy(step))?;
+        if merge == Merge::Or {
+            sys::lookup(new, &key, &mut current).map_err(|e| io("read", e))?;
+            if !or_into(&mut v, &current) {
+                continue;
+            }
+        }
+        sys::update(new, &key, &v, sys::BPF_ANY).map_err(|e| io("write", e))?;
         n += 1;
     }
     Ok(n)
 }
 
-fn add_counters(old: RawFd, new: RawFd, step: &Step, cpus: usize) -> Result<u64> {
+/// `word |= current`; whether `word` held a bit that `current` lacked (a write is needed).
+pub fn or_into(word: &mut [u8], current: &[u8]) -> bool {
+    let new_bits = word.iter().zip(current).any(|(a, b)| a & !b != 0);
+    word.iter_mut().zip(current).for_each(|(a, b)| *a |= b);
+    new_bits
+}
+
+fn add_counters(old: RawFd, new: RawFd, step: &Step, cpus: usize) -> Carried {
     let (os, ns) = (step.old.value as usize, step.new.value as usize);
     let mut a = vec![0u8; os.next_multiple_of(8) * cpus];
     let mut b = vec![0u8; ns.next_multiple_of(8) * cpus];
     let mut n = 0;
     for i in 0..step.old.entries.min(step.new.entries) {
         let key = i.to_ne_bytes();
-        if !sys::lookup(old, &key, &mut a).map_err(|e| map_err(step, "read", e))? || a.iter().all(|&x| x == 0) {
+        if !sys::lookup(old, &key, &mut a).map_err(|e| io("read", e))? || a.iter().all(|&x| x == 0) {
             continue;
         }
-        sys::lookup(new, &key, &mut b).map_err(|e| map_err(step, "read", e))?;
+        sys::lookup(new, &key, &mut b).map_err(|e| io("read", e))?;
         add_words(&mut b, &a, os, ns, cpus);
-        sys::update(new, &key, &b, sys::BPF_ANY).map_err(|e| map_err(step, "write", e))?;
+        sys::update(new, &key, &b, sys::BPF_ANY).map_err(|e| io("write", e))?;
         n += 1;
     }
     Ok(n)
@@ -364,19 +399,15 @@ fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Pin { path: PathBuf::from(what), detail: e.to_string() })
 }
 
-fn map_err(step: &Step, what: &str, e: std::io::Error) -> DataplaneError {
-    DataplaneError::Unmigratable { map: step.name, dir: step.dir.clone(), why: format!("{what}: {e}") }
+fn io(what: &str, e: std::io::Error) -> String {
+    format!("{what}: {e}")
 }
 
-fn lossy(step: &Step) -> DataplaneError {
-    DataplaneError::Unmigratable {
-        map: step.name,
-        dir: step.dir.clone(),
-        why: format!(
-            "an entry's value would shrink from {} to {} bytes and lose data that this version does not know",
-            step.old.value, step.new.value
-        ),
-    }
+fn lossy(step: &Step) -> String {
+    format!(
+        "an entry's value would shrink from {} to {} bytes and lose data that this version does not know",
+        step.old.value, step.new.value
+    )
 }
 
 /// The four map commands of bpf(2) on raw bytes: migration handles values whose size is known
@@ -446,6 +477,16 @@ mod tests {
         assert_eq!(convert(&[1, 2, 0, 0], 2), Some(vec![1, 2]));
         assert_eq!(convert(&[1, 2, 0, 3], 2), None, "a shrink that loses a non-zero byte is refused");
         assert_eq!(convert(&[1, 2], 2), Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn bitmaps_merge_with_or_and_skip_words_with_nothing_new() {
+        // A bit the old program set after the first copy (0x04) joins what the new one set.
+        let mut old = vec![0x05, 0x00];
+        assert!(or_into(&mut old, &[0x01, 0x80]));
+        assert_eq!(old, [0x05, 0x80]);
+        let mut same = vec![0x01, 0x00];
+        assert!(!or_into(&mut same, &[0x01, 0x80]), "nothing new: no write");
     }
 
     #[test]

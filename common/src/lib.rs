@@ -107,9 +107,17 @@ pub mod maps {
     pub const SIP_CALLS: &str = "SIP_CALLS";
     /// `Array<[u64; 16]>`, one entry of zeros the programs insert new entries from.
     pub const ZERO: &str = "ZERO";
+    /// `HashMap<PinholeKey, Pinhole>`: media pinholes, (peer address, local port) -> state
+    /// (see [`crate::Pinhole`]). Written by the controller, refreshed and latched by the program.
+    pub const PINHOLES: &str = "PINHOLES";
+    /// `RingBuf` of [`crate::SignalRecord`]: call signaling on the SIP ports (both directions)
+    /// for the controller to learn pinholes from, while a rule is in pinhole mode.
+    pub const SIGNALING: &str = "SIGNALING";
+    /// `Array<Budget>`, one entry: the per-second budget of `SIGNALING` records.
+    pub const SIGNAL_BUDGET: &str = "SIGNAL_BUDGET";
 
     /// Every map name.
-    pub const ALL: [&str; 32] = [
+    pub const ALL: [&str; 35] = [
         ACTIVE,
         POLICY,
         PORTS,
@@ -142,6 +150,9 @@ pub mod maps {
         SETS_GATE,
         SIP_CALLS,
         ZERO,
+        PINHOLES,
+        SIGNALING,
+        SIGNAL_BUDGET,
     ];
 }
 
@@ -179,8 +190,14 @@ pub mod stat {
     pub const CAPTURE_LOST: u32 = 15;
     /// Drop samples written to the capture ring buffer.
     pub const CAPTURED: u32 = 16;
+    /// Signaling records (`SIGNALING`) written for the pinhole learner.
+    pub const SIGNALS: u32 = 17;
+    /// Signaling records lost: the ring buffer was full or the per-second budget spent.
+    pub const SIGNALS_LOST: u32 = 18;
+    /// Source ports latched by pinholes (the first media packet from a peer).
+    pub const PINHOLES_LATCHED: u32 = 19;
     /// Slots of the array.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 20;
 }
 
 /// Slots of `ACTIVE`.
@@ -347,6 +364,11 @@ pub mod capacity {
     pub const EVENTS_BYTES: u32 = 256 * 1024;
     /// Ring buffer bytes for drop samples: about 650 full-size samples.
     pub const CAPTURE_BYTES: u32 = 1024 * 1024;
+    /// Media pinholes: (peer, local port) pairs. A call with one audio stream and RTCP on its
+    /// own port needs 4 (two ports, each to the SDP address and the signaling address).
+    pub const PINHOLES: u32 = 65_536;
+    /// Ring buffer bytes for call signaling records: about 1300 full-size messages.
+    pub const SIGNALING_BYTES: u32 = 2 * 1024 * 1024;
 }
 
 /// Verdicts, the first dimension of the counter array.
@@ -405,9 +427,13 @@ pub mod reason {
     pub const UNKNOWN_OVER_BUDGET: u32 = 18;
     /// Source blocked by a fleet decision (a CrowdSec decision pulled from the Local API).
     pub const FLEET_BLOCK: u32 = 19;
+    /// Media to a port in pinhole mode from a peer of a live call (a pass).
+    pub const PINHOLE: u32 = 20;
+    /// Media to a port in pinhole mode with no live pinhole for its source.
+    pub const PINHOLE_CLOSED: u32 = 21;
 
     /// Number of reasons in use (the rest of [`crate::MAX_REASONS`] is reserved).
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 22;
     const _: () = assert!(COUNT <= crate::MAX_REASONS);
 
     /// Metric label values, indexed by reason.
@@ -432,11 +458,17 @@ pub mod reason {
         "sip_evasion",
         "unknown_over_budget",
         "fleet_block",
+        "pinhole",
+        "pinhole_closed",
     ];
+
+    /// Reasons that pass, one bit each.
+    const PASSING: u32 =
+        1 << NON_IP | 1 << ALLOW_LIST | 1 << RETURN_TRAFFIC | 1 << ICMP | 1 << PORT_OPEN | 1 << PINHOLE;
 
     /// The verdict a reason stands for when enforcing (dry run turns drops into would-drops).
     pub const fn is_drop(reason: u32) -> bool {
-        reason >= MALFORMED
+        reason >= 32 || PASSING & (1 << reason) == 0
     }
 
     /// Reason code from its label, for tests and tools.
@@ -551,7 +583,8 @@ pub struct PolicyConfig {
     pub known_ttl_ns: u64,
     /// Drop reasons sampled into `CAPTURE`, one bit per reason (0: capture off).
     pub capture_mask: u32,
-    pub _capture_pad: u32,
+    /// `PINHOLE_*` bits.
+    pub pinhole_flags: u32,
     /// Samples per second of each reason (a shared budget per reason, `CAPTURE_BUDGETS`).
     pub capture: RateLevel,
 }
@@ -580,11 +613,24 @@ pub const SIP_UA_BLOCK: u32 = 1;
 /// `PolicyConfig::sip_flags`: count authentications (failed-auth or unanswered-challenge bans).
 pub const SIP_AUTH_WATCH: u32 = 2;
 
+/// `PolicyConfig::pinhole_flags`: a port is in pinhole mode: the programs copy call signaling
+/// into `SIGNALING` for the controller to learn pinholes from.
+pub const PINHOLE_LEARN: u32 = 1;
+/// `PolicyConfig::pinhole_flags`: the pinhole table is full (the controller could not add a
+/// pinhole): ports with [`PORT_PINHOLE_LIMIT`] admit media by their rate class meanwhile.
+pub const PINHOLE_FULL: u32 = 2;
+
 /// `PortRule::flags`: the port is open (to the sets in `sets`, or to any source when `sets` is 0).
 pub const PORT_OPEN: u8 = 1;
 /// `PortRule::flags`: the port carries plaintext SIP (`[sip] ports`): requests to it are
 /// inspected, responses from it are read by the egress program.
 pub const PORT_SIP: u8 = 2;
+/// `PortRule::flags`: media in pinhole mode: a packet passes only from a peer with a live
+/// pinhole on this port (or as a reply to a flow the host opened from it).
+pub const PORT_PINHOLE: u8 = 4;
+/// `PortRule::flags`, with [`PORT_PINHOLE`]: while the pinhole table is full, admit media by
+/// the rule's rate class instead of dropping it (`pinhole_full = "limit"`).
+pub const PORT_PINHOLE_LIMIT: u8 = 8;
 
 /// Value of `PORTS`: what one destination port of one protocol does in one generation.
 #[repr(C)]
@@ -1069,6 +1115,90 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+/// Key of `PINHOLES`: a peer address (network byte order, IPv4-mapped for IPv4) and a local
+/// UDP port (host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PinholeKey {
+    pub peer: [u8; 16],
+    pub local_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `PINHOLES`. Times on the data plane's clock (CLOCK_MONOTONIC, ns). A pinhole is
+/// live at `now` while `now <= seen_ns + idle_ns` (when `idle_ns` is not 0) and `now <=
+/// until_ns` (when `until_ns` is not 0). The controller opens a learned pinhole with `seen_ns`
+/// in the future so that the idle check first measures the set-up allowance (a phone may ring
+/// for minutes before media); each admitted packet moves `seen_ns` to `now`. Closing (BYE,
+/// CANCEL, a failure) sets `until_ns` to the end of the grace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pinhole {
+    pub seen_ns: u64,
+    pub until_ns: u64,
+    pub idle_ns: u64,
+    /// The peer's source port, latched by its first admitted packet (0: not yet).
+    pub peer_port: u16,
+    /// `PINHOLE_OPEN_*`: how it was opened.
+    pub flags: u16,
+    pub _pad: u32,
+}
+
+impl Pinhole {
+    /// Whether the pinhole admits at `now`.
+    #[inline(always)]
+    pub const fn live(&self, now: u64) -> bool {
+        (self.idle_ns == 0 || now <= self.seen_ns.saturating_add(self.idle_ns))
+            && (self.until_ns == 0 || now <= self.until_ns)
+    }
+}
+
+/// `Pinhole::flags`: learned from SDP (the peer's media address).
+pub const PINHOLE_OPEN_SDP: u16 = 1;
+/// `Pinhole::flags`: learned from the signaling source (the NAT's public address).
+pub const PINHOLE_OPEN_SIGNALING: u16 = 2;
+/// `Pinhole::flags`: added by `voipwall pinhole add`.
+pub const PINHOLE_OPEN_MANUAL: u16 = 4;
+/// `Pinhole::flags`: an RTCP port.
+pub const PINHOLE_RTCP: u16 = 8;
+/// `Pinhole::flags`: closing (its `until_ns` is the end of the grace).
+pub const PINHOLE_CLOSING: u16 = 16;
+
+/// The per-second budget of `SIGNALING` records (20 000 a second, bursts of 4000): far above
+/// any real call rate (a call is a handful of messages), low enough that a flood of INVITEs
+/// cannot make the controller read more than about 30 MB a second.
+pub const SIGNAL_RATE: RateLevel = RateLevel { emission_ns: 50_000, tolerance_ns: 3_999 * 50_000, ban_ns: 0 };
+
+/// Bytes of a SIP message a signaling record keeps (a full UDP payload at a 1500-byte MTU).
+pub const SIGNAL_SNAP: usize = 1472;
+
+/// `SignalRecord::direction`: a message the host received (XDP).
+pub const SIGNAL_IN: u8 = 0;
+/// `SignalRecord::direction`: a message the host sent (TC egress).
+pub const SIGNAL_OUT: u8 = 1;
+
+/// One record of `SIGNALING`: a SIP message over UDP on a SIP port, with its addresses.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SignalRecord {
+    /// When the program saw it (the data plane's clock, ns).
+    pub ts_ns: u64,
+    /// Addresses in network byte order (IPv4-mapped for IPv4), ports in host byte order.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// `SIGNAL_IN` or `SIGNAL_OUT`.
+    pub direction: u8,
+    pub ipv6: u8,
+    pub _pad: u16,
+    /// The UDP payload's length.
+    pub len: u32,
+    /// Bytes of it in `data`.
+    pub cap_len: u32,
+    pub data: [u8; SIGNAL_SNAP],
+}
+
 /// Key of `FRAGS`: RFC 791 / RFC 8200 reassembly key. Addresses network byte order, `id` host
 /// byte order.
 #[repr(C)]
@@ -1130,6 +1260,8 @@ mod pod {
     unsafe impl aya::Pod for Budget {}
     unsafe impl aya::Pod for KnownPeer {}
     unsafe impl aya::Pod for SipCalls {}
+    unsafe impl aya::Pod for PinholeKey {}
+    unsafe impl aya::Pod for Pinhole {}
 }
 
 #[cfg(test)]
@@ -1177,6 +1309,9 @@ mod tests {
         assert_eq!(size_of::<BanEvent>(), 16 + 8 + 8 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 3);
+        assert_eq!(size_of::<PinholeKey>(), 16 + 2 + 6);
+        assert_eq!(size_of::<Pinhole>(), 8 + 8 + 8 + 2 + 2 + 4);
+        assert_eq!(size_of::<SignalRecord>(), 8 + 16 + 16 + 2 + 2 + 1 + 1 + 2 + 4 + 4 + SIGNAL_SNAP);
         assert_eq!(size_of::<FragState>(), 8 + 1 + 1 + 2 + 2 + 2);
         assert_eq!(size_of::<Counter>(), 16);
     }
@@ -1306,7 +1441,7 @@ mod tests {
     fn drop_reasons_are_exactly_the_drop_half() {
         for r in 0..reason::COUNT {
             let name = reason::NAMES[r as usize];
-            let pass = matches!(name, "non_ip" | "allow_list" | "return_traffic" | "icmp" | "port_open");
+            let pass = matches!(name, "non_ip" | "allow_list" | "return_traffic" | "icmp" | "port_open" | "pinhole");
             assert_eq!(reason::is_drop(r), !pass, "{name}");
         }
     }

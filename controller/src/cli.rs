@@ -125,6 +125,12 @@ pub enum Command {
         #[command(subcommand)]
         command: FleetCmd,
     },
+    /// Media pinholes of ports in pinhole mode: add one for signaling voipwall cannot read
+    /// (TLS, WSS, SIP split over TCP segments), remove one, or list them.
+    Pinhole {
+        #[command(subcommand)]
+        command: PinholeCmd,
+    },
     /// List the built-in roles, or describe one.
     Roles { name: Option<String> },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -225,6 +231,27 @@ pub struct RemoveCmd {
 pub enum FleetCmd {
     /// Last sync, errors by kind, decisions by origin, entries, pushes.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PinholeCmd {
+    /// Admit UDP from PEER to LOCALPORT (a port in pinhole mode) until deleted or for --ttl.
+    Add {
+        /// The peer's IPv4 or IPv6 address.
+        peer: std::net::IpAddr,
+        /// The local media port.
+        localport: u16,
+        /// Close it after this long (e.g. "2h").
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+    },
+    /// Remove the pinhole of PEER on LOCALPORT.
+    Del { peer: std::net::IpAddr, localport: u16 },
+    /// Every pinhole: peer, local port, latched peer port, state, how it was opened, time left.
+    List {
         #[arg(long)]
         json: bool,
     },
@@ -546,6 +573,13 @@ fn client(iface: Option<&str>, socket: Option<PathBuf>, command: Command) -> i32
             (Request::Explain { source: source.to_string(), proto, port }, json)
         }
         Command::Fleet { command: FleetCmd::Status { json } } => (Request::FleetStatus, json),
+        Command::Pinhole { command: PinholeCmd::Add { peer, localport, ttl } } => {
+            (Request::PinholeAdd { peer: peer.to_string(), local_port: localport, ttl }, false)
+        }
+        Command::Pinhole { command: PinholeCmd::Del { peer, localport } } => {
+            (Request::PinholeDel { peer: peer.to_string(), local_port: localport }, false)
+        }
+        Command::Pinhole { command: PinholeCmd::List { json } } => (Request::PinholeList, json),
         Command::Policy { command: PolicyCmd::Show { json } } => (Request::PolicyShow, json),
         Command::Reload { policy, confirm_within, allow_lockout } => {
             let policy = absolute(policy);

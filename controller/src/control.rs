@@ -51,6 +51,16 @@ pub enum Request {
     },
     Confirm,
     FleetStatus,
+    PinholeAdd {
+        peer: String,
+        local_port: u16,
+        ttl: Option<String>,
+    },
+    PinholeDel {
+        peer: String,
+        local_port: u16,
+    },
+    PinholeList,
     /// `voipwall explain SOURCE [PROTO PORT]`: `proto` is "udp" or "tcp".
     Explain {
         source: String,
@@ -157,6 +167,19 @@ pub fn handle(fw: &mut Firewall, req: Request, who: &str) -> Response {
         Request::Top { limit } => fw.top(limit.max(1)),
         Request::Status => fw.status(),
         Request::FleetStatus => Ok(fw.fleet_status()),
+        Request::PinholeAdd { peer, local_port, ttl } => {
+            match (peer.parse::<IpAddr>(), ttl.as_deref().map(crate::policy::parse_duration).transpose()) {
+                (Err(_), _) => Err(OpError::Invalid(format!("`{peer}` is not an IP address"))),
+                (_, Err(hint)) => Err(OpError::Invalid(format!("--ttl is not a duration; {hint}"))),
+                (_, Ok(Some(d))) if d.is_zero() => Err(OpError::Invalid("--ttl must be longer than zero".into())),
+                (Ok(peer), Ok(ttl)) => fw.pinhole_add(peer, local_port, ttl),
+            }
+        }
+        Request::PinholeDel { peer, local_port } => match peer.parse::<IpAddr>() {
+            Ok(peer) => fw.pinhole_del(peer, local_port),
+            Err(_) => Err(OpError::Invalid(format!("`{peer}` is not an IP address"))),
+        },
+        Request::PinholeList => fw.pinhole_list(),
         Request::Explain { source, proto, port } => explain(fw, &source, proto.as_deref(), port),
         Request::PolicyShow => Ok(fw.policy_show()),
         Request::Reload { policy, confirm_within, allow_lockout, ssh_client } => {

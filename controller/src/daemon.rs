@@ -91,6 +91,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let mut fw = Firewall::start(&opts)?;
     let events = fw.dataplane_mut().take_events();
     let capture = fw.dataplane_mut().take_capture();
+    let signaling = fw.dataplane_mut().take_signaling();
     let program_id = fw.attachment().map(|a| a.program_id);
     let fw = Arc::new(Mutex::new(fw));
 
@@ -102,7 +103,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(|e| RunError::runtime(format!("tokio runtime: {e}")))?;
-    let result = rt.block_on(serve(args.clone(), socket.clone(), fw.clone(), events, capture, program_id));
+    let result = rt.block_on(serve(args.clone(), socket.clone(), fw.clone(), [events, capture, signaling], program_id));
     let keep = args.keep_attached;
     {
         let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,8 +118,7 @@ async fn serve(
     args: RunArgs,
     socket: PathBuf,
     fw: Arc<Mutex<Firewall>>,
-    events: Option<RingBuf<MapData>>,
-    capture: Option<RingBuf<MapData>>,
+    [events, capture, signaling]: [Option<RingBuf<MapData>>; 3],
     program_id: Option<u32>,
 ) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -132,6 +132,9 @@ async fn serve(
     }
     if let Some(rb) = capture {
         tasks.push(tokio::spawn(drop_samples(rb, args.iface.clone(), fw.clone(), stop_rx.clone())));
+    }
+    if let Some(rb) = signaling {
+        tasks.push(tokio::spawn(call_signaling(rb, fw.clone(), stop_rx.clone())));
     }
     if let Some(id) = program_id {
         tasks.push(tokio::spawn(ebpf_logs(id, stop_rx.clone())));
@@ -249,6 +252,22 @@ async fn drop_samples(rb: RingBuf<MapData>, iface: String, fw: Arc<Mutex<Firewal
             {
                 sink.write(&sample);
             }
+        }
+    })
+    .await;
+}
+
+/// Drain the call-signaling ring buffer into the pinhole learner.
+async fn call_signaling(rb: RingBuf<MapData>, fw: Arc<Mutex<Firewall>>, stop: watch::Receiver<bool>) {
+    on_readable(rb, "call signaling", stop, |rb| {
+        let mut fw = fw.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(item) = rb.next() {
+            if item.len() != std::mem::size_of::<common::SignalRecord>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote exactly one SignalRecord into this record.
+            let rec = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const common::SignalRecord) };
+            fw.on_signal(&rec);
         }
     })
     .await;

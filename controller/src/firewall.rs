@@ -145,6 +145,8 @@ pub struct Firewall {
     log: RateLog,
     /// `stat::EVENTS_LOST` when the sweep last looked.
     events_lost: Option<u64>,
+    /// Media pinholes: the learner and its counts.
+    pub pinholes: crate::pinholes::Pinholes,
 }
 
 /// Per-event log lines of one kind written per second before the rest are only counted.
@@ -219,6 +221,7 @@ impl Firewall {
             fleet: None,
             log: RateLog::new(LOG_LINES_PER_S, Duration::from_secs(1)),
             events_lost: None,
+            pinholes: crate::pinholes::Pinholes::new(),
         };
         fw.configure_fleet();
         fw.merge_bans(now)?;
@@ -746,8 +749,35 @@ impl Firewall {
         self.bans_dirty = true;
     }
 
+    /// A call-signaling record from the data plane (the pinhole learner).
+    pub fn on_signal(&mut self, rec: &common::SignalRecord) {
+        self.pinholes.on_signal(rec, &mut self.dp, &self.policy, &self.compiled);
+    }
+
+    /// `voipwall pinhole add`: refused for a port that is not in pinhole mode (it would change
+    /// nothing there).
+    pub fn pinhole_add(&mut self, peer: IpAddr, port: u16, ttl: Option<Duration>) -> Result<Reply, OpError> {
+        if !crate::pinholes::in_pinhole_mode(&self.compiled, port) {
+            return Err(OpError::Invalid(format!(
+                "{port}/udp is not in pinhole mode (set media = \"pinhole\" on its rule, or [media] mode = \"pinhole\")"
+            )));
+        }
+        self.pinholes.add(&mut self.dp, peer, port, ttl).map_err(OpError::Invalid)
+    }
+
+    /// `voipwall pinhole del`.
+    pub fn pinhole_del(&mut self, peer: IpAddr, port: u16) -> Result<Reply, OpError> {
+        self.pinholes.del(&mut self.dp, peer, port).map_err(OpError::Invalid)
+    }
+
+    /// `voipwall pinhole list`.
+    pub fn pinhole_list(&self) -> Result<Reply, OpError> {
+        self.pinholes.list(&self.dp).map_err(OpError::Invalid)
+    }
+
     /// Remove expired bans and list entries; persist what changed. Runs every second.
     pub fn sweep(&mut self) {
+        self.pinholes.sweep(&mut self.dp);
         let now = unix_now();
         let expired_bans = self.bans.expired(now);
         let had_bans = !expired_bans.is_empty();

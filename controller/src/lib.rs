@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod paths;
 pub mod peers;
+pub mod pinholes;
 pub mod policy;
 pub mod ratelog;
 pub mod render;

@@ -10,15 +10,15 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use common::{
-    FlowKey, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, active, addr::mask_prefix,
-    flow_port_bit, known::PROOF_TCP, port_index, stat,
+    FlowKey, PINHOLE_LEARN, PORT_OPEN, PORT_PINHOLE, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, active,
+    addr::mask_prefix, flow_port_bit, known::PROOF_TCP, port_index, stat,
 };
 
 use crate::{
     clock, known,
     maps::{ACTIVE, FLOW_PORTS, FLOWS, POLICY, PORTS, bump},
     parse::{FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, TCP_ACK, TCP_RST, TCP_SYN, parse},
-    sip,
+    signaling, sip,
 };
 
 /// Always `TC_ACT_UNSPEC` (`TCX_NEXT`): let the rest of the egress chain decide.
@@ -44,14 +44,20 @@ fn record(ctx: &TcContext) -> Result<(), ()> {
         return Ok(());
     }
     let generation = ACTIVE.get(active::GENERATION).copied().unwrap_or(0) & 1;
+    // Media from a port in pinhole mode opens a flow like a closed port's: its replies pass as
+    // return traffic.
     if let Some(rule) = PORTS.get(port_index(generation, proto_slot, pkt.sport))
-        && rule.flags & PORT_OPEN != 0
+        && rule.flags & (PORT_OPEN | PORT_PINHOLE) == PORT_OPEN
     {
         // A server answering on a listening port: the port policy judges its peer's packets.
-        // The host's SIP server's responses feed the authentication counters.
+        // The host's SIP server's responses feed the authentication counters, and its call
+        // signaling the pinhole learner.
         if let Some(cfg) = POLICY.get(generation) {
             if rule.flags & PORT_SIP != 0 {
                 sip::egress(ctx, &pkt, cfg);
+                if cfg.pinhole_flags & PINHOLE_LEARN != 0 && pkt.proto == IPPROTO_UDP {
+                    signaling::out(ctx, &pkt);
+                }
             }
             if pkt.proto == IPPROTO_TCP {
                 tcp_peer(&pkt, cfg);

@@ -27,10 +27,12 @@ mod known;
 mod lists;
 mod maps;
 mod parse;
+mod pinhole;
 mod ports;
 mod rate;
 mod runtime;
 mod sets;
+mod signaling;
 mod sip;
 mod verdict;
 
@@ -40,12 +42,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use common::{
-    PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SOURCE_FLEET, SourceKey, active,
-    addr::mask_prefix, reason,
+    PINHOLE_LEARN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, SOURCE_ALLOW, SOURCE_BLOCK, SOURCE_FLEET,
+    SourceKey, active, addr::mask_prefix, port_index, reason,
 };
 
 use crate::{
-    maps::{ACTIVE, POLICY},
+    maps::{ACTIVE, POLICY, PORTS},
     parse::{FRAG_FIRST, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     verdict::Decision,
 };
@@ -80,8 +82,12 @@ fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
         Ok(parse::Parsed::NonIp) => return Decision::of(reason::NON_IP),
         Err(()) => return Decision::of(reason::MALFORMED),
     }
+    let payload = ports::Payload { xdp: ctx.ctx, frame_len: (frame.end - frame.start) as u32 };
     match lists::source_list(&pkt) {
-        SOURCE_ALLOW => return Decision::of(reason::ALLOW_LIST),
+        SOURCE_ALLOW => {
+            signaling(payload, &pkt, generation, cfg);
+            return Decision::of(reason::ALLOW_LIST);
+        }
         SOURCE_BLOCK => return Decision::of(reason::BLOCK_LIST),
         SOURCE_FLEET => return Decision::of(reason::FLEET_BLOCK),
         _ => {}
@@ -93,12 +99,28 @@ fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
     if pkt.frag == FRAG_LATER {
         return fragments::inherit(&pkt, cfg);
     }
-    let payload = ports::Payload { xdp: ctx.ctx, frame_len: (frame.end - frame.start) as u32 };
     let decision = transport(payload, &pkt, generation, cfg);
     if pkt.frag == FRAG_FIRST {
         fragments::remember(&pkt, decision);
     }
+    if !reason::is_drop(decision.reason) {
+        signaling(payload, &pkt, generation, cfg);
+    }
     decision
+}
+
+/// A SIP message over UDP that the host lets in on a SIP port goes to the pinhole learner while
+/// a rule is in pinhole mode (see `signaling`).
+#[inline(always)]
+fn signaling(payload: ports::Payload, pkt: &parse::Packet, generation: u32, cfg: &PolicyConfig) {
+    if cfg.pinhole_flags & PINHOLE_LEARN == 0 || pkt.proto != IPPROTO_UDP || pkt.frag == FRAG_LATER {
+        return;
+    }
+    if let Some(rule) = PORTS.get(port_index(generation, PROTO_SLOT_UDP, pkt.dport))
+        && rule.flags & PORT_SIP != 0
+    {
+        signaling::voipwall_signal_in(payload.xdp, payload.frame_len, pkt);
+    }
 }
 
 /// Steps 4 to 8 for a packet that has its transport header.

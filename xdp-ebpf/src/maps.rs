@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use common::{
     BanEntry, Budget, CLASSES_ENTRIES, COUNTERS_ENTRIES, Counter, FLOW_PORT_WORDS, FlowKey, FragKey, FragState,
-    GENERATIONS, HostBlock, KnownPeer, MAX_CLASSES, MAX_REASONS, MID_WORDS, PORTS_ENTRIES, PolicyConfig, PortRule,
-    RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState, SipCalls, SipPeer, SipScratch, SourceKey, UaMatcher, active,
-    capacity, known, stat,
+    GENERATIONS, HostBlock, KnownPeer, MAX_CLASSES, MAX_REASONS, MID_WORDS, PORTS_ENTRIES, Pinhole, PinholeKey,
+    PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState, SipCalls, SipPeer, SipScratch,
+    SourceKey, UaMatcher, active, capacity, known, stat,
 };
 
 #[map]
@@ -116,6 +116,15 @@ pub static SETS_GATE: Array<u32> = Array::with_max_entries(65536, 0);
 
 #[map]
 pub static SIP_CALLS: LruHashMap<SourceKey, SipCalls> = LruHashMap::with_max_entries(capacity::SIP_CALLS, 0);
+
+#[map]
+pub static PINHOLES: HashMap<PinholeKey, Pinhole> = HashMap::with_max_entries(capacity::PINHOLES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SIGNALING: RingBuf = RingBuf::with_byte_size(capacity::SIGNALING_BYTES, 0);
+
+#[map]
+pub static SIGNAL_BUDGET: Array<Budget> = Array::with_max_entries(1, 0);
 
 /// One value of zeros (never written), large enough for any table's value: new entries are
 /// inserted from it rather than from a zeroed value on the stack, which the 512-byte stack

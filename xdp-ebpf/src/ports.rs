@@ -3,9 +3,9 @@
 //! packet sees a half-written table.
 
 use aya_ebpf::bindings::xdp_md;
-use common::{PORT_OPEN, PORT_SIP, PolicyConfig, port_index, reason};
+use common::{PINHOLE_FULL, PORT_OPEN, PORT_PINHOLE, PORT_PINHOLE_LIMIT, PORT_SIP, PolicyConfig, port_index, reason};
 
-use crate::{flows, maps::PORTS, parse::Packet, rate, sets, sip, verdict::Decision};
+use crate::{flows, maps::PORTS, parse::Packet, pinhole, rate, sets, sip, verdict::Decision};
 
 /// The frame as the SIP check needs it: the program's context (for `bpf_xdp_load_bytes`) and
 /// the frame's length.
@@ -29,6 +29,19 @@ pub fn decide(payload: Payload, pkt: &Packet, generation: u32, cfg: &PolicyConfi
             return Decision::of(reason::RETURN_TRAFFIC);
         }
         return Decision::of(reason::PORT_CLOSED);
+    }
+    if rule.flags & PORT_PINHOLE != 0 {
+        // Media in pinhole mode: a peer of a live call, or a reply to media the host sent
+        // (step 4); while the table is full a rule may fall back to its rate class.
+        if pinhole::admits(pkt) {
+            return Decision::by_rule(reason::PINHOLE, rule.rule as u32);
+        }
+        if flows::is_reply(pkt, cfg, proto_slot) {
+            return Decision::by_rule(reason::RETURN_TRAFFIC, rule.rule as u32);
+        }
+        if rule.flags & PORT_PINHOLE_LIMIT == 0 || cfg.pinhole_flags & PINHOLE_FULL == 0 {
+            return Decision::by_rule(reason::PINHOLE_CLOSED, rule.rule as u32);
+        }
     }
     // A flood from spoofed IPv4 sources ends here, as cheaply as a closed port: certainly not
     // known, in no named set, and the class's budget spent. Anything else takes the full path

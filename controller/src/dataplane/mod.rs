@@ -27,9 +27,10 @@ use aya::{
 };
 use common::{
     BanEntry, Budget, COUNTERS_ENTRIES, Counter, FlowKey, FragKey, FragState, GENERATIONS, KnownPeer, MAX_CLASSES,
-    PORT_PROTOS, PORT_SLOTS, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES, RateClass, RateKey, RateState,
-    SET_KEY_GENERATION_BITS, SipCalls, SipPeer, SipScratch, SourceKey, UaMatcher, active, class_index, counter_index,
-    known, maps, port_index, port_slot, programs, reason, rule_counter_index, set_key_v4, set_key_v6, stat, verdict,
+    PINHOLE_FULL, PORT_PROTOS, PORT_SLOTS, Pinhole, PinholeKey, PolicyConfig, PortRule, RULE_COUNTERS_ENTRIES,
+    RateClass, RateKey, RateState, SET_KEY_GENERATION_BITS, SipCalls, SipPeer, SipScratch, SourceKey, UaMatcher,
+    active, class_index, counter_index, known, maps, port_index, port_slot, programs, reason, rule_counter_index,
+    set_key_v4, set_key_v6, stat, verdict,
 };
 
 #[cfg(feature = "test-hooks")]
@@ -117,6 +118,10 @@ pub struct Dataplane {
     sets_gate_mirror: Vec<u32>,
     events: Option<RingBuf<MapData>>,
     capture: Option<RingBuf<MapData>>,
+    signaling: Option<RingBuf<MapData>>,
+    pinholes: HashMap<MapData, PinholeKey, Pinhole>,
+    /// `PINHOLE_FULL` as the controller last wrote it into both generations' config.
+    pinholes_full: bool,
     /// What each generation of `PORTS` holds, so a reload writes only what changed.
     shadow_ports: [Vec<PortRule>; GENERATIONS as usize],
     /// Set-trie keys written per generation, to delete them before the generation is reused.
@@ -171,6 +176,9 @@ fn expected_layout() -> StdHashMap<&'static str, (u32, u32)> {
         (maps::SETS_GATE, u(4, 4)),
         (maps::SIP_CALLS, u(16, s::<SipCalls>())),
         (maps::ZERO, u(4, 128)),
+        (maps::PINHOLES, u(s::<PinholeKey>(), s::<Pinhole>())),
+        (maps::SIGNALING, u(0, 0)),
+        (maps::SIGNAL_BUDGET, u(4, s::<Budget>())),
     ])
 }
 
@@ -196,6 +204,7 @@ fn fixed_entries() -> StdHashMap<&'static str, u32> {
         (maps::SOURCES_GATE, 65536),
         (maps::SOURCES_MID, common::MID_WORDS),
         (maps::ZERO, 1),
+        (maps::SIGNAL_BUDGET, 1),
     ])
 }
 
@@ -359,6 +368,9 @@ impl Dataplane {
             sets_gate_mirror: vec![0; 65536],
             events: Some(take(&mut ebpf, maps::EVENTS)?),
             capture: Some(take(&mut ebpf, maps::CAPTURE)?),
+            signaling: Some(take(&mut ebpf, maps::SIGNALING)?),
+            pinholes: take(&mut ebpf, maps::PINHOLES)?,
+            pinholes_full: false,
             ebpf,
             shadow_ports: [vec![PortRule::default(); PORT_SLOTS], vec![PortRule::default(); PORT_SLOTS]],
             shadow_sets: Default::default(),
@@ -493,7 +505,11 @@ impl Dataplane {
             self.sets_v6.insert(&key, mask, 0).map_err(MapOpError::on(maps::SETS_V6, "write"))?;
         }
         self.write_sets_gate(next, compiled)?;
-        self.policy.set(next, compiled.config, 0).map_err(MapOpError::on(maps::POLICY, "write"))?;
+        let mut config = compiled.config;
+        if self.pinholes_full {
+            config.pinhole_flags |= PINHOLE_FULL;
+        }
+        self.policy.set(next, config, 0).map_err(MapOpError::on(maps::POLICY, "write"))?;
         // The flip: one 4-byte array store.
         self.active.set(active::GENERATION, next, 0).map_err(MapOpError::on(maps::ACTIVE, "flip"))?;
         self.generation = next;
@@ -677,6 +693,48 @@ impl Dataplane {
     /// The drop-sample ring buffer (`[capture]`), for the daemon's capture task.
     pub fn take_capture(&mut self) -> Option<RingBuf<MapData>> {
         self.capture.take()
+    }
+
+    /// The call-signaling ring buffer, for the daemon's pinhole learner.
+    pub fn take_signaling(&mut self) -> Option<RingBuf<MapData>> {
+        self.signaling.take()
+    }
+
+    /// Add or replace a pinhole. `Err` with [`MapError::OutOfBounds`]-like errors when the
+    /// table is full (the caller counts it and may set [`Dataplane::set_pinholes_full`]).
+    pub fn pinhole_insert(&mut self, key: &PinholeKey, value: &Pinhole) -> Result<()> {
+        Ok(self.pinholes.insert(key, value, 0).map_err(MapOpError::on(maps::PINHOLES, "write"))?)
+    }
+
+    /// Remove a pinhole (absent is fine).
+    pub fn pinhole_remove(&mut self, key: &PinholeKey) -> Result<()> {
+        removed(self.pinholes.remove(key), maps::PINHOLES)
+    }
+
+    /// One pinhole, if present.
+    pub fn pinhole_get(&self, key: &PinholeKey) -> Result<Option<Pinhole>> {
+        lookup(&self.pinholes, maps::PINHOLES, key)
+    }
+
+    /// Every pinhole in the table.
+    pub fn pinholes(&self) -> Result<Vec<(PinholeKey, Pinhole)>> {
+        walk(&self.pinholes, maps::PINHOLES)
+    }
+
+    /// Tell the program whether the pinhole table is full: ports with `pinhole_full = "limit"`
+    /// admit by their rate class meanwhile. Written into both generations' config (a reload
+    /// carries it through [`Dataplane::apply_policy`]).
+    pub fn set_pinholes_full(&mut self, full: bool) -> Result<()> {
+        if self.pinholes_full == full {
+            return Ok(());
+        }
+        for g in 0..GENERATIONS {
+            let mut cfg = self.policy.get(&g, 0).map_err(MapOpError::on(maps::POLICY, "read"))?;
+            cfg.pinhole_flags = if full { cfg.pinhole_flags | PINHOLE_FULL } else { cfg.pinhole_flags & !PINHOLE_FULL };
+            self.policy.set(g, cfg, 0).map_err(MapOpError::on(maps::POLICY, "write"))?;
+        }
+        self.pinholes_full = full;
+        Ok(())
     }
 
     /// Capacity of a map as created in the kernel (the source lists' maps: see

@@ -9,13 +9,14 @@
 use std::{collections::HashMap, net::IpAddr, ops::Range};
 
 use common::{
-    MAX_RULES, MAX_SETS, POLICY_DRY_RUN, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, PortRule,
-    RateClass, SIP_AUTH_WATCH, SIP_UA_BLOCK, rate::level, sip as ksip,
+    MAX_RULES, MAX_SETS, PINHOLE_LEARN, POLICY_DRY_RUN, PORT_OPEN, PORT_PINHOLE, PORT_PINHOLE_LIMIT, PORT_SIP,
+    PROTO_SLOT_TCP, PROTO_SLOT_UDP, PolicyConfig, PortRule, RateClass, SIP_AUTH_WATCH, SIP_UA_BLOCK, rate::level,
+    sip as ksip,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
-use super::{Action, Budget, Level, Policy, RuleOrigin, SourceRef, sip::UaAutomaton};
+use super::{Action, Budget, Level, Policy, RuleOrigin, SourceRef, media, sip::UaAutomaton};
 
 /// Map contents for one policy generation.
 #[derive(Clone, Debug)]
@@ -261,13 +262,27 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
+    // A rule's media mode: its own `media`, else `[media] mode` for the `media` class.
+    let pinhole_flags = |idx: usize| -> u8 {
+        let rule = &rules[idx];
+        let default = if rule.limit.as_deref() == Some("media") { policy.media.mode } else { media::Mode::Open };
+        if rule.media.unwrap_or(default) != media::Mode::Pinhole {
+            return 0;
+        }
+        match rule.pinhole_full.unwrap_or(policy.media.full) {
+            media::Full::Drop => PORT_PINHOLE,
+            media::Full::Limit => PORT_PINHOLE | PORT_PINHOLE_LIMIT,
+        }
+    };
+    let udp_start = (PROTO_SLOT_UDP as usize) << SLOT_BITS;
     let mut ports: Vec<PortRule> = user
         .iter()
         .zip(&role)
-        .map(|(u, r)| match u.or(*r) {
+        .enumerate()
+        .map(|(i, (u, r))| match u.or(*r) {
             Some(acc) if !acc.close => PortRule {
                 rule: (acc.rule + 1) as u16,
-                flags: PORT_OPEN,
+                flags: PORT_OPEN | if i >= udp_start { pinhole_flags(acc.rule) } else { 0 },
                 class: acc.class,
                 _pad: 0,
                 sets: acc.sets.unwrap_or(0),
@@ -283,6 +298,14 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
             for port in lo..=hi {
                 let p = &mut ports[((slot as usize) << SLOT_BITS) | port as usize];
                 if p.flags & PORT_OPEN != 0 {
+                    if p.flags & PORT_PINHOLE != 0 {
+                        let rule = &rules[p.rule as usize - 1];
+                        errors.push((
+                            rule.span.clone(),
+                            format!("{port}/udp is a SIP port and rule `{}` puts it in pinhole mode", rule.name),
+                            "leave the SIP ports out of the pinhole rule's ports".to_string(),
+                        ));
+                    }
                     p.flags |= PORT_SIP;
                     any_open = true;
                 }
@@ -292,6 +315,11 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
             sip_closed.push(if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") });
         }
     }
+    if !errors.is_empty() {
+        errors.truncate(1);
+        return Err(errors);
+    }
+    let pinholes = ports.iter().any(|p| p.flags & PORT_PINHOLE != 0);
     let ua = match UaAutomaton::build(&policy.sip.ua_block) {
         Ok(a) => a,
         Err(e) => return Err(vec![(None, format!("sip.ua_block: {e}"), "drop or shorten patterns".into())]),
@@ -361,7 +389,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         sip_unanswered_ban_ns: policy.sip.unanswered_challenges.ban.as_nanos() as u64,
         known_ttl_ns: o.known_ttl.as_nanos() as u64,
         capture_mask: policy.capture.as_ref().map_or(0, |c| c.mask()),
-        _capture_pad: 0,
+        pinhole_flags: if pinholes { PINHOLE_LEARN } else { 0 },
         capture: policy
             .capture
             .as_ref()

@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod compile;
 pub mod fleet;
+pub mod media;
 pub mod roles;
 pub mod sip;
 
@@ -126,6 +127,11 @@ pub struct Rule {
     pub from: Option<Vec<SourceRef>>,
     pub limit: Option<String>,
     pub action: Action,
+    /// `media = "open" | "pinhole"`; `None`: `[media] mode` for rules of the `media` class, open
+    /// for the others.
+    pub media: Option<media::Mode>,
+    /// `pinhole_full = "drop" | "limit"`; `None`: `[media] full`.
+    pub pinhole_full: Option<media::Full>,
     /// Byte span in the policy file, for diagnostics.
     #[serde(skip)]
     pub span: Option<Range<usize>>,
@@ -238,6 +244,8 @@ pub struct Policy {
     pub fleet: Option<fleet::Crowdsec>,
     /// `[capture]`.
     pub capture: Option<capture::Capture>,
+    /// `[media]`.
+    pub media: media::Media,
     /// The file's text, for `policy show`.
     #[serde(skip)]
     pub text: String,
@@ -376,6 +384,19 @@ struct RawPolicy {
     fleet: Option<Spanned<RawFleet>>,
     #[serde(default)]
     capture: Option<Spanned<RawCapture>>,
+    #[serde(default)]
+    media: Option<Spanned<RawMedia>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    mode: Option<Spanned<String>>,
+    full: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
+    setup: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
+    addresses: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -457,6 +478,8 @@ struct RawRule {
     from: Option<Spanned<Vec<Spanned<String>>>>,
     limit: Option<Spanned<String>>,
     action: Option<Spanned<String>>,
+    media: Option<Spanned<String>>,
+    pinhole_full: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -623,6 +646,8 @@ impl Validator<'_> {
                     },
                     limit: r.limit.map(str::to_string),
                     action: Action::Open,
+                    media: None,
+                    pinhole_full: None,
                     span: role_span.clone(),
                 });
             }
@@ -661,6 +686,10 @@ impl Validator<'_> {
             let span = c.span();
             self.capture(c.into_inner(), span)
         });
+        let media = match raw.media {
+            Some(m) => self.media(m.into_inner()),
+            None => media::Media::default(),
+        };
         let mut sip_ports = Vec::new();
         let mut sip_encrypted_ports = Vec::new();
         for (role_name, _) in &roles {
@@ -698,6 +727,7 @@ impl Validator<'_> {
             sip,
             sip_ports,
             sip_encrypted_ports,
+            media,
             fleet,
             capture,
             text: self.text.to_string(),
@@ -1268,6 +1298,35 @@ impl Validator<'_> {
                 }
             },
         };
+        let media = raw.media.and_then(|m| {
+            let mode = media::Mode::parse(m.get_ref());
+            if mode.is_none() {
+                self.error(
+                    m.span(),
+                    format!("rule `{name}`: media = \"{}\" is not a media mode", m.get_ref()),
+                    "write media = \"open\" (any source) or \"pinhole\" (only the peers of live calls)",
+                );
+            }
+            mode
+        });
+        let pinhole_full = raw.pinhole_full.and_then(|f| {
+            let full = media::Full::parse(f.get_ref());
+            if full.is_none() {
+                self.error(
+                    f.span(),
+                    format!("rule `{name}`: pinhole_full = \"{}\" is not a choice", f.get_ref()),
+                    "write pinhole_full = \"drop\" or \"limit\" (admit by the rule's rate class)",
+                );
+            }
+            full
+        });
+        if media == Some(media::Mode::Pinhole) && !proto.has_udp() {
+            self.error(
+                span.clone(),
+                format!("rule `{name}` puts TCP ports in pinhole mode"),
+                "pinholes are for RTP over UDP: write proto = \"udp\", or leave `media` out",
+            );
+        }
         if action == Action::Close && (from.is_some() || limit.is_some()) {
             self.error(
                 span.clone(),
@@ -1283,8 +1342,62 @@ impl Validator<'_> {
             from,
             limit,
             action,
+            media,
+            pinhole_full,
             span: Some(span),
         })
+    }
+
+    fn media(&mut self, raw: RawMedia) -> media::Media {
+        let mut m = media::Media::default();
+        if let Some(v) = raw.mode {
+            match media::Mode::parse(v.get_ref()) {
+                Some(mode) => m.mode = mode,
+                None => self.error(
+                    v.span(),
+                    format!("media.mode = \"{}\" is not a media mode", v.get_ref()),
+                    "write mode = \"open\" or \"pinhole\"",
+                ),
+            }
+        }
+        if let Some(v) = raw.full {
+            match media::Full::parse(v.get_ref()) {
+                Some(full) => m.full = full,
+                None => self.error(
+                    v.span(),
+                    format!("media.full = \"{}\" is not a choice", v.get_ref()),
+                    "write full = \"drop\" or \"limit\"",
+                ),
+            }
+        }
+        for (raw_d, slot, key) in
+            [(raw.idle, &mut m.idle, "idle"), (raw.setup, &mut m.setup, "setup"), (raw.grace, &mut m.grace, "grace")]
+        {
+            if let Some(d) = raw_d {
+                match parse_duration(d.get_ref()) {
+                    Ok(v) if !v.is_zero() => *slot = v,
+                    Ok(_) => self.error(
+                        d.span(),
+                        format!("media.{key} must be longer than zero"),
+                        "write a duration such as \"30s\"",
+                    ),
+                    Err(hint) => {
+                        self.error(d.span(), format!("media.{key} = \"{}\" is not a duration", d.get_ref()), hint)
+                    }
+                }
+            }
+        }
+        for a in raw.addresses.unwrap_or_default() {
+            match a.get_ref().trim().parse::<IpAddr>() {
+                Ok(ip) => m.addresses.push(ip),
+                Err(_) => self.error(
+                    a.span(),
+                    format!("media.addresses: `{}` is not an IP address", a.get_ref()),
+                    "write the address the host's SDP carries, e.g. \"203.0.113.5\"",
+                ),
+            }
+        }
+        m
     }
 
     fn options(&mut self, raw: RawOptions) -> Options {

@@ -196,8 +196,10 @@ pub mod stat {
     pub const SIGNALS_LOST: u32 = 18;
     /// Source ports latched by pinholes (the first media packet from a peer).
     pub const PINHOLES_LATCHED: u32 = 19;
+    /// Provisional pinholes the egress program opened from the host's own SDP.
+    pub const PINHOLES_EARLY: u32 = 20;
     /// Slots of the array.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 }
 
 /// Slots of `ACTIVE`.

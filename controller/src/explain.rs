@@ -65,6 +65,22 @@ pub struct PortFacts {
     pub member: bool,
     pub class: Option<ClassFacts>,
     pub sip: Option<SipFacts>,
+    /// The port is in pinhole mode (`None`: open to every source).
+    pub pinhole: Option<PinholeFacts>,
+}
+
+/// A port in pinhole mode and the source's pinhole on it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PinholeFacts {
+    /// The source has a live pinhole on this port (always false for a range of ports).
+    pub live: bool,
+    /// How it was opened (`sdp`, `signaling`, `manual`, `rtcp`, `closing`).
+    pub opened_by: Vec<&'static str>,
+    /// The source port it latched (`None`: no packet yet).
+    pub peer_port: Option<u16>,
+    /// While the pinhole table is full, the port admits by its rate class
+    /// (`pinhole_full = "limit"` and the table full now).
+    pub falls_back: bool,
 }
 
 /// The port's rate class and where the source stands in it now.
@@ -200,6 +216,30 @@ fn port_steps(f: &Facts, p: &PortFacts) -> (Vec<Step>, u32) {
     }
     let rule = p.rule.as_deref().unwrap_or("?");
     steps.push(step("port", "match", format!("open by rule \"{rule}\"")));
+    if let Some(ph) = &p.pinhole {
+        if ph.live {
+            let latched = ph.peer_port.map_or("no packet yet".to_string(), |pp| format!("latched to source port {pp}"));
+            steps.push(step(
+                "pinhole",
+                "pass",
+                format!("a live pinhole admits the source (opened by {}; {latched})", ph.opened_by.join(", ")),
+            ));
+            return (steps, reason::PINHOLE);
+        }
+        if !ph.falls_back {
+            steps.push(step(
+                "pinhole",
+                "drop",
+                "media in pinhole mode and the source has no live pinhole here (replies to media the host sent still pass as return_traffic)",
+            ));
+            return (steps, reason::PINHOLE_CLOSED);
+        }
+        steps.push(step(
+            "pinhole",
+            "match",
+            "no pinhole, but the table is full and the rule falls back to its rate class",
+        ));
+    }
     if !p.sets.is_empty() {
         let sets = p.sets.join(", ");
         if !p.member {
@@ -393,6 +433,7 @@ mod tests {
                 rule: Some("sip".into()),
                 sets: Vec::new(),
                 member: false,
+                pinhole: None,
                 class: Some(ClassFacts {
                     name: "signaling".into(),
                     levels: vec![LevelFacts { level: 1, pps: 20.0, burst: 40, ban_secs: 3600, conforms_now: true }],

@@ -963,7 +963,18 @@ impl Firewall {
                     .collect(),
                 auth_watch: cfg.sip_flags & SIP_AUTH_WATCH != 0,
             });
+            let pinhole = (slot == PROTO_SLOT_UDP && rule.flags & common::PORT_PINHOLE != 0).then(|| {
+                let ph = (first == last).then(|| crate::pinholes::Pinholes::explain(&self.dp, source, first)).flatten();
+                let live = ph.filter(|p| p.live(now));
+                crate::explain::PinholeFacts {
+                    live: live.is_some(),
+                    opened_by: live.map(|p| crate::pinholes::flag_names(p.flags)).unwrap_or_default(),
+                    peer_port: live.and_then(|p| (p.peer_port != 0).then_some(p.peer_port)),
+                    falls_back: rule.flags & common::PORT_PINHOLE_LIMIT != 0 && self.dp.pinholes_full(),
+                }
+            });
             Ok(PortFacts {
+                pinhole,
                 proto: if slot == PROTO_SLOT_TCP { "tcp" } else { "udp" },
                 first,
                 last,

@@ -49,6 +49,13 @@ pub const FAMILIES: &[&str] = &[
     "voipwall_known_learned_total",
     "voipwall_unknown_budget_drops_total",
     "voipwall_unknown_over_budget",
+    "voipwall_pinholes",
+    "voipwall_pinhole_calls",
+    "voipwall_pinholes_opened_total",
+    "voipwall_pinholes_closed_total",
+    "voipwall_pinholes_refused_total",
+    "voipwall_pinhole_setup_seconds",
+    "voipwall_signaling_messages_total",
 ];
 
 /// Families exported while the policy has `[fleet.crowdsec]`.
@@ -289,10 +296,83 @@ pub fn gather(fw: &Firewall) -> Vec<MetricFamily> {
     out.push(budget_drops);
     out.push(over);
 
+    pinhole_families(fw, &stat_of, &mut out);
+
     let mut build = family("voipwall_build_info", "voipwall build (value 1).", MetricType::GAUGE);
     push(&mut build, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     out.push(build);
     out
+}
+
+fn pinhole_families(fw: &Firewall, stat_of: &dyn Fn(u32) -> f64, out: &mut Vec<MetricFamily>) {
+    let ph = &fw.pinholes;
+    let mut live = family(
+        "voipwall_pinholes",
+        "Media pinholes in the table as of the last sweep (every second), by state: latched (media flowed) or waiting.",
+        MetricType::GAUGE,
+    );
+    push(&mut live, &[("state", "latched")], ph.latched as f64);
+    push(&mut live, &[("state", "waiting")], ph.live.saturating_sub(ph.latched) as f64);
+    out.push(live);
+    let mut calls = family("voipwall_pinhole_calls", "Calls the pinhole learner follows.", MetricType::GAUGE);
+    push(&mut calls, &[], ph.calls() as f64);
+    out.push(calls);
+    let mut opened = family(
+        "voipwall_pinholes_opened_total",
+        "Media pinholes opened (learned from SDP, or added with `voipwall pinhole add`).",
+        MetricType::COUNTER,
+    );
+    push(&mut opened, &[], ph.opened as f64);
+    out.push(opened);
+    let mut closed = family(
+        "voipwall_pinholes_closed_total",
+        "Media pinholes closed, by cause: bye, cancel, failure (a 3xx-6xx to the INVITE), moved (new SDP), idle (media silence), deleted, evicted.",
+        MetricType::COUNTER,
+    );
+    for cause in crate::pinholes::calls::Cause::ALL {
+        push(&mut closed, &[("cause", cause.as_str())], ph.closed.get(&cause).copied().unwrap_or(0) as f64);
+    }
+    out.push(closed);
+    let mut refused = family(
+        "voipwall_pinholes_refused_total",
+        "Pinholes the table had no room for (pinhole_full decides what their media gets).",
+        MetricType::COUNTER,
+    );
+    push(&mut refused, &[], ph.refused as f64);
+    out.push(refused);
+
+    let mut setup = family(
+        "voipwall_pinhole_setup_seconds",
+        "From the data plane seeing the SIP message that completes a pinhole to the pinhole in the table.",
+        MetricType::HISTOGRAM,
+    );
+    let mut h = prometheus::proto::Histogram::default();
+    let mut cumulative = 0;
+    let mut buckets = Vec::new();
+    for (i, bound) in crate::pinholes::SETUP_BUCKETS.iter().enumerate() {
+        cumulative += ph.setup_counts[i];
+        let mut b = prometheus::proto::Bucket::default();
+        b.set_upper_bound(*bound);
+        b.set_cumulative_count(cumulative);
+        buckets.push(b);
+    }
+    h.set_bucket(buckets);
+    h.set_sample_count(ph.setup_counts.iter().sum());
+    h.set_sample_sum(ph.setup_sum);
+    let mut m = Metric::default();
+    m.set_histogram(h);
+    setup.mut_metric().push(m);
+    out.push(setup);
+
+    let mut signaling = family(
+        "voipwall_signaling_messages_total",
+        "SIP messages the programs copied out for the pinhole learner: read, lost (ring buffer full or over its budget), unreadable (not SIP).",
+        MetricType::COUNTER,
+    );
+    push(&mut signaling, &[("result", "read")], ph.signals as f64);
+    push(&mut signaling, &[("result", "lost")], stat_of(stat::SIGNALS_LOST));
+    push(&mut signaling, &[("result", "unreadable")], ph.unreadable as f64);
+    out.push(signaling);
 }
 
 fn fleet_families(fw: &Firewall, out: &mut Vec<MetricFamily>) {

@@ -1,6 +1,7 @@
 //! BPF_PROG_TEST_RUN cases for media in pinhole mode: the drop reason, admission by a live
-//! pinhole, port latching, expiry, return traffic, the full-table fallback, and the signaling
-//! the programs copy out for the learner, fed back through the learner (every SDP form it
+//! pinhole, port latching, expiry, return traffic, the full-table fallback, the provisional
+//! pinholes the egress program opens from the host's own SDP, and the signaling the programs
+//! copy out for the learner, fed back through the learner (every SDP form it
 //! reads, in both directions and both families) until the media it opened passes.
 
 use common::{PINHOLE_OPEN_MANUAL, Pinhole, SignalRecord};
@@ -196,6 +197,18 @@ fn signaling_is_copied_out_and_the_learner_opens_the_calls_media() {
         h.expect(what, &Packet::udp4(PHONE, 5060, HOST, 5060).payload(&invite).bytes(), XDP_PASS, "port_open");
         let ok = sip_message("SIP/2.0 200 OK", &id, "1 INVITE", answer);
         h.dp.test_run_egress(&Packet::udp4(HOST, 5060, PHONE, 5060).payload(&ok).bytes()).unwrap();
+        if i == 0 {
+            // Before the controller reads anything, the egress program opened the answer's
+            // port to where the answer went (the peer may send media as soon as it reads it).
+            h.expect("provisional pinhole, before the learner", &rtp(PHONE, 4000, 12000), XDP_PASS, "pinhole");
+            h.expect("provisional RTCP pinhole", &rtp(PHONE, 4001, 12001), XDP_PASS, "pinhole");
+            h.expect(
+                "provisional: only to where the answer went",
+                &rtp(OTHER, 4000, 12000),
+                XDP_DROP,
+                "pinhole_closed",
+            );
+        }
         assert_eq!(feed(&mut h, &mut learner, &mut rb), 2, "{what}: INVITE in, 200 out");
         for (src, sport, dport) in media {
             h.expect(what, &rtp(*src, *sport, *dport), XDP_PASS, "pinhole");

@@ -6,10 +6,18 @@
 //! (`CLOCK_MONOTONIC`) to interpret expiry times. Only paths that need time call it: never a
 //! closed port, a block-list hit or an allow-list hit.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: the helper takes no arguments and cannot fail.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The precise clock (`bpf_ktime_get_ns`), for the few records whose time is a measurement
+/// (when a SIP message was seen, for the pinhole set-up time).
+#[inline(always)]
+pub fn precise() -> u64 {
+    // SAFETY: the helper takes no arguments and cannot fail.
+    unsafe { bpf_ktime_get_ns() }
 }

@@ -56,7 +56,7 @@ fn record(ctx: &TcContext) -> Result<(), ()> {
             if rule.flags & PORT_SIP != 0 {
                 sip::egress(ctx, &pkt, cfg);
                 if cfg.pinhole_flags & PINHOLE_LEARN != 0 && pkt.proto == IPPROTO_UDP {
-                    signaling::out(ctx, &pkt);
+                    signaling::out(ctx, &pkt, generation, cfg);
                 }
             }
             if pkt.proto == IPPROTO_TCP {

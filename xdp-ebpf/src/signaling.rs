@@ -8,16 +8,20 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::xdp_md,
+    bindings::{BPF_NOEXIST, xdp_md},
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::TcContext,
 };
-use common::{SIGNAL_RATE, SIGNAL_SNAP, SignalRecord, stat};
+use common::{
+    PINHOLE_OPEN_SIGNALING, PINHOLE_RTCP, PORT_PINHOLE, PROTO_SLOT_UDP, Pinhole, PinholeKey, PolicyConfig, SIGNAL_RATE,
+    SIGNAL_SNAP, SignalRecord, port_index, stat,
+};
 
 use crate::{
     budget, clock,
-    maps::{SIGNAL_BUDGET, SIGNALING, bump},
+    maps::{PINHOLES, PORTS, SIGNAL_BUDGET, SIGNALING, bump},
     parse::Packet,
+    sip,
 };
 
 /// Whether a message starting with `head` (its first 8 bytes, as read) is one the learner
@@ -61,7 +65,7 @@ fn reserve(
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        (*rec).ts_ns = now;
+        (*rec).ts_ns = clock::precise();
         (*rec).src = pkt.src;
         (*rec).dst = pkt.dst;
         (*rec).sport = pkt.sport;
@@ -111,7 +115,7 @@ pub extern "C" fn voipwall_signal_in(xdp: *mut xdp_md, frame_len: u32, pkt: *con
 
 /// A message the host sends (TC egress).
 #[inline(always)]
-pub fn out(ctx: &TcContext, pkt: &Packet) {
+pub fn out(ctx: &TcContext, pkt: &Packet, generation: u32, cfg: &PolicyConfig) {
     let off = pkt.payload_off as u32;
     let Some(len) = ctx.len().checked_sub(off) else { return };
     if off == 0 || len <= 8 {
@@ -136,4 +140,44 @@ pub fn out(ctx: &TcContext, pkt: &Packet) {
     }
     entry.submit(0);
     bump(stat::SIGNALS);
+    provisional(ctx, pkt, generation, cfg);
+}
+
+/// Before the host's own SDP leaves, open a provisional pinhole for each of its media ports in
+/// pinhole mode, to the address the message goes to (RTP and RTCP on the next port): the peer
+/// may send media as soon as it reads the answer, sooner than the controller can learn it.
+/// The controller then opens the call's pinholes (the SDP addresses too) over these; one it
+/// never confirms (SDP the host only relays) expires as idle after `return_timeout`.
+#[inline(never)]
+fn provisional(ctx: &TcContext, pkt: &Packet, generation: u32, cfg: &PolicyConfig) {
+    let Some(found) = sip::media_ports(ctx, pkt.payload_off as u32) else { return };
+    let now = clock::now();
+    let value = Pinhole {
+        seen_ns: now,
+        until_ns: 0,
+        idle_ns: cfg.return_timeout_ns,
+        peer_port: 0,
+        flags: PINHOLE_OPEN_SIGNALING,
+        _pad: 0,
+    };
+    for i in 0..4 {
+        if i >= found.count {
+            break;
+        }
+        let port = found.ports[(i & 3) as usize];
+        let Some(rule) = PORTS.get(port_index(generation, PROTO_SLOT_UDP, port)) else { continue };
+        if rule.flags & PORT_PINHOLE == 0 {
+            continue;
+        }
+        for (p, flags) in
+            [(port, PINHOLE_OPEN_SIGNALING), (port.wrapping_add(1), PINHOLE_OPEN_SIGNALING | PINHOLE_RTCP)]
+        {
+            let key = PinholeKey { peer: pkt.dst, local_port: p, _pad: [0; 6] };
+            if PINHOLES.get_ptr(&key).is_none()
+                && PINHOLES.insert(&key, &Pinhole { flags, ..value }, BPF_NOEXIST as u64).is_ok()
+            {
+                bump(stat::PINHOLES_EARLY);
+            }
+        }
+    }
 }

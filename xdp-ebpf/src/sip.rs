@@ -1200,3 +1200,92 @@ fn learn_call(xdp: *mut xdp_md, frame_len: u32, pkt: &Packet, cfg: &PolicyConfig
     }
     0
 }
+
+/// What [`media_ports`] found: the ports of up to four `m=` lines of the message's body.
+#[repr(C)]
+pub struct MediaPorts {
+    pub ports: [u16; 4],
+    pub count: u32,
+}
+
+/// The byte walk of [`media_ports`] (on the caller's stack, passed to `bpf_loop`).
+#[repr(C)]
+struct SdpLoop {
+    bytes: *const u8,
+    n: u32,
+    /// `SDP_*`.
+    state: u32,
+    /// The header block ended (an empty line was seen).
+    body: u32,
+    port: u32,
+    found: MediaPorts,
+}
+
+const SDP_LINE_START: u32 = 0;
+const SDP_M: u32 = 1;
+const SDP_MEDIA: u32 = 2;
+const SDP_PORT: u32 = 3;
+const SDP_OTHER: u32 = 4;
+
+/// The media ports the host's own SDP offers or answers in a message it sends from a SIP port
+/// (at `off` in the socket buffer): the port of each `m=` line of the body, read byte by byte
+/// under `bpf_loop` within the first [`sip::WINDOW_MAX`] bytes. Used to open a provisional
+/// pinhole before the message leaves (see `signaling::provisional`).
+#[inline(always)]
+pub fn media_ports(ctx: &TcContext, off: u32) -> Option<MediaPorts> {
+    let (buf, n) = skb_window(ctx, off, sip::WINDOW_MAX)?;
+    let mut walk = SdpLoop {
+        bytes: buf.bytes,
+        n,
+        state: SDP_LINE_START,
+        body: 0,
+        port: 0,
+        found: MediaPorts { ports: [0; 4], count: 0 },
+    };
+    // SAFETY: `sdp_step` is a BPF subprogram taking (index, ctx); `walk` outlives the call.
+    unsafe {
+        bpf_loop(sip::WINDOW_MAX, sdp_step as *const () as *mut c_void, &mut walk as *mut SdpLoop as *mut c_void, 0);
+    }
+    Some(walk.found)
+}
+
+/// One byte of [`media_ports`]: 0 to go on, 1 to stop.
+extern "C" fn sdp_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `SdpLoop`.
+    let w = unsafe { &mut *(ctx as *mut SdpLoop) };
+    let i = index as u32;
+    if i >= w.n || w.found.count >= 4 {
+        return 1;
+    }
+    // SAFETY: the index is masked into the window, inside the scratch value.
+    let b = unsafe { *w.bytes.add((i & (sip::WINDOW_MAX - 1)) as usize) };
+    w.state = match (w.state, b) {
+        (_, b'\n') if w.state == SDP_LINE_START => {
+            w.body = 1;
+            SDP_LINE_START
+        }
+        (SDP_PORT, b'0'..=b'9') => {
+            w.port = w.port * 10 + (b - b'0') as u32;
+            if w.port > 65535 { SDP_OTHER } else { SDP_PORT }
+        }
+        (SDP_PORT, _) => {
+            let c = w.found.count;
+            if w.port != 0 && c < 4 {
+                w.found.ports[(c & 3) as usize] = w.port as u16;
+                w.found.count = c + 1;
+            }
+            if b == b'\n' { SDP_LINE_START } else { SDP_OTHER }
+        }
+        (_, b'\n') => SDP_LINE_START,
+        (SDP_LINE_START, b'\r') => SDP_LINE_START,
+        (SDP_LINE_START, b'm') if w.body != 0 => SDP_M,
+        (SDP_M, b'=') => SDP_MEDIA,
+        (SDP_MEDIA, b' ') => {
+            w.port = 0;
+            SDP_PORT
+        }
+        (SDP_MEDIA, _) => SDP_MEDIA,
+        _ => SDP_OTHER,
+    };
+    0
+}

@@ -721,6 +721,11 @@ impl Dataplane {
         walk(&self.pinholes, maps::PINHOLES)
     }
 
+    /// Whether the controller last told the program the pinhole table is full.
+    pub fn pinholes_full(&self) -> bool {
+        self.pinholes_full
+    }
+
     /// Tell the program whether the pinhole table is full: ports with `pinhole_full = "limit"`
     /// admit by their rate class meanwhile. Written into both generations' config (a reload
     /// carries it through [`Dataplane::apply_policy`]).

@@ -64,8 +64,9 @@ impl Cause {
 /// What the table must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Open (or keep open) a pinhole; `flags` are `PINHOLE_*` bits.
-    Open { key: Key, flags: u16, call: String },
+    /// Open (or keep open) a pinhole; `flags` are `PINHOLE_*` bits; `new` when no call held
+    /// it before.
+    Open { key: Key, flags: u16, call: String, new: bool },
     /// Close a pinhole after the grace.
     Close { key: Key, cause: Cause },
 }
@@ -210,11 +211,12 @@ impl Calls {
         }
         for (key, flags) in want {
             if call.open.insert(key, flags) != Some(flags) {
+                let new = !self.holders.contains_key(&key);
                 let holders = self.holders.entry(key).or_default();
                 if !holders.iter().any(|h| h == id) {
                     holders.push(id.to_string());
                 }
-                changes.push(Change::Open { key, flags, call: id.to_string() });
+                changes.push(Change::Open { key, flags, call: id.to_string(), new });
             }
         }
     }

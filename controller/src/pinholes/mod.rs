@@ -48,8 +48,16 @@ pub struct Pinholes {
     /// count above the last, their sum in seconds.
     pub setup_counts: [u64; SETUP_BUCKETS.len() + 1],
     pub setup_sum: f64,
+    pub setup_max: f64,
+    /// The most pinholes a sweep saw in the table.
+    pub peak: u64,
     /// Messages read that were not SIP.
     pub unreadable: u64,
+    /// Signaling records read.
+    pub signals: u64,
+    /// Pinholes in the table at the last sweep, and how many of them latched a peer port.
+    pub live: u64,
+    pub latched: u64,
 }
 
 impl Default for Pinholes {
@@ -81,7 +89,7 @@ pub fn key_of(peer: IpAddr, port: u16) -> PinholeKey {
     PinholeKey { peer, local_port: port, _pad: [0; 6] }
 }
 
-fn flag_names(flags: u16) -> Vec<&'static str> {
+pub fn flag_names(flags: u16) -> Vec<&'static str> {
     [
         (PINHOLE_OPEN_SDP, "sdp"),
         (PINHOLE_OPEN_SIGNALING, "signaling"),
@@ -104,7 +112,12 @@ impl Pinholes {
             refused: 0,
             setup_counts: [0; SETUP_BUCKETS.len() + 1],
             setup_sum: 0.0,
+            setup_max: 0.0,
+            peak: 0,
             unreadable: 0,
+            signals: 0,
+            live: 0,
+            latched: 0,
         }
     }
 
@@ -115,6 +128,7 @@ impl Pinholes {
 
     /// One signaling record from the data plane.
     pub fn on_signal(&mut self, rec: &SignalRecord, dp: &mut Dataplane, policy: &Policy, compiled: &CompiledPolicy) {
+        self.signals += 1;
         let data = &rec.data[..(rec.cap_len as usize).min(rec.data.len())];
         let Some(msg) = message::parse(data) else {
             self.unreadable += 1;
@@ -130,7 +144,7 @@ impl Pinholes {
         let m = &policy.media;
         for change in changes {
             match change {
-                Change::Open { key: (peer, port), flags, call } => {
+                Change::Open { key: (peer, port), flags, call, new } => {
                     let key = key_of(peer, port);
                     let idle = m.idle.as_nanos() as u64;
                     let mut value = Pinhole {
@@ -150,12 +164,15 @@ impl Pinholes {
                     }
                     match dp.pinhole_insert(&key, &value) {
                         Ok(()) => {
-                            if existing.is_none() {
+                            // A pinhole the egress program opened provisionally counts here,
+                            // when the controller learns it.
+                            if new {
                                 self.opened += 1;
                                 let setup = now.saturating_sub(rec.ts_ns) as f64 / 1e9;
                                 let i = SETUP_BUCKETS.iter().position(|&b| setup <= b).unwrap_or(SETUP_BUCKETS.len());
                                 self.setup_counts[i] += 1;
                                 self.setup_sum += setup;
+                                self.setup_max = self.setup_max.max(setup);
                             }
                             debug!(%peer, port, call, "pinhole open");
                             let _ = dp.set_pinholes_full(false);
@@ -185,8 +202,11 @@ impl Pinholes {
     pub fn sweep(&mut self, dp: &mut Dataplane) {
         let now = monotonic_ns();
         let Ok(all) = dp.pinholes() else { return };
+        let (mut live, mut latched) = (0, 0);
         for (key, p) in all {
             if p.live(now) {
+                live += 1;
+                latched += u64::from(p.peer_port != 0);
                 continue;
             }
             if dp.pinhole_remove(&key).is_ok() {
@@ -196,7 +216,9 @@ impl Pinholes {
                 self.calls.expired((peer_of(&key), key.local_port));
             }
         }
-        if dp.pinholes().is_ok_and(|a| a.len() < common::capacity::PINHOLES as usize) {
+        (self.live, self.latched) = (live, latched);
+        self.peak = self.peak.max(live);
+        if live < u64::from(common::capacity::PINHOLES) {
             let _ = dp.set_pinholes_full(false);
         }
     }
@@ -297,7 +319,23 @@ impl Pinholes {
         if rows.is_empty() {
             text.push_str("no pinholes\n");
         }
-        Ok(Reply::new(text, json!({"pinholes": data, "calls": self.calls.len()})))
+        let setups = self.setup_counts.iter().sum::<u64>();
+        Ok(Reply::new(
+            text,
+            json!({
+                "pinholes": data,
+                "calls": self.calls.len(),
+                "opened": self.opened,
+                "closed": self.closed.iter().map(|(c, n)| (c.as_str(), *n)).collect::<BTreeMap<_, _>>(),
+                "refused": self.refused,
+                "setup_s": {
+                    "count": setups,
+                    "mean": if setups == 0 { 0.0 } else { self.setup_sum / setups as f64 },
+                    "max": self.setup_max,
+                },
+                "peak": self.peak,
+            }),
+        ))
     }
 
     /// The pinholes of `source` on `port`, for `voipwall explain`.

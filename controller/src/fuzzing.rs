@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("state", state_files),
     ("lapi", lapi_answer),
     ("sip", sip_message),
+    ("sdp", call_signaling),
 ];
 
 /// A policy file: parsed and compiled.
@@ -123,6 +124,39 @@ pub fn sip_message(data: &[u8]) {
     }
     let _ = grammar::status_code(data);
     let _ = grammar::method_class(data);
+}
+
+/// A SIP message as the pinhole learner reads it (headers, SDP), then through the call state
+/// in both directions: whatever it opens is a port in pinhole mode (RTP) or the RTCP port of
+/// one, and whatever it closes was opened.
+pub fn call_signaling(data: &[u8]) {
+    use crate::pinholes::{
+        calls::{Calls, Change, Direction, Local},
+        message,
+    };
+    let Some(msg) = message::parse(data) else { return };
+    let rtp = |p: u16| (10000..=20000).contains(&p);
+    let local = Local { pinhole_port: &rtp, addresses: &["2001:db8::10".parse().expect("literal")] };
+    let (host, peer): (IpAddr, IpAddr) =
+        ("192.0.2.10".parse().expect("literal"), "198.51.100.7".parse().expect("literal"));
+    let mut calls = Calls::new(4);
+    let mut open = std::collections::BTreeSet::new();
+    for dir in [Direction::In, Direction::Out, Direction::Out, Direction::In] {
+        let (src, dst) = if dir == Direction::In { (peer, host) } else { (host, peer) };
+        for change in calls.observe(dir, src, dst, &msg, &local) {
+            match change {
+                Change::Open { key, flags, .. } => {
+                    assert!(
+                        rtp(key.1) || flags & common::PINHOLE_RTCP != 0,
+                        "an RTP pinhole on {} outside the pinhole ports",
+                        key.1
+                    );
+                    open.insert(key);
+                }
+                Change::Close { key, .. } => assert!(open.remove(&key), "closed {key:?}, never opened"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

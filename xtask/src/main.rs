@@ -48,7 +48,7 @@ enum Cmd {
     /// A crash stops the run and names its input (fuzz/artifacts/TARGET): once fixed, move it
     /// to fuzz/regressions/TARGET, where the test suite replays it.
     Fuzz {
-        /// One of: policy, request, cidr_file, state, lapi, sip; or `dataplane`: generated
+        /// One of: policy, request, cidr_file, state, lapi, sip, sdp; or `dataplane`: generated
         /// policies and frames through the kernel program and its model, stopping at the first
         /// difference, shrunk and written to tests/regressions/dataplane (never part of a plain
         /// `fuzz` run: it needs root and BPF).
@@ -150,7 +150,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The fuzz targets, as named in `fuzz/Cargo.toml` and `voipwall::fuzzing::TARGETS`.
-const FUZZ_TARGETS: &[&str] = &["policy", "request", "cidr_file", "state", "lapi", "sip"];
+const FUZZ_TARGETS: &[&str] = &["policy", "request", "cidr_file", "state", "lapi", "sip", "sdp"];
 
 fn fuzz(root: &Path, only: Option<&str>, minutes: u64, save: bool) -> Result<()> {
     if only == Some("dataplane") {

@@ -510,3 +510,54 @@ fn capture_errors_name_the_key_and_the_fix() {
         assert!(d.iter().any(|d| d.message.contains(message)), "{message:?} in {d:?}");
     }
 }
+
+#[test]
+fn media_pinhole_mode_marks_the_media_class_ports_and_rules_override_it() {
+    use common::{PINHOLE_LEARN, PORT_PINHOLE, PORT_PINHOLE_LIMIT, PORT_SIP};
+    let (_, open) = ok("roles = [\"voip-edge\"]\n");
+    assert_eq!(open.port(PROTO_SLOT_UDP, 12000).flags & PORT_PINHOLE, 0, "open by default");
+    assert_eq!(open.config.pinhole_flags, 0, "no signaling copied without a pinhole port");
+
+    let (p, c) = ok(r#"
+roles = ["voip-edge"]
+[media]
+mode = "pinhole"
+full = "limit"
+idle = "20s"
+setup = "1m"
+grace = "3s"
+addresses = ["203.0.113.5"]
+
+[[rule]]
+name = "media-open"
+proto = "udp"
+ports = ["40000-40010"]
+limit = "media"
+media = "open"
+
+[[rule]]
+name = "media-strict"
+proto = "udp"
+ports = ["41000"]
+limit = "media"
+pinhole_full = "drop"
+
+[[rule]]
+name = "games"
+proto = "udp"
+ports = ["42000"]
+"#);
+    assert_eq!(p.media.idle.as_secs(), 20);
+    assert_eq!(p.media.setup.as_secs(), 60);
+    assert_eq!(p.media.grace.as_secs(), 3);
+    assert_eq!(p.media.addresses, vec!["203.0.113.5".parse::<IpAddr>().unwrap()]);
+    assert_eq!(c.config.pinhole_flags, PINHOLE_LEARN);
+    let flags = |port| c.port(PROTO_SLOT_UDP, port).flags;
+    assert_eq!(flags(12000), PORT_OPEN | PORT_PINHOLE | PORT_PINHOLE_LIMIT, "role RTP, [media] full");
+    assert_eq!(flags(36000), PORT_OPEN | PORT_PINHOLE | PORT_PINHOLE_LIMIT, "second RTP range");
+    assert_eq!(flags(40005), PORT_OPEN, "a rule's media = \"open\" wins");
+    assert_eq!(flags(41000), PORT_OPEN | PORT_PINHOLE, "a rule's pinhole_full wins");
+    assert_eq!(flags(42000), PORT_OPEN, "other classes stay open");
+    assert_eq!(flags(5060), PORT_OPEN | PORT_SIP, "SIP is never in pinhole mode");
+    assert_eq!(c.port(PROTO_SLOT_TCP, 12000).flags & PORT_PINHOLE, 0);
+}

@@ -46,6 +46,13 @@ proto = "udp"
 ports = ["6002"]
 limit = "budgeted"
 
+[[rule]]
+name = "pinholes"
+proto = "udp"
+ports = ["7000-7001"]
+limit = "media"
+media = "pinhole"
+
 [limit.signaling]
 levels = [{ pps = 1000000, burst = 100000000, ban = "1h" }]
 unknown = "off"
@@ -230,6 +237,16 @@ pub fn cases() -> Vec<Case> {
             reason: "port_open",
             frame: Packet::udp4([192, 0, 2, 41], 40000, HOST, 6002).payload(&[0; 172]).bytes(),
         },
+        Case {
+            name: "RTP admitted by a pinhole (media in pinhole mode)",
+            reason: "pinhole",
+            frame: Packet::udp4(PINHOLE_PEER, 40000, HOST, 7000).payload(&[0; 172]).bytes(),
+        },
+        Case {
+            name: "RTP without a pinhole (media in pinhole mode)",
+            reason: "pinhole_closed",
+            frame: Packet::udp4([192, 0, 2, 43], 40000, HOST, 7000).payload(&[0; 172]).bytes(),
+        },
         Case { name: "allowed SIP, known peer", reason: "port_open", frame: sip(KNOWN_PEER) },
         Case {
             name: "allowed RTP, known peer",
@@ -249,12 +266,23 @@ pub fn cases() -> Vec<Case> {
 
 /// A phone that proved its address (digest challenge answered), as the data plane learns it.
 pub const KNOWN_PEER: [u8; 4] = [192, 0, 2, 30];
+/// The peer of a live call on local port 7000 (a pinhole as the learner opens it).
+pub const PINHOLE_PEER: [u8; 4] = [192, 0, 2, 42];
 
 /// Prepare state some paths need (a remembered first fragment, a known peer).
 pub fn prepare(h: &mut Harness, cases: &[Case]) {
     let now = monotonic_ns();
     let peer = KnownPeer { seen_ns: now, since_ns: now, proof: known::PROOF_SIP_DIGEST, ..KnownPeer::default() };
     h.dp.known_insert(&v4_mapped(KNOWN_PEER), &peer).expect("known insert");
+    let pinhole = common::Pinhole {
+        seen_ns: now,
+        until_ns: 0,
+        idle_ns: 3_600_000_000_000,
+        peer_port: 0,
+        flags: common::PINHOLE_OPEN_SDP,
+        _pad: 0,
+    };
+    h.dp.pinhole_insert(&voipwall::pinholes::key_of(PINHOLE_PEER.into(), 7000), &pinhole).expect("pinhole insert");
     for c in cases {
         // The first fragment must be remembered before the non-first one is measured.
         if c.name == "first fragment" {
@@ -277,7 +305,7 @@ pub struct PairedRow {
 }
 
 /// The side-by-side comparisons the targets are judged on: (what, path a, path b).
-pub const PAIRS: [(&str, &str, &str); 4] = [
+pub const PAIRS: [(&str, &str, &str); 5] = [
     (
         "1400-byte INVITE: User-Agent scan / the same frame on a plain port",
         "1400-byte INVITE, User-Agent scan (clean)",
@@ -290,6 +318,11 @@ pub const PAIRS: [(&str, &str, &str); 4] = [
     ),
     ("known peer's RTP / RTP without known peers", "allowed RTP, known peer", "allowed RTP"),
     ("known peer's SIP / SIP without known peers", "allowed SIP, known peer", "allowed SIP, unknown source (warm)"),
+    (
+        "RTP admitted by a pinhole / RTP on an open media port",
+        "RTP admitted by a pinhole (media in pinhole mode)",
+        "allowed RTP",
+    ),
 ];
 
 /// The per-path table, whether the early drops (closed port, block list) left the rate table

@@ -5,7 +5,7 @@ use std::{net::UdpSocket, path::Path, process::Command, time::Duration};
 
 use tests::{
     bpf_available,
-    daemon::{Daemon, Env, binary},
+    daemon::{Daemon, Env, binary, udp_reaches},
     netns::{NetNs, Pair},
 };
 
@@ -13,16 +13,6 @@ fn bind(ns: &NetNs, addr: String) -> UdpSocket {
     let s = ns.enter(|| UdpSocket::bind(&addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     s
-}
-
-/// Send one datagram from `src` (in the client namespace) to `port` on the server and report
-/// whether the server socket got it.
-fn reaches(pair: &Pair, src_host: u8, port: u16) -> bool {
-    let rx = bind(&pair.server, format!("{}:{port}", pair.server_v4()));
-    let tx = bind(&pair.client, format!("{}:0", pair.client_v4(src_host)));
-    tx.send_to(b"probe", format!("{}:{port}", pair.server_v4())).unwrap();
-    let mut buf = [0u8; 16];
-    rx.recv(&mut buf).is_ok()
 }
 
 fn code(out: &std::process::Output) -> i32 {
@@ -38,14 +28,14 @@ fn block_unblock_allow_disallow_change_real_traffic() {
     let pair = Pair::new();
     let env = Env::new();
     let d = Daemon::start(&pair, &env, &["--metrics", "off"]);
-    assert!(reaches(&pair, 2, 5060), "baseline: SIP reachable");
-    assert!(!reaches(&pair, 2, 9999), "baseline: 9999 closed");
+    assert!(udp_reaches(&pair, 2, 5060), "baseline: SIP reachable");
+    assert!(!udp_reaches(&pair, 2, 9999), "baseline: 9999 closed");
 
     let client = pair.client_v4(2);
     let out = d.ok(&["block", &format!("{client}/32"), "--reason", "scanner seen in logs"]);
     assert!(out.contains("blocked"), "{out}");
-    assert!(!reaches(&pair, 2, 5060), "blocked source dropped right after `block` returned");
-    assert!(reaches(&pair, 3, 5060), "another source unaffected");
+    assert!(!udp_reaches(&pair, 2, 5060), "blocked source dropped right after `block` returned");
+    assert!(udp_reaches(&pair, 3, 5060), "another source unaffected");
     let list = d.json(&["list", "blocked"]);
     let row = &list["blocked"][0];
     assert_eq!(row["cidr"], format!("{client}/32"));
@@ -55,15 +45,15 @@ fn block_unblock_allow_disallow_change_real_traffic() {
     assert!(row["expires"].is_null());
 
     d.ok(&["unblock", &format!("{client}/32")]);
-    assert!(reaches(&pair, 2, 5060), "unblocked source passes again");
+    assert!(udp_reaches(&pair, 2, 5060), "unblocked source passes again");
     assert_eq!(d.json(&["list", "blocked"])["blocked"].as_array().unwrap().len(), 0);
 
     d.ok(&["allow", &pair.client_v4(4), "--reason", "office"]);
-    assert!(reaches(&pair, 4, 9999), "allowed source bypasses the closed port");
-    assert!(!reaches(&pair, 5, 9999), "others still dropped");
+    assert!(udp_reaches(&pair, 4, 9999), "allowed source bypasses the closed port");
+    assert!(!udp_reaches(&pair, 5, 9999), "others still dropped");
     assert_eq!(d.json(&["list", "allowed"])["allowed"][0]["cidr"], format!("{}/32", pair.client_v4(4)));
     d.ok(&["disallow", &pair.client_v4(4)]);
-    assert!(!reaches(&pair, 4, 9999), "disallowed source dropped again");
+    assert!(!udp_reaches(&pair, 4, 9999), "disallowed source dropped again");
 
     // IPv6 through the same verbs.
     let rx6 = bind(&pair.server, format!("[{}]:5060", pair.server_v6()));
@@ -94,13 +84,13 @@ fn ttl_entries_expire_by_themselves() {
     let d = Daemon::start(&pair, &env, &["--metrics", "off"]);
     d.ok(&["block", &pair.client_v4(2), "--ttl", "2s"]);
     d.ok(&["allow", &pair.client_v4(3), "--ttl", "2s"]);
-    assert!(!reaches(&pair, 2, 5060));
-    assert!(reaches(&pair, 3, 9999));
+    assert!(!udp_reaches(&pair, 2, 5060));
+    assert!(udp_reaches(&pair, 3, 9999));
     let exp = d.json(&["list"])["blocked"][0]["expires"].as_u64().unwrap();
     assert!(exp > 0);
     std::thread::sleep(Duration::from_millis(3500));
-    assert!(reaches(&pair, 2, 5060), "block expired after its TTL");
-    assert!(!reaches(&pair, 3, 9999), "allow expired after its TTL");
+    assert!(udp_reaches(&pair, 2, 5060), "block expired after its TTL");
+    assert!(!udp_reaches(&pair, 3, 9999), "allow expired after its TTL");
     let list = d.json(&["list"]);
     assert_eq!(list["blocked"].as_array().unwrap().len(), 0, "{list}");
     assert_eq!(list["allowed"].as_array().unwrap().len(), 0, "{list}");
@@ -144,14 +134,14 @@ fn bad_input_exits_2_and_changes_nothing() {
     let list = d.json(&["list", "blocked"]);
     assert_eq!(list["blocked"].as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list["blocked"][0]["cidr"], "192.0.2.0/24");
-    assert!(reaches(&pair, 2, 5060));
+    assert!(udp_reaches(&pair, 2, 5060));
 
     // Guards: the host's own address, and the caller's SSH client.
     let own = format!("10.77.{}.0/24", pair.net);
     let out = d.cli(&["block", &own]);
     assert_eq!(code(&out), 2, "blocking the host's own range is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("own address"));
-    assert!(reaches(&pair, 2, 5060), "refused block changed nothing");
+    assert!(udp_reaches(&pair, 2, 5060), "refused block changed nothing");
     let out = Command::new(binary())
         .args(["--iface", &d.iface, "--socket"])
         .arg(&d.socket)
@@ -191,7 +181,7 @@ fn stats_top_status_policy_show_and_roles() {
     let d = Daemon::start(&pair, &env, &["--metrics", "off", "--policy", policy.to_str().unwrap()]);
     // Some traffic: 3 packets to a closed port, then a flood that gets banned.
     for _ in 0..3 {
-        reaches(&pair, 2, 9999);
+        udp_reaches(&pair, 2, 9999);
     }
     let tx = bind(&pair.client, format!("{}:0", pair.client_v4(5)));
     let _rx = bind(&pair.server, format!("{}:5060", pair.server_v4()));
@@ -305,8 +295,8 @@ fn bulk_file_import_and_journal_survive_kill_9() {
     let file = env.write("feed.txt", &feed);
     let out = d.ok(&["block", "--file", file.to_str().unwrap(), "--reason", "feed"]);
     assert!(out.contains("3002"), "{out}");
-    assert!(!reaches(&pair, 2, 5060), "a feed entry is enforced when the command returns");
-    assert!(reaches(&pair, 3, 5060), "others pass");
+    assert!(!udp_reaches(&pair, 2, 5060), "a feed entry is enforced when the command returns");
+    assert!(udp_reaches(&pair, 3, 5060), "others pass");
 
     // A feed with a bad line: exit 2 naming file and line, nothing applied.
     let bad = env.write("bad.txt", "198.51.100.0/24\n198.51.100.300/32\n");
@@ -328,7 +318,60 @@ fn bulk_file_import_and_journal_survive_kill_9() {
     assert!(rows.iter().any(|r| r["cidr"] == format!("{}/32", pair.client_v4(3))));
     assert!(!rows.iter().any(|r| r["cidr"] == "100.64.0.0/32"));
     assert!(rows.iter().any(|r| r["cidr"] == "100.127.0.0/20" && r["reason"] == "feed"));
-    assert!(!reaches(&pair, 2, 5060), "feed entry enforced after the restart");
-    assert!(!reaches(&pair, 3, 5060), "journalled entry enforced after the restart");
-    assert!(reaches(&pair, 4, 5060), "others pass");
+    assert!(!udp_reaches(&pair, 2, 5060), "feed entry enforced after the restart");
+    assert!(!udp_reaches(&pair, 3, 5060), "journalled entry enforced after the restart");
+    assert!(udp_reaches(&pair, 4, 5060), "others pass");
+}
+
+/// `pinhole add/del/list` on a port in pinhole mode: each checked by what real packets then do,
+/// and the exit codes of bad requests (2, nothing changed).
+#[test]
+#[ignore = "needs root and BPF"]
+fn pinhole_add_del_list_open_and_close_media_ports() {
+    if !bpf_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let env = Env::new();
+    let policy = env.write("p.toml", "roles = [\"voip-edge\"]\n[media]\nmode = \"pinhole\"\n");
+    let d = Daemon::start(&pair, &env, &["--metrics", "off", "--policy", policy.to_str().unwrap()]);
+    let peer = pair.client_v4(4);
+    assert!(!udp_reaches(&pair, 4, 12000), "a media port in pinhole mode is closed without a pinhole");
+    assert!(d.ok(&["pinhole", "add", &peer, "12000"]).contains("open until deleted"));
+    assert!(udp_reaches(&pair, 4, 12000), "the pinhole's peer reaches the port");
+    assert!(!udp_reaches(&pair, 5, 12000), "another source does not");
+    let list = d.json(&["pinhole", "list"]);
+    let rows = list["pinholes"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{list:#}");
+    assert_eq!(rows[0]["peer"], peer);
+    assert_eq!(rows[0]["local_port"], 12000);
+    assert_eq!(rows[0]["opened_by"], serde_json::json!(["manual"]));
+    assert_eq!(rows[0]["state"], "active", "latched by the probe: {list:#}");
+    assert!(d.ok(&["pinhole", "list"]).contains(&peer));
+    assert!(d.ok(&["explain", &peer, "udp", "12000"]).contains("live pinhole"));
+
+    d.ok(&["pinhole", "del", &peer, "12000"]);
+    assert!(!udp_reaches(&pair, 4, 12000), "deleted: closed again");
+    assert!(d.ok(&["pinhole", "list"]).contains("no pinholes"));
+
+    // A TTL: open, then closed by the data plane when it runs out.
+    d.ok(&["pinhole", "add", &peer, "12002", "--ttl", "1s"]);
+    assert!(udp_reaches(&pair, 4, 12002));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!udp_reaches(&pair, 4, 12002), "past its TTL");
+
+    // Bad requests: exit 2 and a message that names the problem; nothing changes.
+    for (args, says) in [
+        (vec!["pinhole", "add", &peer, "5060"], "not in pinhole mode"),
+        (vec!["pinhole", "add", &peer, "9999"], "not in pinhole mode"),
+        (vec!["pinhole", "add", &peer, "12000", "--ttl", "soon"], "--ttl"),
+        (vec!["pinhole", "del", &peer, "12004"], "no pinhole"),
+        (vec!["pinhole", "add", "not-an-address", "12000"], "invalid"),
+    ] {
+        let out = d.cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(code(&out), 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(d.ok(&["pinhole", "list"]).contains("no pinholes"), "the refused requests changed nothing");
 }

@@ -199,3 +199,61 @@ fn e2e_pinholes_2_two_hundred_concurrent_calls() {
         after["closed"]
     );
 }
+
+/// A call the pbx places (SIPp on the pbx calls a SIPp callee with an RTP echo on the phone):
+/// the pbx's offer opens its media port to the callee before the INVITE leaves, the echo's
+/// packets come back through the pinhole, and nothing of the call is dropped.
+#[test]
+#[ignore = "needs root and BPF"]
+fn e2e_pinholes_3_a_call_the_pbx_places() {
+    if !bpf_available() {
+        return;
+    }
+    let site = Site::new();
+    let policy = admin_policy(&site, &["voip-edge"], MEDIA);
+    let p = Pbx::start_with_site(site, Some(policy), false, 0);
+    let (pbx, phone) = (p.site.pbx.ip().to_string(), p.site.phone.ip().to_string());
+    let callee = Sipp::spawn(
+        &p.site.phone.ns,
+        &["-sn", "uas", "-i", &phone, "-p", "5062", "-mi", &phone, "-mp", "6000", "-rtp_echo", "-m", "1"],
+        Duration::from_secs(60),
+        &p.env.root.join("callee.log"),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let (pass0, closed0) = (passed(p.d(), "pinhole"), p.d().dropped("pinhole_closed"));
+    let out = Sipp::run(
+        &p.site.pbx.ns,
+        &[
+            &format!("{phone}:5062"),
+            "-sf",
+            asset("uac_pcap.xml").to_str().unwrap(),
+            "-s",
+            "300",
+            "-i",
+            &pbx,
+            "-p",
+            "5060",
+            "-mi",
+            &pbx,
+            "-mp",
+            "12000",
+            "-m",
+            "1",
+            "-recv_timeout",
+            "10000",
+        ],
+        Duration::from_secs(40),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(sipp_calls(&text), (1, 0), "the call completes:\n{text}");
+    assert_eq!(callee.wait(), 0, "the callee answered");
+    let echoed = passed(p.d(), "pinhole") - pass0;
+    let refused = p.d().dropped("pinhole_closed") - closed0;
+    eprintln!(
+        "figure: call placed by the pbx: {echoed} echoed RTP packets admitted by its pinhole of {PCAP_PACKETS} sent, {refused} refused"
+    );
+    assert_eq!(refused, 0, "nothing of the call dropped");
+    assert_eq!(echoed, PCAP_PACKETS, "every echoed packet came back through the pinhole");
+    let after = wait_empty(p.d(), Duration::from_secs(6));
+    assert!(after["pinholes"].as_array().unwrap().is_empty(), "pinholes left after BYE: {after:#}");
+}

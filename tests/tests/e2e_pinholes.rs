@@ -257,3 +257,96 @@ fn e2e_pinholes_3_a_call_the_pbx_places() {
     let after = wait_empty(p.d(), Duration::from_secs(6));
     assert!(after["pinholes"].as_array().unwrap().is_empty(), "pinholes left after BYE: {after:#}");
 }
+
+/// A phone behind a NAT (a `home` namespace masqueraded by the carrier namespace) whose SDP
+/// carries its private address: the pinhole on the signaling address (the NAT's) admits its
+/// media, latched on the NAT's source port, and every RTP packet of the call passes.
+#[test]
+#[ignore = "needs root and BPF"]
+fn e2e_pinholes_4_a_phone_behind_nat() {
+    if !bpf_available() {
+        return;
+    }
+    let site = Site::new();
+    let n = site.net;
+    let policy = admin_policy(&site, &["voip-edge"], MEDIA);
+    let p = Pbx::start_with_site(site, Some(policy), false, 0);
+    let nat = &p.site.carrier;
+    let home = tests::netns::NetNs::new("home");
+    let (inside, outside) = (format!("hm{n}"), format!("nt{n}"));
+    tests::netns::veth(&home, &inside, &nat.ns, &outside);
+    nat.ns.sh(&format!(
+        "ip addr add 172.16.{n}.1/24 dev {outside} && sysctl -qw net.ipv4.ip_forward=1 && \
+         nft 'add table ip vwnat; add chain ip vwnat post {{ type nat hook postrouting priority 100; }}; add rule ip vwnat post oifname {} masquerade'",
+        nat.iface
+    ));
+    home.sh(&format!("ip addr add 172.16.{n}.2/24 dev {inside} && ip route add default via 172.16.{n}.1"));
+    let (pbx, private, public) = (p.site.pbx.ip().to_string(), format!("172.16.{n}.2"), nat.ip().to_string());
+    let uas = Sipp::spawn(
+        &p.site.pbx.ns,
+        &[
+            "-sf",
+            asset("uas_ports.xml").to_str().unwrap(),
+            "-i",
+            &pbx,
+            "-p",
+            "5060",
+            "-mi",
+            &pbx,
+            "-mp",
+            "12000",
+            "-m",
+            "1",
+        ],
+        Duration::from_secs(60),
+        &p.env.root.join("uas.log"),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let (pass0, closed0) = (passed(p.d(), "pinhole"), p.d().dropped("pinhole_closed"));
+    let (out, during) = std::thread::scope(|s| {
+        let call = s.spawn(|| {
+            Sipp::run(
+                &home,
+                &[
+                    &format!("{pbx}:5060"),
+                    "-sf",
+                    asset("uac_pcap.xml").to_str().unwrap(),
+                    "-s",
+                    "200",
+                    "-i",
+                    &private,
+                    "-p",
+                    "5064",
+                    "-mi",
+                    &private,
+                    "-mp",
+                    "30000",
+                    "-m",
+                    "1",
+                    "-recv_timeout",
+                    "10000",
+                ],
+                Duration::from_secs(40),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let during = pinholes(p.d());
+        (call.join().unwrap(), during)
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(sipp_calls(&text), (1, 0), "the call completes:\n{text}");
+    assert_eq!(uas.wait(), 0, "the callee answered");
+    let rows = during["pinholes"].as_array().unwrap();
+    let row = |peer: &str, port: u64| rows.iter().find(|r| r["peer"] == peer && r["local_port"] == port);
+    let nat_row = row(&public, 12000).unwrap_or_else(|| panic!("a pinhole for the NAT's address: {during:#}"));
+    assert_eq!(nat_row["state"], "active", "latched by the media through the NAT: {during:#}");
+    assert!(nat_row["opened_by"].as_array().unwrap().contains(&serde_json::json!("signaling")), "{during:#}");
+    let sdp_row = row(&private, 12000).unwrap_or_else(|| panic!("a pinhole for the SDP's address: {during:#}"));
+    assert_eq!(sdp_row["opened_by"], serde_json::json!(["sdp"]), "{during:#}");
+    let admitted = passed(p.d(), "pinhole") - pass0;
+    let refused = p.d().dropped("pinhole_closed") - closed0;
+    eprintln!(
+        "figure: phone behind NAT (SDP {private}, signaling and media from {public}): {admitted} of {PCAP_PACKETS} RTP packets admitted, {refused} refused"
+    );
+    assert_eq!((admitted, refused), (PCAP_PACKETS, 0), "every RTP packet through the NAT passed");
+}

@@ -350,3 +350,66 @@ fn e2e_pinholes_4_a_phone_behind_nat() {
     );
     assert_eq!((admitted, refused), (PCAP_PACKETS, 0), "every RTP packet through the NAT passed");
 }
+
+/// A real softphone: Debian's baresip (headless, a 440 Hz tone from `ausine`, commands from
+/// `-e`) behind the phone's address calls through Kamailio to the echo; its tone reaches the
+/// echo through the call's pinhole and the echo comes back to it.
+#[test]
+#[ignore = "needs root and BPF"]
+fn e2e_pinholes_5_baresip_calls_through_kamailio() {
+    if !bpf_available() {
+        return;
+    }
+    tests::voip::require("baresip");
+    let site = Site::new();
+    let policy = admin_policy(&site, &["voip-edge"], MEDIA);
+    let p = Pbx::start_with_site(site, Some(policy), true, 10000);
+    let (pbx, phone) = (p.site.pbx.ip().to_string(), p.site.phone.ip().to_string());
+    let dir = p.env.root.join("baresip");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen {phone}:5090\naudio_player aubridge,sink\naudio_source ausine,440\n\
+             audio_alert aubridge,sink\nausrc_srate 48000\nauplay_srate 48000\nausrc_channels 2\nauplay_channels 1\n\
+             rtp_ports 20300-20399\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\n\
+             module aubridge.so\nmodule_app account.so\nmodule_app menu.so\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("accounts"), format!("<sip:100@{pbx}>;auth_pass={};regint=0\n", tests::pbx::PASSWORD))
+        .unwrap();
+    // The phone counts the echo coming back to it (an nftables counter on its input).
+    p.site.phone.ns.sh(&format!(
+        "nft 'add table inet vwrx; add counter inet vwrx echo; add chain inet vwrx in {{ type filter hook input priority 0; }}; add rule inet vwrx in ip saddr {pbx} udp sport 10000 counter name echo'"
+    ));
+    let (pass0, closed0) = (passed(p.d(), "pinhole"), p.d().dropped("pinhole_closed"));
+    let log = p.env.root.join("baresip.log");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.site.phone.ns.name, "timeout", "-k", "2", "20", "baresip", "-f"])
+        .arg(&dir)
+        .args(["-e", &format!("/dial sip:200@{pbx}"), "-t", "8"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run baresip");
+    std::fs::write(&log, &out.stdout).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let admitted = passed(p.d(), "pinhole") - pass0;
+    let refused = p.d().dropped("pinhole_closed") - closed0;
+    let echoed: u64 = p
+        .site
+        .phone
+        .ns
+        .sh("nft list counter inet vwrx echo")
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "figure: baresip call: {admitted} RTP packets admitted by the pinhole, {refused} refused, {echoed} echoed back to baresip"
+    );
+    assert!(admitted >= 200, "baresip's tone reached the echo through the pinhole ({admitted}):\n{text}");
+    assert_eq!(refused, 0, "nothing of the call dropped:\n{text}");
+    assert!(echoed >= 200, "the echo came back to baresip ({echoed}):\n{text}");
+}

@@ -48,6 +48,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The SIP server and the SIP user agents of the network tests.
     ("kamailio", "kamailio"),
     ("sipp", "sip-tester"),
+    // A real softphone for the pinhole tests (headless: a tone source, no sound card).
+    ("baresip", "baresip-core"),
     // The filter a user would run instead, measured beside voipwall by the bench (and its smoke
     // run in the tests).
     ("xdp-filter", "xdp-tools"),

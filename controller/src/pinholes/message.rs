@@ -50,9 +50,10 @@ pub struct Message {
 /// Read a SIP message; `None` when it is not one (no Call-ID, a first line that is neither a
 /// request nor a status line).
 pub fn parse(data: &[u8]) -> Option<Message> {
-    let text = String::from_utf8_lossy(data);
-    let (head, body) = split_head(&text);
-    let mut lines = unfold(head);
+    // Split and cut on the raw bytes (Content-Length counts bytes), then read each part as text.
+    let (head, body) = split_head(data);
+    let head = String::from_utf8_lossy(head);
+    let mut lines = unfold(&head);
     let first = lines.next()?;
     let start = start_line(&first)?;
     let (mut call_id, mut cseq_method, mut sdp_body, mut length) = (None, String::new(), false, None);
@@ -73,20 +74,21 @@ pub fn parse(data: &[u8]) -> Option<Message> {
         Some(n) if n <= body.len() => &body[..n],
         _ => body,
     };
+    let body = String::from_utf8_lossy(body);
     let call_id = call_id.filter(|c| !c.is_empty())?;
-    let sdp = (sdp_body && !body.trim().is_empty()).then(|| streams(body));
+    let sdp = (sdp_body && !body.trim().is_empty()).then(|| streams(&body));
     Some(Message { start, call_id, cseq_method, sdp })
 }
 
 /// The header block and the body: split at the first empty line (CRLF CRLF, or bare LFs).
-fn split_head(text: &str) -> (&str, &str) {
-    if let Some(i) = text.find("\r\n\r\n") {
-        return (&text[..i], &text[i + 4..]);
+fn split_head(data: &[u8]) -> (&[u8], &[u8]) {
+    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+        return (&data[..i], &data[i + 4..]);
     }
-    if let Some(i) = text.find("\n\n") {
-        return (&text[..i], &text[i + 2..]);
+    if let Some(i) = data.windows(2).position(|w| w == b"\n\n") {
+        return (&data[..i], &data[i + 2..]);
     }
-    (text, "")
+    (data, &[])
 }
 
 /// Header lines with folded continuations (a line starting with a space or tab) joined.
@@ -224,6 +226,17 @@ mod tests {
         assert_eq!(parse(b"HELLO world\r\nCall-ID: z\r\n\r\n"), None);
         assert_eq!(parse(b"SIP/2.0 99 Odd\r\nCall-ID: z\r\n\r\n"), None);
         assert_eq!(parse(b""), None);
+    }
+
+    #[test]
+    fn content_length_counts_bytes_even_inside_a_character() {
+        // Found by the fuzzer: a length that ends inside a multi-byte character.
+        let mut m =
+            b"INVITE sip:a@b SIP/2.0\r\nCall-ID: z\r\nContent-Type: application/sdp\r\nContent-Length: 26\r\n\r\n"
+                .to_vec();
+        m.extend_from_slice("m=audio 4000 RTP/AVP 0\r\n\u{e9}x".as_bytes());
+        let s = parse(&m).unwrap().sdp.unwrap();
+        assert_eq!(s[0].port, 4000);
     }
 
     #[test]

@@ -455,6 +455,24 @@ mod tests {
     }
 
     #[test]
+    fn a_port_in_pinhole_mode_passes_a_live_pinhole_and_drops_the_rest() {
+        let mut f = facts();
+        let live = PinholeFacts { live: true, opened_by: vec!["sdp"], peer_port: Some(4000), falls_back: false };
+        f.ports[0].pinhole = Some(live.clone());
+        let v = one(&f);
+        assert_eq!((v.verdict, v.reason), ("pass", "pinhole"));
+        assert_eq!(steps(&v)[3..], [("port", "match"), ("pinhole", "pass")]);
+        assert!(v.steps[4].detail.contains("latched to source port 4000"), "{:?}", v.steps[4]);
+        f.ports[0].pinhole = Some(PinholeFacts { live: false, opened_by: vec![], peer_port: None, ..live.clone() });
+        let v = one(&f);
+        assert_eq!((v.verdict, v.reason), ("drop", "pinhole_closed"));
+        f.ports[0].pinhole = Some(PinholeFacts { live: false, falls_back: true, opened_by: vec![], peer_port: None });
+        let v = one(&f);
+        assert_eq!(steps(&v)[4], ("pinhole", "match"), "the table is full: on to the rate class");
+        assert_eq!(v.reason, "port_open");
+    }
+
+    #[test]
     fn every_step_and_reason_in_decision_order() {
         let f = facts();
         let v = one(&f);

@@ -319,10 +319,12 @@ fn pinhole_families(fw: &Firewall, stat_of: &dyn Fn(u32) -> f64, out: &mut Vec<M
     out.push(calls);
     let mut opened = family(
         "voipwall_pinholes_opened_total",
-        "Media pinholes opened (learned from SDP, or added with `voipwall pinhole add`).",
+        "Media pinholes opened, by how: learned from the calls' SDP (learned), opened by the egress program before the host's own SDP left (provisional; the learner then takes them over), added with `voipwall pinhole add` (manual).",
         MetricType::COUNTER,
     );
-    push(&mut opened, &[], ph.opened as f64);
+    push(&mut opened, &[("by", "learned")], ph.opened as f64);
+    push(&mut opened, &[("by", "provisional")], stat_of(stat::PINHOLES_EARLY));
+    push(&mut opened, &[("by", "manual")], ph.opened_manual as f64);
     out.push(opened);
     let mut closed = family(
         "voipwall_pinholes_closed_total",

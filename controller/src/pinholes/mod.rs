@@ -40,7 +40,9 @@ pub const SETUP_BUCKETS: [f64; 8] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.0
 /// The pinhole learner and its counts.
 pub struct Pinholes {
     calls: Calls,
+    /// Pinholes opened: learned from the calls' signaling, and added by `pinhole add`.
     pub opened: u64,
+    pub opened_manual: u64,
     pub closed: BTreeMap<Cause, u64>,
     /// Pinholes the table had no room for.
     pub refused: u64,
@@ -108,6 +110,7 @@ impl Pinholes {
         Self {
             calls: Calls::new(MAX_CALLS),
             opened: 0,
+            opened_manual: 0,
             closed: BTreeMap::new(),
             refused: 0,
             setup_counts: [0; SETUP_BUCKETS.len() + 1],
@@ -244,7 +247,7 @@ impl Pinholes {
             format!("pinhole {peer} -> {port}/udp not added: {e}")
         })?;
         if !existed {
-            self.opened += 1;
+            self.opened_manual += 1;
         }
         let ttl_text = ttl.map_or("until deleted".to_string(), |t| format!("for {}s", t.as_secs()));
         Ok(Reply::new(
@@ -325,7 +328,7 @@ impl Pinholes {
             json!({
                 "pinholes": data,
                 "calls": self.calls.len(),
-                "opened": self.opened,
+                "opened": self.opened + self.opened_manual,
                 "closed": self.closed.iter().map(|(c, n)| (c.as_str(), *n)).collect::<BTreeMap<_, _>>(),
                 "refused": self.refused,
                 "setup_s": {

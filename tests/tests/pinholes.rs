@@ -255,3 +255,62 @@ fn signaling_is_copied_out_and_the_learner_opens_the_calls_media() {
     h.expect("IPv6 media of the call", &media6, XDP_PASS, "pinhole");
     assert!(learner.opened >= 14, "opened {}", learner.opened);
 }
+
+/// The other messages that carry SDP: a 183 with the host's early-media answer, a late offer
+/// (the host offers in its 200, the phone answers in the ACK), and UPDATE and PRACK bodies that
+/// move the phone's media address. Each is copied out by the programs, read by the learner, and
+/// the media it names passes (and what it no longer names closes).
+#[test]
+#[ignore = "needs root and BPF"]
+fn early_media_late_offers_update_and_prack_bodies() {
+    if !bpf_available() {
+        return;
+    }
+    let mut h = Harness::new(POLICY);
+    let (policy, compiled) = policy::parse("harness.toml", POLICY).unwrap();
+    let mut rb = h.dp.take_signaling().expect("signaling ring buffer");
+    let mut learner = Pinholes::new();
+    let sdp = |addr: &str, port: u16| format!("v=0\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n");
+    let inbound = |h: &mut Harness, msg: Vec<u8>| {
+        h.expect("signaling in", &Packet::udp4(PHONE, 5060, HOST, 5060).payload(&msg).bytes(), XDP_PASS, "port_open");
+    };
+    let outbound = |h: &mut Harness, msg: Vec<u8>| {
+        h.dp.test_run_egress(&Packet::udp4(HOST, 5060, PHONE, 5060).payload(&msg).bytes()).unwrap();
+    };
+    let mut feed = |h: &mut Harness| {
+        for r in drain(&mut rb) {
+            learner.on_signal(&r, &mut h.dp, &policy, &compiled);
+        }
+    };
+
+    // Early media: the host answers the offer in a 183; the phone's media passes before any 200.
+    inbound(&mut h, sip_message("INVITE sip:100@10.0.0.1 SIP/2.0", "early", "1 INVITE", &sdp("192.0.2.30", 4000)));
+    outbound(&mut h, sip_message("SIP/2.0 183 Session Progress", "early", "1 INVITE", &sdp("10.0.0.1", 12600)));
+    feed(&mut h);
+    h.expect("early media from the SDP address", &rtp([192, 0, 2, 30], 4000, 12600), XDP_PASS, "pinhole");
+
+    // A late offer: no SDP in the INVITE, the host offers in its 200, the phone answers in ACK.
+    inbound(&mut h, sip_message("INVITE sip:100@10.0.0.1 SIP/2.0", "late", "1 INVITE", ""));
+    outbound(&mut h, sip_message("SIP/2.0 200 OK", "late", "1 INVITE", &sdp("10.0.0.1", 12700)));
+    feed(&mut h);
+    h.expect("before the ACK's answer", &rtp([192, 0, 2, 31], 4100, 12700), XDP_DROP, "pinhole_closed");
+    inbound(&mut h, sip_message("ACK sip:100@10.0.0.1 SIP/2.0", "late", "1 ACK", &sdp("192.0.2.31", 4100)));
+    feed(&mut h);
+    h.expect("the answer in the ACK", &rtp([192, 0, 2, 31], 4100, 12700), XDP_PASS, "pinhole");
+
+    // UPDATE and PRACK bodies move the phone's media address: the old one closes (after the
+    // grace), the new one opens.
+    inbound(&mut h, sip_message("UPDATE sip:100@10.0.0.1 SIP/2.0", "late", "2 UPDATE", &sdp("192.0.2.32", 4200)));
+    feed(&mut h);
+    h.expect("UPDATE's new address", &rtp([192, 0, 2, 32], 4200, 12700), XDP_PASS, "pinhole");
+    let old = h.dp.pinhole_get(&key_of("192.0.2.31".parse().unwrap(), 12700)).unwrap().unwrap();
+    assert!(old.until_ns != 0, "the address the UPDATE replaced closes after the grace");
+    inbound(&mut h, sip_message("PRACK sip:100@10.0.0.1 SIP/2.0", "early", "2 PRACK", &sdp("192.0.2.33", 4300)));
+    feed(&mut h);
+    h.expect("PRACK's new address", &rtp([192, 0, 2, 33], 4300, 12600), XDP_PASS, "pinhole");
+    assert_eq!(
+        learner.closed.get(&voipwall::pinholes::calls::Cause::Moved).copied(),
+        Some(4),
+        "RTP and RTCP of two moves"
+    );
+}

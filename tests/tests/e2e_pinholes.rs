@@ -413,3 +413,75 @@ fn e2e_pinholes_5_baresip_calls_through_kamailio() {
     assert_eq!(refused, 0, "nothing of the call dropped:\n{text}");
     assert!(echoed >= 200, "the echo came back to baresip ({echoed}):\n{text}");
 }
+
+/// A re-INVITE from the pbx moves the call's media port: the caller's RTP passes on the first
+/// port, then on the new one, and the old port closes.
+#[test]
+#[ignore = "needs root and BPF"]
+fn e2e_pinholes_6_a_reinvite_moves_the_media_port() {
+    if !bpf_available() {
+        return;
+    }
+    let site = Site::new();
+    let policy = admin_policy(&site, &["voip-edge"], MEDIA);
+    let p = Pbx::start_with_site(site, Some(policy), false, 0);
+    let (pbx, phone) = (p.site.pbx.ip().to_string(), p.site.phone.ip().to_string());
+    let uas = Sipp::spawn(
+        &p.site.pbx.ns,
+        &[
+            "-sf",
+            asset("uas_reinvite.xml").to_str().unwrap(),
+            "-i",
+            &pbx,
+            "-p",
+            "5060",
+            "-mi",
+            &pbx,
+            "-mp",
+            "12000",
+            "-m",
+            "1",
+        ],
+        Duration::from_secs(60),
+        &p.env.root.join("uas.log"),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let (pass0, closed0) = (passed(p.d(), "pinhole"), p.d().dropped("pinhole_closed"));
+    let out = Sipp::run(
+        &p.site.phone.ns,
+        &[
+            &format!("{pbx}:5060"),
+            "-sf",
+            asset("uac_reinvite.xml").to_str().unwrap(),
+            "-s",
+            "200",
+            "-i",
+            &phone,
+            "-p",
+            "5064",
+            "-mi",
+            &phone,
+            "-mp",
+            "30000",
+            "-m",
+            "1",
+            "-recv_timeout",
+            "15000",
+        ],
+        Duration::from_secs(50),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(sipp_calls(&text), (1, 0), "the call completes:\n{text}");
+    assert_eq!(uas.wait(), 0, "the callee moved the media and answered the BYE");
+    let admitted = passed(p.d(), "pinhole") - pass0;
+    let refused = p.d().dropped("pinhole_closed") - closed0;
+    let list = pinholes(p.d());
+    eprintln!(
+        "figure: re-INVITE moving the media port 12000 -> 12100: {admitted} of {} RTP packets admitted, {refused} refused; closed {}",
+        2 * PCAP_PACKETS,
+        list["closed"]
+    );
+    assert_eq!((admitted, refused), (2 * PCAP_PACKETS, 0), "the media passed on both ports");
+    assert!(list["closed"]["moved"].as_u64() >= Some(2), "the first port closed when the media moved: {list:#}");
+    assert!(!udp_probe(&p.site.phone.ns, &phone, &pbx, 12000), "the old port is closed after the grace");
+}

@@ -26,8 +26,13 @@ pub const HOST: [u8; 4] = [10, 0, 0, 1];
 pub struct Rng(u64);
 
 impl Rng {
+    /// Seeds that differ only in their lowest bit give different streams: the seed is mixed
+    /// (SplitMix64's finaliser) before the state's low bit is forced on.
     pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)) | 1)
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -329,4 +334,17 @@ fn glue(settings: &Settings, b: &mut Baseline, h: &Harness, cap: u32, frames: &[
     let ops_sum: f64 = ops.iter().map(|o| o.1).sum();
     let program_extra = program - empty;
     Glue { program, empty, ops, program_extra, ops_sum, ratio: program_extra / ops_sum.max(0.1) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rng;
+
+    #[test]
+    fn neighbouring_seeds_give_different_streams() {
+        let first = |seed| Rng::new(seed).next_u64();
+        assert_ne!(first(7000), first(7001));
+        assert_ne!(first(0), first(1));
+        assert_eq!(first(7000), first(7000));
+    }
 }

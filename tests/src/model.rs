@@ -2,18 +2,30 @@
 //! frame, written from the rules (README "What it does to a packet"), not from the program.
 //!
 //! It reads the compiled policy the controller hands the kernel (port table, source sets with
-//! their folded masks, the configuration), the allow/block lists as CIDRs (answered by longest
-//! prefix, where the program uses its /16 gate, /24 slots and host blocks), and the bans. Its
-//! state is the first fragments it has seen. What it does not model, and so what the
-//! differential run keeps out of play: rate limits and the unknown-source budgets (the
-//! generated policies make them generous and turn the budgets off), return traffic (no egress
-//! runs, so no flow exists), SIP method limits and challenge counting, and time (fragments are
-//! followed within a run far shorter than the fragment timeout).
+//! their folded masks, rate classes, the configuration), the allow/block lists as CIDRs
+//! (answered by longest prefix, where the program uses its /16 gate, /24 slots and host blocks),
+//! and the bans. Its state is what a sequence of frames leaves behind: first fragments, the
+//! flows the host opened, known peers (by set membership, or by a TCP segment the host
+//! acknowledged from a listening port), each rate state's packets per level, each class's
+//! unknown-source budget, and the bans the rate levels and the User-Agent check raise.
+//!
+//! Time stands still for the model: no bucket refills, no ban, flow, fragment or known peer
+//! expires. The differential run makes that true: a policy with tight limits has levels of 1 or
+//! 2 packets per second and budgets of 1, and its frames all run within a fraction of the
+//! 500 ms in which the fastest of those buckets would earn back one packet; generous policies'
+//! buckets never run dry. Counting is then exact: a level of burst B lets B packets through and
+//! then none, a budget of burst B lets B unknown packets through and then none.
+//!
+//! What it does not model, and so what the differential run keeps out of play: a SIP response
+//! proving its sender (no SIP request leaves the host in a run), the authentication counters
+//! (nothing the host sends is a 401/403), pinholes (no policy is in pinhole mode), and map
+//! capacity (a tight policy's sources come from a pool far smaller than every map).
 
 use std::collections::HashMap;
 
 use common::{
-    MAX_FRAGMENTS_PER_DATAGRAM, POLICY_DRY_RUN, PORT_OPEN, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, port_slot, reason,
+    MAX_FRAGMENTS_PER_DATAGRAM, POLICY_DRY_RUN, PORT_OPEN, PORT_PINHOLE, PORT_SIP, PROTO_SLOT_TCP, PROTO_SLOT_UDP,
+    RateLevel, port_slot, reason,
     sip::grammar::{self, Reading, UaVerdict},
     verdict,
 };
@@ -248,11 +260,25 @@ type FragKey = ([u8; 16], [u8; 16], u32, u8);
 /// A flow the host opened: remote address and port, local port, protocol.
 type FlowKey = ([u8; 16], u16, [u8; 16], u16, u8);
 
-/// The model: a policy, lists, bans, the first fragments seen and the flows the host opened.
+/// A rate state: the source as bans see it, the class, and whether it is a known peer's own
+/// (kept in its entry) or the shared one every other source gets.
+type RateKey = ([u8; 16], u8, bool);
+
+/// What one packet does to a rate class's levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Charge {
+    Pass,
+    /// Above a level without a ban time.
+    Police,
+    /// Above a level with a ban time (level 2 checked first).
+    Ban,
+}
+
+/// The model: a policy, lists, bans, and what frames left behind.
 pub struct Model {
     pub compiled: CompiledPolicy,
     pub lists: Lists,
-    /// Ban keys (the source as bans see it), all unexpired.
+    /// Ban keys (the source as bans see it), all unexpired: the ones given, then the ones raised.
     pub bans: Vec<[u8; 16]>,
     frags: HashMap<FragKey, (u32, u32)>,
     /// Later fragments that inherited a first fragment's outcome.
@@ -260,6 +286,16 @@ pub struct Model {
     flows: std::collections::HashSet<FlowKey>,
     /// (protocol slot, local port) the host opened a flow from.
     flow_ports: std::collections::HashSet<(u32, u16)>,
+    /// Known peers and the classes their two own rate states hold (0: free).
+    known: HashMap<[u8; 16], [u8; 2]>,
+    /// Packets each level of a rate state let through.
+    rates: HashMap<RateKey, [u64; 2]>,
+    /// Packets each class's unknown-source budget let through.
+    budgets: HashMap<u8, u64>,
+    /// Bans the program raised (rate levels, User-Agent), and would-be bans in dry run.
+    pub bans_raised: u64,
+    /// Sources that became known peers.
+    pub learned: u64,
 }
 
 impl Model {
@@ -272,18 +308,18 @@ impl Model {
             inherited: 0,
             flows: Default::default(),
             flow_ports: Default::default(),
+            known: HashMap::new(),
+            rates: HashMap::new(),
+            budgets: HashMap::new(),
+            bans_raised: 0,
+            learned: 0,
         }
     }
 
-    /// Forget the fragments and flows seen (a fresh program state).
-    pub fn reset(&mut self) {
-        self.frags.clear();
-        self.flows.clear();
-        self.flow_ports.clear();
-    }
-
     /// A frame the host sends (TC egress): a UDP datagram or TCP SYN from a local port the
-    /// policy does not open opens a flow; a later packet of a known flow keeps it open.
+    /// policy does not open opens a flow; a later packet of a known flow keeps it open. A TCP
+    /// segment from a listening port that acknowledges without SYN or RST makes its
+    /// destination a known peer (only a completed handshake gets one).
     pub fn egress(&mut self, frame: &[u8]) {
         let Parsed::Ip(p) = parse(frame) else { return };
         let slot = match p.proto {
@@ -291,7 +327,15 @@ impl Model {
             17 => PROTO_SLOT_UDP,
             _ => return,
         };
-        if p.frag == Frag::Later || self.compiled.ports[port_slot(slot, p.sport)].flags & PORT_OPEN != 0 {
+        if p.frag == Frag::Later {
+            return;
+        }
+        let flags = self.compiled.ports[port_slot(slot, p.sport)].flags;
+        if flags & PORT_OPEN != 0 {
+            if p.proto == 6 && flags & PORT_PINHOLE == 0 && p.tcp_flags & 0x16 == 0x10 {
+                let key = self.key_of(&p.dst, p.ipv6);
+                self.learn(key);
+            }
             return;
         }
         let key = (p.dst, p.dport, p.src, p.sport, p.proto);
@@ -346,8 +390,8 @@ impl Model {
         let r = match p.proto {
             6 => self.port(frame, &p, PROTO_SLOT_TCP),
             17 => self.port(frame, &p, PROTO_SLOT_UDP),
-            1 if !p.ipv6 => icmp(p.icmp_type, false),
-            58 if p.ipv6 => icmp(p.icmp_type, true),
+            1 if !p.ipv6 => self.icmp(&p),
+            58 if p.ipv6 => self.icmp(&p),
             _ => reason::PROTOCOL_CLOSED,
         };
         if p.frag == Frag::First {
@@ -357,13 +401,119 @@ impl Model {
     }
 
     fn source_key(&self, p: &Pkt) -> [u8; 16] {
-        if !p.ipv6 {
-            return p.src;
-        }
-        common::addr::mask_prefix(p.src, self.compiled.config.ipv6_prefix)
+        self.key_of(&p.src, p.ipv6)
     }
 
-    fn port(&self, frame: &[u8], p: &Pkt, slot: u32) -> u32 {
+    /// An address as bans, rates and known peers see it: IPv4 whole, IPv6 cut to the prefix.
+    fn key_of(&self, a: &[u8; 16], ipv6: bool) -> [u8; 16] {
+        if ipv6 { common::addr::mask_prefix(*a, self.compiled.config.ipv6_prefix) } else { *a }
+    }
+
+    fn dry_run(&self) -> bool {
+        self.compiled.config.flags & POLICY_DRY_RUN != 0
+    }
+
+    /// `key` proved itself: a known peer from now on (a peer already known keeps its states).
+    fn learn(&mut self, key: [u8; 16]) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.known.entry(key) {
+            e.insert([0; 2]);
+            self.learned += 1;
+        }
+    }
+
+    /// The program bans `key` (nothing is inserted in dry run; the would-be ban is counted).
+    fn ban(&mut self, key: [u8; 16]) {
+        self.bans_raised += 1;
+        if !self.dry_run() && !self.bans.contains(&key) {
+            self.bans.push(key);
+        }
+    }
+
+    /// Admission of one packet to rate class `class`: `None` to go on, or the drop reason. A
+    /// source in any named set (`member`: the port's sets already matched) becomes known. A
+    /// known peer is charged to its own state for the class (one of two), or the shared one;
+    /// an unknown source first draws from the class's budget, then is charged to its shared
+    /// state.
+    fn admit(&mut self, p: &Pkt, class: u8, member: bool) -> Option<u32> {
+        let key = self.source_key(p);
+        if !self.known.contains_key(&key) && (member || self.sets_of(p) != 0) {
+            self.learn(key);
+        }
+        let state = match self.known.get_mut(&key) {
+            Some(slots) => {
+                match slots.iter().position(|&c| c == class).or_else(|| slots.iter().position(|&c| c == 0)) {
+                    Some(i) => {
+                        if slots[i] == 0 {
+                            slots[i] = class;
+                            // A fresh own state, whatever the shared one holds.
+                            self.rates.remove(&(key, class, true));
+                        }
+                        (key, class, true)
+                    }
+                    None => (key, class, false),
+                }
+            }
+            None => {
+                let budget = self.compiled.classes[class as usize].unknown;
+                if let Some(burst) = burst(&budget) {
+                    let used = self.budgets.entry(class).or_default();
+                    if *used >= burst {
+                        return Some(reason::UNKNOWN_OVER_BUDGET);
+                    }
+                    *used += 1;
+                }
+                (key, class, false)
+            }
+        };
+        match self.charge(state) {
+            Charge::Pass => None,
+            Charge::Police => Some(reason::RATE_LIMITED),
+            Charge::Ban => {
+                self.ban(key);
+                Some(reason::RATE_LIMITED)
+            }
+        }
+    }
+
+    /// One packet against the levels of the state's class: each level with burst B lets B
+    /// packets through and then none (a packet one level refuses still counts toward the
+    /// other); above level 2 with a ban time bans, then above level 1 with one, else polices.
+    fn charge(&mut self, state: RateKey) -> Charge {
+        let levels = self.compiled.classes[state.1 as usize].levels;
+        let passed = self.rates.entry(state).or_default();
+        let mut within = [true; 2];
+        for i in 0..2 {
+            if let Some(b) = burst(&levels[i]) {
+                within[i] = passed[i] < b;
+                passed[i] += within[i] as u64;
+            }
+        }
+        match within {
+            [_, false] if levels[1].ban_ns > 0 => Charge::Ban,
+            [false, _] if levels[0].ban_ns > 0 => Charge::Ban,
+            [true, true] => Charge::Pass,
+            _ => Charge::Police,
+        }
+    }
+
+    /// ICMP by type: errors, echo replies and neighbour discovery pass; echo requests pass
+    /// under the echo class (`icmp_rate_limited` above its level, or refused by its budget);
+    /// the rest is denied.
+    fn icmp(&mut self, p: &Pkt) -> u32 {
+        let r = icmp(p.icmp_type, p.ipv6);
+        let echo = if p.ipv6 { p.icmp_type == 128 } else { p.icmp_type == 8 };
+        let class = self.compiled.config.echo_class as u8;
+        if r != reason::ICMP || !echo || class == 0 {
+            return r;
+        }
+        match self.admit(p, class, false) {
+            Some(reason::RATE_LIMITED) => reason::ICMP_RATE_LIMITED,
+            Some(r) => r,
+            None => reason::ICMP,
+        }
+    }
+
+    fn port(&mut self, frame: &[u8], p: &Pkt, slot: u32) -> u32 {
         let rule = self.compiled.ports[port_slot(slot, p.dport)];
         if rule.flags & PORT_OPEN == 0 {
             let reply = (p.src, p.sport, p.dst, p.dport, p.proto);
@@ -375,11 +525,32 @@ impl Model {
         if rule.sets != 0 && self.sets_of(p) & rule.sets == 0 {
             return reason::SOURCE_NOT_ALLOWED;
         }
-        let window = self.compiled.config.sip_window as usize;
-        if rule.flags & PORT_SIP != 0 && window != 0 {
-            return sip(&frame[p.payload_off.min(frame.len())..], window);
+        if rule.class != 0
+            && let Some(r) = self.admit(p, rule.class, rule.sets != 0)
+        {
+            return r;
         }
-        reason::PORT_OPEN
+        let window = self.compiled.config.sip_window as usize;
+        if rule.flags & PORT_SIP == 0 || window == 0 {
+            return reason::PORT_OPEN;
+        }
+        let key = self.source_key(p);
+        let (r, method) = sip_checks(&frame[p.payload_off.min(frame.len())..], window);
+        if r == reason::SIP_USER_AGENT && self.compiled.config.sip_ua_ban_ns != 0 {
+            self.ban(key);
+        }
+        let class = method.map_or(0, |m| self.compiled.config.sip_method_class[m]);
+        if class != 0 {
+            match self.charge((key, class, false)) {
+                Charge::Pass => {}
+                Charge::Police => return reason::SIP_METHOD_RATE_LIMITED,
+                Charge::Ban => {
+                    self.ban(key);
+                    return reason::SIP_METHOD_RATE_LIMITED;
+                }
+            }
+        }
+        r
     }
 
     /// The set mask of the longest set prefix holding the source.
@@ -405,8 +576,13 @@ fn longest<N, A>(nets: &[(N, u64)], a: &A, test: impl Fn(&N, &A) -> (bool, u8)) 
         .map_or(0, |(_, m)| m)
 }
 
-/// ICMP: errors, echo replies and neighbour discovery pass; echo requests pass (their limit is
-/// generous here); the rest is denied.
+/// Packets a level (or budget) lets through back to back; `None` when it is off.
+fn burst(l: &RateLevel) -> Option<u64> {
+    (l.emission_ns != 0).then(|| l.tolerance_ns / l.emission_ns + 1)
+}
+
+/// ICMP by type alone: errors, echo requests and replies, neighbour discovery pass; the rest is
+/// denied.
 fn icmp(t: u8, v6: bool) -> u32 {
     let pass = if v6 { matches!(t, 1..=3 | 128 | 129 | 133..=137) } else { matches!(t, 0 | 3 | 8 | 11) };
     if pass { reason::ICMP } else { reason::ICMP_DENIED }
@@ -414,17 +590,23 @@ fn icmp(t: u8, v6: bool) -> u32 {
 
 /// The SIP checks by RFC 3261's grammar, with the generated policies' User-Agent list.
 pub fn sip(payload: &[u8], window: usize) -> u32 {
+    sip_checks(payload, window).0
+}
+
+/// [`sip`], and the method class of a request that passed the User-Agent check (the method
+/// limits apply to it).
+fn sip_checks(payload: &[u8], window: usize) -> (u32, Option<usize>) {
     match grammar::read(payload, window, true) {
-        Reading::NotRequest | Reading::LineTooLong => reason::PORT_OPEN,
-        Reading::Evasion => reason::SIP_EVASION,
+        Reading::NotRequest | Reading::LineTooLong => (reason::PORT_OPEN, None),
+        Reading::Evasion => (reason::SIP_EVASION, None),
         Reading::Request(r) => match r.user_agent {
-            None => reason::PORT_OPEN,
+            None => (reason::PORT_OPEN, Some(r.method)),
             Some(ua) => {
                 let value: Vec<u8> = grammar::ua_bytes(payload, &ua).collect();
                 match ua.verdict(sipgen::listed(&value)) {
-                    UaVerdict::Listed => reason::SIP_USER_AGENT,
-                    UaVerdict::Overlong => reason::SIP_EVASION,
-                    UaVerdict::Cut | UaVerdict::Clean => reason::PORT_OPEN,
+                    UaVerdict::Listed => (reason::SIP_USER_AGENT, None),
+                    UaVerdict::Overlong => (reason::SIP_EVASION, None),
+                    UaVerdict::Cut | UaVerdict::Clean => (reason::PORT_OPEN, Some(r.method)),
                 }
             }
         },
@@ -446,6 +628,55 @@ mod tests {
             tagged[at..at + 2].copy_from_slice(&0x8100u16.to_be_bytes());
         }
         assert!(matches!(parse(&tagged), Parsed::Malformed), "a third tag");
+    }
+
+    fn udp4(src: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut f =
+            vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45, 0, 0, 32, 0, 1, 0x40, 0, 64, 17, 0, 0];
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[10, 0, 0, 1]);
+        f.extend_from_slice(&[0x30, 0x39]);
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&[0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+        f
+    }
+
+    fn model(text: &str) -> Model {
+        let (_, compiled) = voipwall::policy::parse("model.toml", text).expect("policy");
+        Model::new(compiled, Lists::default(), Vec::new())
+    }
+
+    fn reasons(m: &mut Model, frames: &[Vec<u8>]) -> Vec<&'static str> {
+        frames.iter().map(|f| reason::NAMES[m.run(f).reason as usize]).collect()
+    }
+
+    #[test]
+    fn levels_count_their_burst_then_police_or_ban() {
+        let mut m = model(
+            "[[rule]]\nname = \"app\"\nproto = \"udp\"\nports = [\"7000\"]\nlimit = \"app\"\n\
+             [limit.app]\nlevels = [{ pps = 1, burst = 2, ban = \"0\" }, { pps = 2, burst = 3, ban = \"1h\" }]\nunknown = \"off\"\n",
+        );
+        let f = udp4([198, 18, 0, 1], 7000);
+        let got = reasons(&mut m, &[f.clone(), f.clone(), f.clone(), f.clone(), f]);
+        // Level 1 polices the third packet (level 2 still counts it), level 2 bans on the fourth.
+        assert_eq!(got, ["port_open", "port_open", "rate_limited", "rate_limited", "banned"]);
+        assert_eq!(m.bans_raised, 1);
+        // Another source has its own state.
+        assert_eq!(reasons(&mut m, &[udp4([198, 18, 0, 2], 7000)]), ["port_open"]);
+    }
+
+    #[test]
+    fn the_budget_is_shared_by_unknown_sources_and_skipped_by_known_ones() {
+        let mut m = model(
+            "[[rule]]\nname = \"app\"\nproto = \"udp\"\nports = [\"7000\"]\nlimit = \"app\"\n\
+             [limit.app]\nlevels = [{ pps = 1, burst = 9, ban = \"0\" }]\nunknown = { pps = 1, burst = 2 }\n\
+             [sets]\ncarriers = [\"198.19.0.0/24\"]\n",
+        );
+        let frames: Vec<Vec<u8>> = (1..=4).map(|i| udp4([198, 18, 0, i], 7000)).collect();
+        assert_eq!(reasons(&mut m, &frames), ["port_open", "port_open", "unknown_over_budget", "unknown_over_budget"]);
+        // A set member is known: no budget.
+        assert_eq!(reasons(&mut m, &[udp4([198, 19, 0, 7], 7000)]), ["port_open"]);
+        assert_eq!(m.learned, 1);
     }
 
     #[test]

@@ -87,9 +87,12 @@ fn toml_list(nets: &[IpNet]) -> String {
     nets.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
 }
 
-/// A policy text: roles, lists, extra rules (some restricted to sets), sets, generous limits
-/// with the unknown-source budgets off, the SIP checks of the grammar test.
-pub fn policy_text(rng: &mut Rng) -> String {
+/// A policy text: roles, lists, extra rules (some restricted to sets, some with a rate class),
+/// sets, the SIP checks of the grammar test. Limits are generous with the unknown-source
+/// budgets off, or `tight`: one or two levels of 1 and 2 packets per second with bursts of a
+/// few packets, police-only or banning, budgets of a few packets (or off), a tight echo class
+/// and budget, method limits, User-Agent bans (see `crate::model` on time).
+pub fn policy_text(rng: &mut Rng, tight: bool) -> String {
     let mut roles: Vec<&str> = (0..1 + below(rng, 2)).map(|_| ROLES[below(rng, ROLES.len() as u64) as usize]).collect();
     roles.dedup();
     let mut lists: Vec<IpNet> = Vec::new();
@@ -126,6 +129,9 @@ pub fn policy_text(rng: &mut Rng) -> String {
         }
         if chance(rng, 20) {
             text.push_str("action = \"close\"\n");
+        } else if chance(rng, 40) {
+            let limit = ["signaling", "media", "web"][below(rng, 3) as usize];
+            text.push_str(&format!("limit = \"{limit}\"\n"));
         }
     }
     text.push_str("[sets]\n");
@@ -139,18 +145,53 @@ pub fn policy_text(rng: &mut Rng) -> String {
             .collect();
         text.push_str(&format!("{set} = [{}]\n", toml_list(&nets)));
     }
+    let ban = |rng: &mut Rng| if chance(rng, 50) { "0" } else { "1h" };
+    let budget = |rng: &mut Rng, most: u64| format!("{{ pps = 1, burst = {} }}", 1 + below(rng, most));
+    // With method limits, the SIP ports' class is roomy enough for them to be reached.
+    let methods = tight && chance(rng, 80);
     for class in ["signaling", "media", "web"] {
-        text.push_str(&format!(
-            "[limit.{class}]\nlevels = [{{ pps = 1000000, burst = 1000000, ban = \"1h\" }}]\nunknown = \"off\"\n"
-        ));
+        if !tight {
+            text.push_str(&format!(
+                "[limit.{class}]\nlevels = [{{ pps = 1000000, burst = 1000000, ban = \"1h\" }}]\nunknown = \"off\"\n"
+            ));
+            continue;
+        }
+        if methods && class == "signaling" {
+            let (b1, budget) = (20 + below(rng, 40), budget(rng, 200));
+            let unknown = if chance(rng, 50) { "\"off\"" } else { budget.as_str() };
+            text.push_str(&format!("[limit.{class}]\nlevels = [{{ pps = 1, burst = {b1} }}]\nunknown = {unknown}\n"));
+            continue;
+        }
+        let b1 = 1 + below(rng, 6);
+        let mut levels = format!("{{ pps = 1, burst = {b1}, ban = \"{}\" }}", ban(rng));
+        if chance(rng, 50) {
+            levels.push_str(&format!(", {{ pps = 2, burst = {}, ban = \"{}\" }}", 1 + below(rng, 10), ban(rng)));
+        }
+        let most = if chance(rng, 50) { 10 } else { 200 };
+        let unknown = if chance(rng, 40) { "\"off\"".to_string() } else { budget(rng, most) };
+        text.push_str(&format!("[limit.{class}]\nlevels = [{levels}]\nunknown = {unknown}\n"));
     }
     let prefix = [48, 56, 64, 128][below(rng, 4) as usize];
     let dry = chance(rng, 15);
     let window = [1472, 256, 600][below(rng, 3) as usize];
     let patterns = sipgen::PATTERNS.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
+    let (echo, echo_unknown, ua_ban) = if tight {
+        (budget(rng, 5), budget(rng, 10), ban(rng))
+    } else {
+        ("{ pps = 1000000, burst = 1000000 }".to_string(), "{ pps = 1000000, burst = 1000000 }".to_string(), "0")
+    };
     text.push_str(&format!(
-        "[options]\nipv6_prefix = {prefix}\ndry_run = {dry}\nicmp_echo = {{ pps = 1000000, burst = 1000000 }}\n[sip]\nua_ban = \"0\"\nua_window = {window}\nua_block = [{patterns}]\nunanswered_challenges = {{ count = 0 }}\n"
+        "[options]\nipv6_prefix = {prefix}\ndry_run = {dry}\nicmp_echo = {echo}\nicmp_echo_unknown = {echo_unknown}\n[sip]\nua_ban = \"{ua_ban}\"\nua_window = {window}\nua_block = [{patterns}]\nunanswered_challenges = {{ count = 0 }}\n"
     ));
+    if methods {
+        text.push_str("[sip.methods]\n");
+        for method in ["REGISTER", "INVITE", "OPTIONS", "other"] {
+            if chance(rng, 75) {
+                let (b, ban) = (if chance(rng, 70) { 1 } else { 2 + below(rng, 3) }, ban(rng));
+                text.push_str(&format!("{method} = {{ pps = 1, burst = {b}, ban = \"{ban}\" }}\n"));
+            }
+        }
+    }
     text
 }
 
@@ -167,10 +208,13 @@ pub struct Frames {
     firsts: Vec<(bool, IpAddr, u8, u32)>,
     /// Recent flows the host opened: (remote, remote port, local port, proto).
     flows: Vec<(IpAddr, u16, u16, u8)>,
+    /// Under a tight policy, most sources come from this small pool, so that one source's
+    /// packets meet its rate levels and the host's TCP segments make pool members known.
+    pool: Vec<IpAddr>,
 }
 
 impl Frames {
-    pub fn new(seed: u64, compiled: &CompiledPolicy, bans: &[IpAddr]) -> Self {
+    pub fn new(seed: u64, compiled: &CompiledPolicy, bans: &[IpAddr], tight: bool) -> Self {
         let mut sources: Vec<IpNet> = compiled.allow.iter().chain(&compiled.block).copied().collect();
         sources.extend(compiled.sets_v4.iter().map(|(n, _)| IpNet::V4(*n)));
         sources.extend(compiled.sets_v6.iter().map(|(n, _)| IpNet::V6(*n)));
@@ -187,7 +231,7 @@ impl Frames {
                 sip_ports[slot].push(port);
             }
         }
-        Self {
+        let mut frames = Self {
             rng: Rng::new(seed),
             sources,
             bans: bans.to_vec(),
@@ -196,10 +240,38 @@ impl Frames {
             restricted,
             firsts: Vec::new(),
             flows: Vec::new(),
+            pool: Vec::new(),
+        };
+        if tight {
+            // A few sources (each meets its levels and the method limits) or a crowd (the
+            // budgets).
+            let n = if chance(&mut frames.rng, 50) {
+                2 + below(&mut frames.rng, 6)
+            } else {
+                8 + below(&mut frames.rng, 24)
+            };
+            frames.pool = (0..n)
+                .map(|_| {
+                    let v6 = chance(&mut frames.rng, 40);
+                    frames.any_source(v6)
+                })
+                .collect();
         }
+        frames
     }
 
     fn source(&mut self, v6: bool) -> IpAddr {
+        if chance(&mut self.rng, 85) {
+            let pool: Vec<IpAddr> = self.pool.iter().filter(|a| a.is_ipv6() == v6).copied().collect();
+            if !pool.is_empty() {
+                return pool[below(&mut self.rng, pool.len() as u64) as usize];
+            }
+        }
+        self.any_source(v6)
+    }
+
+    /// A source from the policy's lists and sets, the bans, or anywhere.
+    fn any_source(&mut self, v6: bool) -> IpAddr {
         let rng = &mut self.rng;
         let want = |a: &IpAddr| a.is_ipv6() == v6;
         match below(rng, 10) {
@@ -229,18 +301,24 @@ impl Frames {
         let from = |l: &[u16], rng: &mut Rng| -> Option<u16> {
             (!l.is_empty()).then(|| l[below(rng, l.len() as u64) as usize])
         };
-        match below(rng, 10) {
-            0..=2 => from(&self.sip_ports[slot], rng),
-            3..=4 => from(&self.restricted[slot], rng),
-            5..=6 => from(&self.ports[slot], rng),
+        // Under tight limits, SIP ports more often, to meet the method limits.
+        let sip = if self.pool.is_empty() { 3 } else { 6 };
+        match below(rng, 10 + sip - 3) {
+            n if n < sip => from(&self.sip_ports[slot], rng),
+            n if n < sip + 2 => from(&self.restricted[slot], rng),
+            n if n < sip + 4 => from(&self.ports[slot], rng),
             _ => None,
         }
         .unwrap_or_else(|| below(rng, 65536) as u16)
     }
 
     fn payload(&mut self) -> Vec<u8> {
+        // Under tight limits, SIP requests more often, many of them plain ones, to meet the
+        // method limits.
+        let sip = if self.pool.is_empty() { 3 } else { 5 };
         match below(&mut self.rng, 10) {
-            0..=3 => sipgen::request(&mut self.rng).bytes,
+            n if n <= sip && !self.pool.is_empty() && chance(&mut self.rng, 50) => sipgen::plain(&mut self.rng),
+            n if n <= sip => sipgen::request(&mut self.rng).bytes,
             4..=7 => (0..below(&mut self.rng, 200)).map(|_| self.rng.next_u64() as u8).collect(),
             _ => Vec::new(),
         }
@@ -255,8 +333,9 @@ impl Frames {
                 let v6 = chance(&mut self.rng, 40);
                 let remote = self.source(v6);
                 let proto = if chance(&mut self.rng, 50) { 17 } else { 6 };
+                let listening = if self.pool.is_empty() { 2 } else { 5 };
                 let lport = match below(&mut self.rng, 10) {
-                    0..=1 => self.dport(proto == 6),
+                    n if n < listening => self.dport(proto == 6),
                     _ => 32768 + below(&mut self.rng, 28000) as u16,
                 };
                 let rport = [5060, 53, 443, below(&mut self.rng, 65536) as u16][below(&mut self.rng, 4) as usize];
@@ -446,7 +525,10 @@ impl Frames {
                 l4.extend_from_slice(&[0, 0]);
             }
             1 | 58 => {
-                let t = match below(rng, 4) {
+                // Under tight limits, echo requests often, to meet the echo class.
+                let echo = if proto == 58 { 128 } else { 8 };
+                let t = match below(rng, if self.pool.is_empty() { 4 } else { 8 }) {
+                    4..=6 => echo,
                     0 => [0u8, 3, 8, 11, 128, 129, 133, 135, 136, 137][below(rng, 10) as usize],
                     _ => below(rng, 256) as u8,
                 };
@@ -599,15 +681,33 @@ pub struct Totals {
     pub inherited: u64,
     /// Frames the host sent (through the egress program), included in `frames`.
     pub egress: u64,
+    /// Policies with tight limits, and the frames they ran.
+    pub tight: u64,
+    pub tight_frames: u64,
+    /// Bans the program raised itself (or would have, in dry run), and peers it learned.
+    pub bans_raised: u64,
+    pub learned: u64,
 }
 
-/// One generated policy with `frames` frames, checked in batches: every frame's XDP action, and
+/// A tight policy's run ends this long after its first frame: well within the 500 ms in which
+/// its fastest bucket (2 packets per second) earns back a packet, so no bucket refills while
+/// the model's time stands still.
+const TIGHT_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// At most this many frames per tight policy (its run must fit [`TIGHT_WINDOW`]).
+const TIGHT_FRAMES: usize = 1500;
+
+/// One generated policy (with tight limits if `tight`, drawn from the seed if `None`) with
+/// `frames` frames (at most [`TIGHT_FRAMES`] under tight limits), checked in batches: every frame's XDP action, and
 /// per batch the counters each (verdict, reason) moved against the model's. On a difference
 /// the batch is replayed frame by frame; the shrunk case is returned.
-pub fn run_policy(seed: u64, frames: usize, totals: &mut Totals) -> Result<(), Case> {
+pub fn run_policy(seed: u64, frames: usize, tight: Option<bool>, totals: &mut Totals) -> Result<(), Case> {
     let mut rng = Rng::new(seed);
+    let drawn = chance(&mut rng, 40);
+    let tight = tight.unwrap_or(drawn);
+    let frames = if tight { frames.min(TIGHT_FRAMES) } else { frames };
     let text = loop {
-        let t = policy_text(&mut rng);
+        let t = policy_text(&mut rng, tight);
         if policy::parse("generated.toml", &t).is_ok() {
             break t;
         }
@@ -621,12 +721,14 @@ pub fn run_policy(seed: u64, frames: usize, totals: &mut Totals) -> Result<(), C
         })
         .collect();
     let (h, mut m) = setup(&text, &bans);
-    let mut frames_gen = Frames::new(rng.next_u64(), &compiled, &bans);
+    let mut frames_gen = Frames::new(rng.next_u64(), &compiled, &bans, tight);
     let mut all: Vec<(bool, Vec<u8>)> = Vec::with_capacity(frames);
     totals.policies += 1;
+    totals.tight += tight as u64;
     const BATCH: usize = 128;
     let mut done = 0;
-    while done < frames {
+    let started = std::time::Instant::now();
+    while done < frames && !(tight && started.elapsed() > TIGHT_WINDOW) {
         let before = h.dp.counters().expect("counters");
         let mut want: BTreeMap<(u32, u32), u64> = BTreeMap::new();
         let mut bad = None;
@@ -651,6 +753,9 @@ pub fn run_policy(seed: u64, frames: usize, totals: &mut Totals) -> Result<(), C
         }
         done += all.len() - start;
         totals.frames += (all.len() - start) as u64;
+        if tight {
+            totals.tight_frames += (all.len() - start) as u64;
+        }
         let after = h.dp.counters().expect("counters");
         let got: BTreeMap<(u32, u32), u64> =
             crate::diff(&before, &after).into_iter().map(|(v, r, p, _)| ((v, r), p)).collect();
@@ -665,6 +770,8 @@ pub fn run_policy(seed: u64, frames: usize, totals: &mut Totals) -> Result<(), C
         }
     }
     totals.inherited += m.inherited;
+    totals.bans_raised += m.bans_raised;
+    totals.learned += m.learned;
     Ok(())
 }
 

@@ -61,6 +61,17 @@ pub struct Generated {
     pub bytes: Vec<u8>,
 }
 
+/// A plain, well-formed request of a common method (the ones method limits count).
+pub fn plain(rng: &mut Rng) -> Vec<u8> {
+    let method = pick(rng, &["REGISTER", "INVITE", "OPTIONS", "BYE", "MESSAGE"]);
+    format!(
+        "{method} sip:100@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bK776asdhds\r\n\
+         From: <sip:100@example.com>;tag=1\r\nTo: <sip:100@example.com>\r\nCall-ID: a84b4c76e66710\r\n\
+         CSeq: 1 {method}\r\nUser-Agent: Linphone/5.2.0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// Generate a request (or something close to one).
 pub fn request(rng: &mut Rng) -> Generated {
     let eol = if chance(rng, 5) { "\n" } else { "\r\n" };

@@ -27,7 +27,7 @@ fn main() {
     println!("differential run: seed {seed}, {per_policy} frames per policy, {minutes} min");
     while Instant::now() < deadline {
         let policy_seed = seed.wrapping_mul(1_000_003).wrapping_add(i);
-        if let Err(case) = run_policy(policy_seed, per_policy, &mut totals) {
+        if let Err(case) = run_policy(policy_seed, per_policy, None, &mut totals) {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions/dataplane");
             std::fs::create_dir_all(&dir).expect("regressions folder");
             let path = dir.join(format!("found-{policy_seed}.json"));
@@ -62,6 +62,10 @@ fn main() {
     );
     println!("  later fragments that inherited their first fragment's outcome: {}", totals.inherited);
     println!("  frames the host sent (egress program): {}", totals.egress);
+    println!(
+        "  tight-limit policies: {} ({} frames); bans the program raised: {}; known peers learned: {}",
+        totals.tight, totals.tight_frames, totals.bans_raised, totals.learned
+    );
     for (r, n) in &totals.by_reason {
         println!("  {r:<24} {n}");
     }

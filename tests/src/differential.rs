@@ -260,6 +260,11 @@ impl Frames {
         frames
     }
 
+    /// Frames for a tight policy (only such a policy has a source pool).
+    fn tight(&self) -> bool {
+        !self.pool.is_empty()
+    }
+
     fn source(&mut self, v6: bool) -> IpAddr {
         if chance(&mut self.rng, 85) {
             let pool: Vec<IpAddr> = self.pool.iter().filter(|a| a.is_ipv6() == v6).copied().collect();
@@ -297,12 +302,13 @@ impl Frames {
 
     fn dport(&mut self, tcp: bool) -> u16 {
         let slot = if tcp { PROTO_SLOT_TCP } else { common::PROTO_SLOT_UDP } as usize;
+        let tight = self.tight();
         let rng = &mut self.rng;
         let from = |l: &[u16], rng: &mut Rng| -> Option<u16> {
             (!l.is_empty()).then(|| l[below(rng, l.len() as u64) as usize])
         };
         // Under tight limits, SIP ports more often, to meet the method limits.
-        let sip = if self.pool.is_empty() { 3 } else { 6 };
+        let sip = if tight { 6 } else { 3 };
         match below(rng, 10 + sip - 3) {
             n if n < sip => from(&self.sip_ports[slot], rng),
             n if n < sip + 2 => from(&self.restricted[slot], rng),
@@ -315,9 +321,9 @@ impl Frames {
     fn payload(&mut self) -> Vec<u8> {
         // Under tight limits, SIP requests more often, many of them plain ones, to meet the
         // method limits.
-        let sip = if self.pool.is_empty() { 3 } else { 5 };
+        let sip = if self.tight() { 5 } else { 3 };
         match below(&mut self.rng, 10) {
-            n if n <= sip && !self.pool.is_empty() && chance(&mut self.rng, 50) => sipgen::plain(&mut self.rng),
+            n if n <= sip && self.tight() && chance(&mut self.rng, 50) => sipgen::plain(&mut self.rng),
             n if n <= sip => sipgen::request(&mut self.rng).bytes,
             4..=7 => (0..below(&mut self.rng, 200)).map(|_| self.rng.next_u64() as u8).collect(),
             _ => Vec::new(),
@@ -333,7 +339,7 @@ impl Frames {
                 let v6 = chance(&mut self.rng, 40);
                 let remote = self.source(v6);
                 let proto = if chance(&mut self.rng, 50) { 17 } else { 6 };
-                let listening = if self.pool.is_empty() { 2 } else { 5 };
+                let listening = if self.tight() { 5 } else { 2 };
                 let lport = match below(&mut self.rng, 10) {
                     n if n < listening => self.dport(proto == 6),
                     _ => 32768 + below(&mut self.rng, 28000) as u16,
@@ -500,6 +506,7 @@ impl Frames {
     fn transport(&mut self, proto: u8) -> Vec<u8> {
         let mut l4 = Vec::new();
         let payload = self.payload();
+        let tight = self.tight();
         let rng = &mut self.rng;
         match proto {
             6 => {
@@ -527,7 +534,7 @@ impl Frames {
             1 | 58 => {
                 // Under tight limits, echo requests often, to meet the echo class.
                 let echo = if proto == 58 { 128 } else { 8 };
-                let t = match below(rng, if self.pool.is_empty() { 4 } else { 8 }) {
+                let t = match below(rng, if tight { 8 } else { 4 }) {
                     4..=6 => echo,
                     0 => [0u8, 3, 8, 11, 128, 129, 133, 135, 136, 137][below(rng, 10) as usize],
                     _ => below(rng, 256) as u8,
@@ -753,9 +760,7 @@ pub fn run_policy(seed: u64, frames: usize, tight: Option<bool>, totals: &mut To
         }
         done += all.len() - start;
         totals.frames += (all.len() - start) as u64;
-        if tight {
-            totals.tight_frames += (all.len() - start) as u64;
-        }
+        totals.tight_frames += if tight { (all.len() - start) as u64 } else { 0 };
         let after = h.dp.counters().expect("counters");
         let got: BTreeMap<(u32, u32), u64> =
             crate::diff(&before, &after).into_iter().map(|(v, r, p, _)| ((v, r), p)).collect();

@@ -465,12 +465,18 @@ impl Model {
                 (key, class, false)
             }
         };
+        self.enforce(state, reason::RATE_LIMITED)
+    }
+
+    /// Charge one packet to `state`: `None` within its levels, else `refused` (and the source
+    /// banned when the level it exceeded bans).
+    fn enforce(&mut self, state: RateKey, refused: u32) -> Option<u32> {
         match self.charge(state) {
             Charge::Pass => None,
-            Charge::Police => Some(reason::RATE_LIMITED),
+            Charge::Police => Some(refused),
             Charge::Ban => {
-                self.ban(key);
-                Some(reason::RATE_LIMITED)
+                self.ban(state.0);
+                Some(refused)
             }
         }
     }
@@ -535,20 +541,15 @@ impl Model {
             return reason::PORT_OPEN;
         }
         let key = self.source_key(p);
-        let (r, method) = sip_checks(&frame[p.payload_off.min(frame.len())..], window);
+        let (r, method) = sip(&frame[p.payload_off.min(frame.len())..], window);
         if r == reason::SIP_USER_AGENT && self.compiled.config.sip_ua_ban_ns != 0 {
             self.ban(key);
         }
         let class = method.map_or(0, |m| self.compiled.config.sip_method_class[m]);
-        if class != 0 {
-            match self.charge((key, class, false)) {
-                Charge::Pass => {}
-                Charge::Police => return reason::SIP_METHOD_RATE_LIMITED,
-                Charge::Ban => {
-                    self.ban(key);
-                    return reason::SIP_METHOD_RATE_LIMITED;
-                }
-            }
+        if class != 0
+            && let Some(refused) = self.enforce((key, class, false), reason::SIP_METHOD_RATE_LIMITED)
+        {
+            return refused;
         }
         r
     }
@@ -588,14 +589,10 @@ fn icmp(t: u8, v6: bool) -> u32 {
     if pass { reason::ICMP } else { reason::ICMP_DENIED }
 }
 
-/// The SIP checks by RFC 3261's grammar, with the generated policies' User-Agent list.
-pub fn sip(payload: &[u8], window: usize) -> u32 {
-    sip_checks(payload, window).0
-}
-
-/// [`sip`], and the method class of a request that passed the User-Agent check (the method
-/// limits apply to it).
-fn sip_checks(payload: &[u8], window: usize) -> (u32, Option<usize>) {
+/// The SIP checks by RFC 3261's grammar, with the generated policies' User-Agent list: the
+/// reason, and the method of a request that passed the User-Agent check (the method limits
+/// apply to it).
+fn sip(payload: &[u8], window: usize) -> (u32, Option<usize>) {
     match grammar::read(payload, window, true) {
         Reading::NotRequest | Reading::LineTooLong => (reason::PORT_OPEN, None),
         Reading::Evasion => (reason::SIP_EVASION, None),
@@ -631,14 +628,7 @@ mod tests {
     }
 
     fn udp4(src: [u8; 4], dport: u16) -> Vec<u8> {
-        let mut f =
-            vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45, 0, 0, 32, 0, 1, 0x40, 0, 64, 17, 0, 0];
-        f.extend_from_slice(&src);
-        f.extend_from_slice(&[10, 0, 0, 1]);
-        f.extend_from_slice(&[0x30, 0x39]);
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&[0, 12, 0, 0, b'p', b'i', b'n', b'g']);
-        f
+        crate::packet::Packet::udp4(src, 12345, [10, 0, 0, 1], dport).payload(b"ping").bytes()
     }
 
     fn model(text: &str) -> Model {

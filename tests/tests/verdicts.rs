@@ -805,6 +805,63 @@ fn random_list_changes(bulk: bool) {
     }
 }
 
+/// A bulk insert the kernel cannot finish leaves exactly a prefix in force. The trie and the
+/// levels are written side by side: when the trie fills part way, the levels take back what the
+/// trie did not take; when the levels fail (the host blocks fill), the whole run leaves the
+/// trie and the levels again.
+#[test]
+#[ignore = "needs root and BPF"]
+fn a_bulk_insert_that_overflows_leaves_a_prefix_in_force() {
+    use ipnet::IpNet;
+    use voipwall::sources::{ListKind, Lists, ManualEntry};
+
+    if !bpf_available() {
+        return;
+    }
+    // Trie: allow + block_v4 = 116 entries; host blocks: 100.
+    let caps = voipwall::policy::Capacity { allow: 16, block_v4: 100, ..tests::test_capacity() };
+    let entry = || ManualEntry { reason: None, who: "test".into(), created: 0, expires: None };
+    let probe = |net: &IpNet| match net {
+        IpNet::V4(n) => u32::from(n.network()) | 7,
+        IpNet::V6(_) => unreachable!(),
+    };
+
+    // 300 /24s: the trie stops at 116, the /24 slots have room for all.
+    let mut h = Harness::new_with_capacity("roles = [\"voip-edge\"]\n", caps);
+    let nets: Vec<IpNet> = (0..300u32).map(|i| format!("45.{}.{}.0/24", i / 200, i % 200).parse().unwrap()).collect();
+    let diff = Lists::default().add_manual(ListKind::Block, &nets, entry());
+    assert_eq!(diff.early.len(), 300);
+    let (in_force, e) = h.sources.write_all(&diff.early).expect_err("the trie holds 116");
+    assert_eq!(in_force, 116, "the trie's capacity: {e}");
+    for (i, n) in nets.iter().enumerate() {
+        let reason = if i < in_force { "block_list" } else { "port_closed" };
+        let frame = Packet::udp4(probe(n).to_be_bytes(), 1, HOST, 9999).bytes();
+        h.expect(&format!("{n} (entry {i}, {in_force} in force)"), &frame, XDP_DROP, reason);
+    }
+    assert_eq!(h.sources.entries().unwrap().len(), in_force);
+    // The caller's undo of the prefix leaves nothing behind.
+    h.sources.undo(&diff.early[..in_force]);
+    assert!(h.sources.entries().unwrap().is_empty());
+    for n in &nets {
+        let frame = Packet::udp4(probe(n).to_be_bytes(), 1, HOST, 9999).bytes();
+        h.expect(&format!("{n} after the undo"), &frame, XDP_DROP, "port_closed");
+    }
+
+    // 110 /32s in as many /24s: the trie takes them all, the host blocks stop at 100, so the
+    // whole run leaves again.
+    let mut h = Harness::new_with_capacity("roles = [\"voip-edge\"]\n", caps);
+    let nets: Vec<IpNet> = (0..110u32).map(|i| format!("46.0.{i}.7/32").parse().unwrap()).collect();
+    let diff = Lists::default().add_manual(ListKind::Block, &nets, entry());
+    let (in_force, e) = h.sources.write_all(&diff.early).expect_err("100 host blocks");
+    assert_eq!(in_force, 0, "nothing stays in force when the levels fail: {e}");
+    assert!(h.sources.entries().unwrap().is_empty(), "the trie entries left again");
+    assert_eq!(h.sources.host_blocks(), 0);
+    for n in &nets {
+        let frame = Packet::udp4(probe(n).to_be_bytes(), 1, HOST, 9999).bytes();
+        h.expect(&format!("{n} after the failed run"), &frame, XDP_DROP, "port_closed");
+    }
+}
+
 /// The "bans may exist" flag never hides a ban: clearing it with a ban in the table re-raises
 /// it, and a ban the program inserts raises it again after a clear.
 #[test]

@@ -364,11 +364,18 @@ impl Lists {
 
     /// What the kernel trie must hold for `net`.
     fn value(&self, net: &IpNet) -> Option<TrieValue> {
-        if self.allow_covers(net) && (self.allow.contains_key(net) || self.block.contains_key(net)) {
+        self.state(net).0
+    }
+
+    /// [`Self::value`] and [`Self::shape`] of `net` with one lookup in each list.
+    fn state(&self, net: &IpNet) -> (Option<TrieValue>, Shape) {
+        let (allowed, b) = (self.allow.contains_key(net), self.block.get(net));
+        let value = if (allowed || b.is_some()) && self.allow_covers(net) {
             Some(TrieValue::Allow)
         } else {
-            self.block.get(net).map(|o| if o.local() { TrieValue::Block } else { TrieValue::Fleet })
-        }
+            b.map(|o| if o.local() { TrieValue::Block } else { TrieValue::Fleet })
+        };
+        (value, (allowed, b.is_some_and(Origins::local), b.is_some_and(|o| o.fleet.is_some())))
     }
 
     /// Block entries inside `net` (including `net` itself).
@@ -389,12 +396,12 @@ impl Lists {
         }
         // An allow change leaves the block entries as they are, so the set found before the
         // change is the whole set.
-        let before: Vec<(Option<TrieValue>, Shape)> = affected.iter().map(|n| (self.value(n), self.shape(n))).collect();
+        let before: Vec<(Option<TrieValue>, Shape)> = affected.iter().map(|n| self.state(n)).collect();
         change(self);
         let mut diff = KernelDiff::default();
         for (net, (before, shape)) in affected.iter().zip(before) {
-            self.count(shape, self.shape(net));
-            let after = self.value(net);
+            let (after, now) = self.state(net);
+            self.count(shape, now);
             if before == after {
                 continue;
             }
@@ -411,11 +418,6 @@ impl Lists {
             }
         }
         diff
-    }
-
-    fn shape(&self, net: &IpNet) -> Shape {
-        let b = self.block.get(net);
-        (self.allow.contains_key(net), b.is_some_and(Origins::local), b.is_some_and(|o| o.fleet.is_some()))
     }
 
     fn count(&mut self, before: Shape, after: Shape) {

@@ -34,6 +34,12 @@ const BATCH_RUN: usize = 1 << 16;
 pub struct SourceTables {
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
+    levels: Levels,
+}
+
+/// The IPv4 levels and the index they are computed from (apart from the trie, so that a bulk
+/// insert can write the trie on one thread while this one writes the levels).
+struct Levels {
     gate_map: Array<MapData, u32>,
     mid_map: Array<MapData, u64>,
     hosts_map: HashMap<MapData, u32, HostBlock>,
@@ -90,10 +96,7 @@ impl SourceTables {
         Self {
             v4: maps.v4,
             v6: maps.v6,
-            gate_map: maps.gate,
-            mid_map: maps.mid,
-            hosts_map: maps.hosts,
-            index: V4Index::default(),
+            levels: Levels { gate_map: maps.gate, mid_map: maps.mid, hosts_map: maps.hosts, index: V4Index::default() },
         }
     }
 
@@ -102,9 +105,9 @@ impl SourceTables {
         let info = match name {
             n if n == maps::SOURCES_V4 => self.v4.map().info(),
             n if n == maps::SOURCES_V6 => self.v6.map().info(),
-            n if n == maps::SOURCES_GATE => self.gate_map.map().info(),
-            n if n == maps::SOURCES_MID => self.mid_map.map().info(),
-            n if n == maps::SOURCES_HOSTS => self.hosts_map.map().info(),
+            n if n == maps::SOURCES_GATE => self.levels.gate_map.map().info(),
+            n if n == maps::SOURCES_MID => self.levels.mid_map.map().info(),
+            n if n == maps::SOURCES_HOSTS => self.levels.hosts_map.map().info(),
             _ => return None,
         };
         info.ok().map(|i| i.max_entries())
@@ -112,7 +115,7 @@ impl SourceTables {
 
     /// Host blocks in `SOURCES_HOSTS` (/24s holding entries longer than /24).
     pub fn host_blocks(&self) -> usize {
-        self.index.hosts_written.len()
+        self.levels.index.hosts_written.len()
     }
 
     /// Write one entry: set or remove, then bring the IPv4 levels in step. If the levels cannot
@@ -120,14 +123,14 @@ impl SourceTables {
     pub fn write(&mut self, change: &KernelChange) -> Result<()> {
         let IpNet::V4(n) = change.net else { return self.trie_write(change) };
         self.trie_write(change)?;
-        self.index.set(&n, change.value.map(TrieValue::kernel_value));
+        self.levels.index.set(&n, change.value.map(TrieValue::kernel_value));
         let dirty = Dirty::of([&n]);
-        if let Err(e) = self.sync(&dirty) {
-            self.index.set(&n, change.before.map(TrieValue::kernel_value));
+        if let Err(e) = self.levels.sync(&dirty) {
+            self.levels.index.set(&n, change.before.map(TrieValue::kernel_value));
             if let Err(e) = self.trie_write(&change.reversed()) {
                 error!(cidr = %n, error = %e, "restoring a list entry failed");
             }
-            if let Err(e) = self.sync(&dirty) {
+            if let Err(e) = self.levels.sync(&dirty) {
                 error!(cidr = %n, error = %e, "restoring the IPv4 levels failed");
             }
             return Err(e);
@@ -171,8 +174,11 @@ impl SourceTables {
         }
     }
 
-    /// New IPv4 entries, batched: into the trie, then the levels they touch. Should the levels
-    /// fail, the whole run leaves again, so that what is reported in force is a prefix of `run`.
+    /// New IPv4 entries, batched: into the trie on a second thread while this one computes and
+    /// writes the levels they touch (the data plane reads only the levels, so their order does
+    /// not matter to packets; on a bulk import the two halves cost about the same). Should
+    /// either fail, what is reported in force is a prefix of `run`: the levels are brought back
+    /// to the entries the trie took, or, if the levels themselves fail, the whole run leaves.
     fn insert_run_v4(&mut self, run: &[KernelChange]) -> std::result::Result<usize, (usize, MapOpError)> {
         let nets: Vec<Ipv4Net> = run
             .iter()
@@ -183,8 +189,17 @@ impl SourceTables {
             .collect();
         let keys: Vec<Key<[u8; 4]>> = nets.iter().map(ipv4_key).collect();
         let values: Vec<u32> = run.iter().map(|c| c.value.expect("a new entry").kernel_value()).collect();
+        let dirty = Dirty::of(&nets);
+        let (v4, levels) = (&self.v4, &mut self.levels);
+        let ((inserted, err), synced) = std::thread::scope(|s| {
+            let trie = s.spawn(|| update_batch(v4.map(), &keys, &values));
+            for (n, v) in nets.iter().zip(&values) {
+                levels.index.set(n, Some(*v));
+            }
+            let synced = levels.sync(&dirty);
+            (trie.join().unwrap_or_else(|_| (0, Some(std::io::Error::other("the trie writer panicked")))), synced)
+        });
         let mut result = Ok(run.len());
-        let (inserted, err) = update_batch(self.v4.map(), &keys, &values);
         if let Some(e) = err {
             // Not supported by this kernel (or failed part way): the rest one by one.
             debug!(error = %e, inserted, "batched insert stopped; inserting the rest one by one");
@@ -198,21 +213,18 @@ impl SourceTables {
         let in_force = match result {
             Ok(n) | Err((n, _)) => n,
         };
-        for (n, v) in nets[..in_force].iter().zip(&values) {
-            self.index.set(n, Some(*v));
-        }
-        let dirty = Dirty::of(&nets[..in_force]);
-        if let Err(e) = self.sync(&dirty) {
+        if let Err(e) = synced {
             for (n, key) in nets[..in_force].iter().zip(&keys) {
-                self.index.set(n, None);
                 if let Err(e) = self.v4.remove(key) {
                     error!(cidr = %n, error = %e, "taking a list entry back out failed");
                 }
             }
-            if let Err(e) = self.sync(&dirty) {
-                error!(error = %e, "restoring the IPv4 levels failed");
-            }
+            self.levels.retract(&nets, &dirty);
             return Err((0, e));
+        }
+        if in_force < run.len() {
+            let rest = &nets[in_force..];
+            self.levels.retract(rest, &Dirty::of(rest));
         }
         result
     }
@@ -220,25 +232,84 @@ impl SourceTables {
     /// Recompute every IPv4 level from the trie's entries (after adopting pinned maps, whose
     /// levels this process has not built, or which an older version did not have).
     pub fn rebuild_index(&mut self, entries: &[(IpNet, TrieValue)]) -> Result<()> {
-        self.index = V4Index::default();
+        self.levels.index = V4Index::default();
         let mut dirty = Dirty { slash16s: (0..65536).collect(), slash24s: BTreeSet::new() };
         for (net, kind) in entries {
             if let IpNet::V4(n) = net {
-                self.index.set(n, Some(kind.kernel_value()));
+                self.levels.index.set(n, Some(kind.kernel_value()));
                 if n.prefix_len() > 24 {
                     dirty.slash24s.insert(u32::from(n.network()) >> 8);
                 }
             }
         }
         // What the kernel holds is unknown: every slot is written, every block checked.
-        self.index.gate_written = vec![u32::MAX; 65536];
-        self.index.mid_written = vec![u64::MAX; MID_WORDS as usize];
-        for k in self.hosts_map.keys() {
+        self.levels.index.gate_written = vec![u32::MAX; 65536];
+        self.levels.index.mid_written = vec![u64::MAX; MID_WORDS as usize];
+        for k in self.levels.hosts_map.keys() {
             let k = k.map_err(|e| MapOpError::new(maps::SOURCES_HOSTS, "iterate", e))?;
-            self.index.hosts_written.insert(k);
+            self.levels.index.hosts_written.insert(k);
             dirty.slash24s.insert(k);
         }
-        self.sync(&dirty)
+        self.levels.sync(&dirty)
+    }
+
+    fn trie_write(&mut self, change: &KernelChange) -> Result<()> {
+        let r = match (change.net, change.value) {
+            (IpNet::V4(n), Some(v)) => {
+                self.v4.insert(&ipv4_key(&n), v.kernel_value(), 0).map_err(|e| (maps::SOURCES_V4, "insert", e))
+            }
+            (IpNet::V6(n), Some(v)) => {
+                self.v6.insert(&ipv6_key(&n), v.kernel_value(), 0).map_err(|e| (maps::SOURCES_V6, "insert", e))
+            }
+            (IpNet::V4(n), None) => self.v4.remove(&ipv4_key(&n)).map_err(|e| (maps::SOURCES_V4, "remove", e)),
+            (IpNet::V6(n), None) => self.v6.remove(&ipv6_key(&n)).map_err(|e| (maps::SOURCES_V6, "remove", e)),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            // Removing what is not there is fine.
+            Err((_, "remove", MapError::KeyNotFound)) => Ok(()),
+            Err((map, op, e)) => Err(MapOpError::new(map, op, e)),
+        }
+    }
+
+    /// The trie's answer for one address (the kernel does the longest-prefix match).
+    pub fn answer(&self, addr: IpAddr) -> Result<u32> {
+        let r = match addr {
+            IpAddr::V4(a) => self.v4.get(&Key::new(32, a.octets()), 0).map_err(|e| (maps::SOURCES_V4, e)),
+            IpAddr::V6(a) => self.v6.get(&Key::new(128, a.octets()), 0).map_err(|e| (maps::SOURCES_V6, e)),
+        };
+        match r {
+            Ok(v) => Ok(v),
+            Err((_, MapError::KeyNotFound)) => Ok(0),
+            Err((map, e)) => Err(MapOpError::new(map, "read", e)),
+        }
+    }
+
+    /// Every entry of the source tries (walks them: start-up and tests only).
+    pub fn entries(&self) -> Result<Vec<(IpNet, TrieValue)>> {
+        let mut out = Vec::new();
+        for r in self.v4.iter() {
+            let (k, v) = r.map_err(|e| MapOpError::new(maps::SOURCES_V4, "iterate", e))?;
+            out.push((net_of(IpAddr::from(k.data()), k.prefix_len()), TrieValue::from_kernel_value(v)));
+        }
+        for r in self.v6.iter() {
+            let (k, v) = r.map_err(|e| MapOpError::new(maps::SOURCES_V6, "iterate", e))?;
+            out.push((net_of(IpAddr::from(k.data()), k.prefix_len()), TrieValue::from_kernel_value(v)));
+        }
+        Ok(out)
+    }
+}
+
+impl Levels {
+    /// Take `nets` out of the index and bring the levels of `dirty` back in line (after a
+    /// failed write; a failure here is logged, the caller is already returning an error).
+    fn retract(&mut self, nets: &[Ipv4Net], dirty: &Dirty) {
+        for n in nets {
+            self.index.set(n, None);
+        }
+        if let Err(e) = self.sync(dirty) {
+            error!(error = %e, "restoring the IPv4 levels failed");
+        }
     }
 
     /// Bring the levels of the dirty /16s and /24s to what the index says, in the order the
@@ -308,52 +379,6 @@ impl SourceTables {
             }
         }
         Ok(())
-    }
-
-    fn trie_write(&mut self, change: &KernelChange) -> Result<()> {
-        let r = match (change.net, change.value) {
-            (IpNet::V4(n), Some(v)) => {
-                self.v4.insert(&ipv4_key(&n), v.kernel_value(), 0).map_err(|e| (maps::SOURCES_V4, "insert", e))
-            }
-            (IpNet::V6(n), Some(v)) => {
-                self.v6.insert(&ipv6_key(&n), v.kernel_value(), 0).map_err(|e| (maps::SOURCES_V6, "insert", e))
-            }
-            (IpNet::V4(n), None) => self.v4.remove(&ipv4_key(&n)).map_err(|e| (maps::SOURCES_V4, "remove", e)),
-            (IpNet::V6(n), None) => self.v6.remove(&ipv6_key(&n)).map_err(|e| (maps::SOURCES_V6, "remove", e)),
-        };
-        match r {
-            Ok(()) => Ok(()),
-            // Removing what is not there is fine.
-            Err((_, "remove", MapError::KeyNotFound)) => Ok(()),
-            Err((map, op, e)) => Err(MapOpError::new(map, op, e)),
-        }
-    }
-
-    /// The trie's answer for one address (the kernel does the longest-prefix match).
-    pub fn answer(&self, addr: IpAddr) -> Result<u32> {
-        let r = match addr {
-            IpAddr::V4(a) => self.v4.get(&Key::new(32, a.octets()), 0).map_err(|e| (maps::SOURCES_V4, e)),
-            IpAddr::V6(a) => self.v6.get(&Key::new(128, a.octets()), 0).map_err(|e| (maps::SOURCES_V6, e)),
-        };
-        match r {
-            Ok(v) => Ok(v),
-            Err((_, MapError::KeyNotFound)) => Ok(0),
-            Err((map, e)) => Err(MapOpError::new(map, "read", e)),
-        }
-    }
-
-    /// Every entry of the source tries (walks them: start-up and tests only).
-    pub fn entries(&self) -> Result<Vec<(IpNet, TrieValue)>> {
-        let mut out = Vec::new();
-        for r in self.v4.iter() {
-            let (k, v) = r.map_err(|e| MapOpError::new(maps::SOURCES_V4, "iterate", e))?;
-            out.push((net_of(IpAddr::from(k.data()), k.prefix_len()), TrieValue::from_kernel_value(v)));
-        }
-        for r in self.v6.iter() {
-            let (k, v) = r.map_err(|e| MapOpError::new(maps::SOURCES_V6, "iterate", e))?;
-            out.push((net_of(IpAddr::from(k.data()), k.prefix_len()), TrieValue::from_kernel_value(v)));
-        }
-        Ok(out)
     }
 }
 

@@ -144,3 +144,39 @@ pub fn pin_to_cpu(cpu: usize) -> bool {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
+
+/// While alive, this thread (and what it starts: the daemons of the controller and fleet
+/// sections) may run on every CPU, as a deployed daemon does; dropping it restores the pin.
+pub struct Unpinned(libc::cpu_set_t);
+
+impl Unpinned {
+    pub fn new() -> Self {
+        // SAFETY: cpu_set_t values of their own size; the calls only read and write them.
+        unsafe {
+            let mut saved: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut saved);
+            let mut all: libc::cpu_set_t = std::mem::zeroed();
+            let online = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+            for c in 0..online.min(libc::CPU_SETSIZE as usize) {
+                libc::CPU_SET(c, &mut all);
+            }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &all);
+            Self(saved)
+        }
+    }
+}
+
+impl Default for Unpinned {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Unpinned {
+    fn drop(&mut self) {
+        // SAFETY: the set saved by `new`, passed with its size.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0);
+        }
+    }
+}

@@ -46,10 +46,13 @@ fn main() {
     let tracked = scale::tracked(&settings, &mut baseline);
     step("end to end on a veth pair");
     let e2e_rows = e2e::run(&settings, &mut baseline);
+    // The daemons of the last two sections run on every CPU, as deployed.
+    let unpinned = bench::Unpinned::new();
     step("controller");
     let ctl = controller::run(&settings);
     step("fleet (CrowdSec LAPI)");
     let fleet = bench::fleet::run(&settings);
+    drop(unpinned);
 
     let mut results = Results {
         machine: Machine::probe(),

@@ -87,6 +87,11 @@ pub struct ScalePoint {
     pub trie_hot: Option<Stat>,
     pub trie_dense: Option<Stat>,
     pub random: Stat,
+    /// Block list only: the share of the random sources whose /16 holds entries longer than /16
+    /// (they read the /24 level past the gate), and of those whose /24 holds entries longer than
+    /// /24 (they also read a host block).
+    pub past_gate: Option<f64>,
+    pub to_hosts: Option<f64>,
     pub empty_hot: f64,
     pub empty_random: f64,
 }
@@ -110,6 +115,11 @@ fn policy() -> &'static str {
 }
 
 /// Closed-port traffic (the list lookup without the rate table) against growing block lists.
+/// The share of `addrs` for which `f` holds.
+fn share(addrs: &[[u8; 4]], f: impl Fn(u32) -> bool) -> f64 {
+    addrs.iter().filter(|a| f(u32::from_be_bytes(**a))).count() as f64 / addrs.len().max(1) as f64
+}
+
 pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
     let sizes: &[usize] = match settings.mode {
         super::Mode::Smoke => &[10, 1_000],
@@ -162,6 +172,11 @@ pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
             }
         }
         loaded = size;
+        let v4 = || feed[..size].iter().filter_map(|n| if let IpNet::V4(n) = n { Some(*n) } else { None });
+        let longer16: std::collections::HashSet<u32> =
+            v4().filter(|n| n.prefix_len() > 16).map(|n| u32::from(n.network()) >> 16).collect();
+        let longer24: std::collections::HashSet<u32> =
+            v4().filter(|n| n.prefix_len() > 24).map(|n| u32::from(n.network()) >> 8).collect();
         let mut hot_ns = Vec::new();
         let mut dense_ns = Vec::new();
         let mut trie_hot = Vec::new();
@@ -187,6 +202,8 @@ pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
             trie_hot: Some(median_spread(&trie_hot)),
             trie_dense: Some(median_spread(&trie_dense)),
             random: median_spread(&rnd),
+            past_gate: Some(share(&random, |a| longer16.contains(&(a >> 16)))),
+            to_hosts: Some(share(&random, |a| longer24.contains(&(a >> 8)))),
             empty_hot: median_spread(&empty).median,
             empty_random: median_spread(&rnd_empty).median,
         });
@@ -262,6 +279,8 @@ pub fn tracked(settings: &Settings, b: &mut Baseline) -> Tracked {
             trie_hot: None,
             trie_dense: None,
             random: median_spread(&k),
+            past_gate: None,
+            to_hosts: None,
             empty_hot: b.ns(&hot, settings.repeat),
             empty_random: median_spread(&ke).median,
         });
@@ -272,6 +291,8 @@ pub fn tracked(settings: &Settings, b: &mut Baseline) -> Tracked {
             trie_hot: None,
             trie_dense: None,
             random: median_spread(&n),
+            past_gate: None,
+            to_hosts: None,
             empty_hot: b.ns(&hot, settings.repeat),
             empty_random: median_spread(&ne).median,
         });

@@ -114,12 +114,12 @@ fn policy() -> &'static str {
     "roles = [\"voip-edge\"]\n[limit.signaling]\nlevels = [{ pps = 1000000, burst = 100000000, ban = \"1h\" }]\nunknown = \"off\"\n"
 }
 
-/// Closed-port traffic (the list lookup without the rate table) against growing block lists.
 /// The share of `addrs` for which `f` holds.
 fn share(addrs: &[[u8; 4]], f: impl Fn(u32) -> bool) -> f64 {
     addrs.iter().filter(|a| f(u32::from_be_bytes(**a))).count() as f64 / addrs.len().max(1) as f64
 }
 
+/// Closed-port traffic (the list lookup without the rate table) against growing block lists.
 pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
     let sizes: &[usize] = match settings.mode {
         super::Mode::Smoke => &[10, 1_000],

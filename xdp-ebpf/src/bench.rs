@@ -155,3 +155,28 @@ pub fn bench_redirect(_ctx: XdpContext) -> u32 {
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
+
+// The IPv4 source levels' two arrays at their real sizes, for a read at a random source (the
+// cost a random source pays at each level, caches cold).
+#[map]
+static BENCH_GATE: Array<u32> = Array::with_max_entries(65536, 0);
+#[map]
+static BENCH_MID: Array<u64> = Array::with_max_entries(common::MID_WORDS, 0);
+
+/// One read of a 65536-entry u32 array (the /16 gate's size) at the source's /16.
+#[xdp]
+pub fn bench_gate_read(ctx: XdpContext) -> u32 {
+    if let Some(src) = src_v4(&ctx) {
+        sink(BENCH_GATE.get(u32::from_be_bytes(src) >> 16).copied().unwrap_or(0) as u64);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// One read of the /24 level's 8 MiB u64 array at the source's /24 word.
+#[xdp]
+pub fn bench_mid_read(ctx: XdpContext) -> u32 {
+    if let Some(src) = src_v4(&ctx) {
+        sink(BENCH_MID.get(common::mid_slot(u32::from_be_bytes(src) >> 8).0).copied().unwrap_or(0));
+    }
+    xdp_action::XDP_PASS
+}

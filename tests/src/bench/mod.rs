@@ -112,6 +112,8 @@ impl Baseline {
             "bench_clock",
             "bench_redirect",
             "bench_drop",
+            "bench_gate_read",
+            "bench_mid_read",
         ] {
             let prog: &mut Xdp = ebpf.program_mut(name).unwrap_or_else(|| panic!("{name}")).try_into().expect("XDP");
             prog.load().unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));

@@ -120,7 +120,7 @@ fn share(addrs: &[[u8; 4]], f: impl Fn(u32) -> bool) -> f64 {
 }
 
 /// Closed-port traffic (the list lookup without the rate table) against growing block lists.
-pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
+pub fn block_list(settings: &Settings, b: &mut Baseline) -> (Vec<ScalePoint>, ColdReads) {
     let sizes: &[usize] = match settings.mode {
         super::Mode::Smoke => &[10, 1_000],
         super::Mode::Quick => &[10, 10_000, 100_000],
@@ -208,7 +208,36 @@ pub fn block_list(settings: &Settings, b: &mut Baseline) -> Vec<ScalePoint> {
             empty_random: median_spread(&rnd_empty).median,
         });
     }
-    out
+    let mut reads = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..settings.rounds.min(3) {
+        for (v, p) in reads.iter_mut().zip(["bench_sink", "bench_gate_read", "bench_mid_read"]) {
+            v.push(random_frames.iter().map(|f| b.program_ns(p, f, 1)).sum::<f64>() / random_frames.len() as f64);
+        }
+    }
+    let [sink, gate, mid] = reads.map(|v| median_spread(&v));
+    (out, ColdReads { sink, gate, mid })
+}
+
+/// One read at a random source of each IPv4 level's array, alone (`bench_gate_read`,
+/// `bench_mid_read`: same sizes as the real maps), over `bench_sink`; each packet run once, as
+/// the random-source figures are.
+#[derive(Clone, Debug, Serialize)]
+pub struct ColdReads {
+    pub sink: Stat,
+    pub gate: Stat,
+    pub mid: Stat,
+}
+
+impl ColdReads {
+    /// A gate read's own cost (over `bench_sink`), ns.
+    pub fn gate_own(&self) -> f64 {
+        self.gate.median - self.sink.median
+    }
+
+    /// A read of the /24 level's own cost (over `bench_sink`), ns.
+    pub fn mid_own(&self) -> f64 {
+        self.mid.median - self.sink.median
+    }
 }
 
 /// Allowed SIP from tracked sources: known sources at random (cache-cold hits) and new ones

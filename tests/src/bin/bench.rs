@@ -41,7 +41,7 @@ fn main() {
     step("against xdp-filter");
     let peers = bench::peers::run(&settings);
     step("block-list scale");
-    let block_list = scale::block_list(&settings, &mut baseline);
+    let (block_list, cold_reads) = scale::block_list(&settings, &mut baseline);
     step("tracked-sources scale and glue");
     let tracked = scale::tracked(&settings, &mut baseline);
     step("end to end on a veth pair");
@@ -63,6 +63,7 @@ fn main() {
         peers,
         early_drops_touch_no_rate_table: early_untouched,
         block_list,
+        cold_reads,
         tracked_known: tracked.known,
         tracked_new: tracked.new,
         glue: tracked.glue,

@@ -594,7 +594,7 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     }
     let _ = writeln!(
         s,
-        "\nRandom-source figures run each packet once (a different source every run), so they include the kernel's per-run timing overhead; the empty program is measured the same way.\n\nWhat one read of each level costs a random source, alone (each level's array at its real size, the same random sources, each packet run once; over `bench_sink`, which reads the source and writes a result, {:.1} ns): the /16 gate (256 KiB) {:.1} ns (spread {}), the /24 level (8 MiB) {:.1} ns (spread {}). A random source's read lands in memory the caches do not hold, so its cost is set by the array's size, not by what it holds.\n\n![tracked sources]({})\n\n| tracked buckets | known sources, random order ns | new sources (spoofed flood) ns | empty ns |\n| ---: | ---: | ---: | ---: |",
+        "\nRandom-source figures run each packet once (a different source every run), so they include the kernel's per-run timing overhead; the empty program is measured the same way.\n\nWhat one read of each level costs a random source, alone (each level's array at its real size, the same random sources, each packet run once; over `bench_sink`, which reads the source and writes a result, {:.1} ns): the /16 gate (256 KiB) {:.1} ns (spread {}), the /24 level (8 MiB) {:.1} ns (spread {}).\n\n![tracked sources]({})\n\n| tracked buckets | known sources, random order ns | new sources (spoofed flood) ns | empty ns |\n| ---: | ---: | ---: | ---: |",
         r.cold_reads.sink.median,
         r.cold_reads.gate_own(),
         pct(r.cold_reads.gate.spread),

@@ -271,20 +271,12 @@ impl Sources {
 
     /// Write the early half of a diff; on failure put back what was written.
     fn write_early(&mut self, diff: &KernelDiff) -> Result<()> {
-        self.tables.write_all(&diff.early).map_err(|(done, e)| {
-            self.tables.undo(&diff.early[..done]);
-            e.into()
-        })
+        write_early(&mut self.tables, diff)
     }
 
     /// Both halves of a diff (no flip involved); on failure everything is put back.
     fn write_diff(&mut self, diff: &KernelDiff) -> Result<()> {
-        self.write_early(diff)?;
-        self.tables.write_all(&diff.late).map_err(|(done, e)| {
-            self.tables.undo(&diff.late[..done]);
-            self.tables.undo(&diff.early);
-            e.into()
-        })
+        write_diff(&mut self.tables, diff)
     }
 
     /// Start a change of `kind` touching `nets`.
@@ -323,18 +315,22 @@ impl Sources {
         let Staged { kind, saved, diff, added, removed } = staged;
         let size = added.as_ref().map_or(0, |(n, _)| n.len()) + removed.len();
         let result = if self.snapshot_due(size) {
-            let snapshot = self.lists.persisted();
             let path = self.state_dir.join(SNAPSHOT);
-            let stager = std::thread::spawn(move || {
-                state::stage_json_compact(&path, &snapshot).map_err(StateError::at("writing the list snapshot", &path))
-            });
-            let kernel = self.write_diff(&diff);
-            let staged_file = stager.join().unwrap_or_else(|_| {
-                Err(StateError {
-                    what: "writing the list snapshot (the writer panicked)",
-                    path: self.state_dir.join(SNAPSHOT),
-                    source: std::io::Error::other("panicked"),
-                })
+            let (lists, tables) = (&self.lists, &mut self.tables);
+            let (kernel, staged_file) = std::thread::scope(|s| {
+                let stager = s.spawn(|| {
+                    state::stage_json_compact(&path, &lists.persisted())
+                        .map_err(StateError::at("writing the list snapshot", &path))
+                });
+                let kernel = write_diff(tables, &diff);
+                let staged_file = stager.join().unwrap_or_else(|_| {
+                    Err(StateError {
+                        what: "writing the list snapshot (the writer panicked)",
+                        path: path.clone(),
+                        source: std::io::Error::other("panicked"),
+                    })
+                });
+                (kernel, staged_file)
             });
             match (kernel, staged_file) {
                 (Err(e), staged_file) => {
@@ -512,6 +508,24 @@ fn recovered_fleet(kernel: &[(IpNet, TrieValue)], now: u64) -> Vec<(IpNet, Fleet
         expires: now + RECOVERED_FLEET_SECS,
     };
     kernel.iter().filter(|(_, v)| *v == TrieValue::Fleet).map(|(n, _)| (*n, entry.clone())).collect()
+}
+
+/// Write the early half of a diff into `tables`; on failure put back what was written.
+fn write_early(tables: &mut SourceTables, diff: &KernelDiff) -> Result<()> {
+    tables.write_all(&diff.early).map_err(|(done, e)| {
+        tables.undo(&diff.early[..done]);
+        e.into()
+    })
+}
+
+/// Both halves of a diff (no flip involved); on failure everything is put back.
+fn write_diff(tables: &mut SourceTables, diff: &KernelDiff) -> Result<()> {
+    write_early(tables, diff)?;
+    tables.write_all(&diff.late).map_err(|(done, e)| {
+        tables.undo(&diff.late[..done]);
+        tables.undo(&diff.early);
+        e.into()
+    })
 }
 
 #[cfg(test)]

@@ -398,6 +398,8 @@ fn net_of(addr: IpAddr, prefix_len: u32) -> IpNet {
 struct V4Index {
     /// (network address, prefix length) -> SOURCE_* value.
     entries: BTreeMap<(u32, u8), u32>,
+    /// Entries of each prefix length /0 to /16 (the lengths [`V4Index::cover16`] looks up).
+    wide: [u32; 17],
     /// Per /16: entries longer than /16 inside it.
     more: Vec<u32>,
     gate_written: Vec<u32>,
@@ -410,6 +412,7 @@ impl Default for V4Index {
     fn default() -> Self {
         Self {
             entries: BTreeMap::new(),
+            wide: [0; 17],
             more: vec![0; 65536],
             gate_written: vec![0; 65536],
             mid_written: vec![0; MID_WORDS as usize],
@@ -430,13 +433,14 @@ impl V4Index {
             Some(v) => self.entries.insert(key, v).is_some(),
             None => self.entries.remove(&key).is_some(),
         };
-        if n.prefix_len() > 16 {
-            let g = slash16(n);
-            match (had, value.is_some()) {
-                (false, true) => self.more[g] += 1,
-                (true, false) => self.more[g] -= 1,
-                _ => {}
-            }
+        let count = match n.prefix_len() {
+            len @ 0..=16 => &mut self.wide[len as usize],
+            _ => &mut self.more[slash16(n)],
+        };
+        match (had, value.is_some()) {
+            (false, true) => *count += 1,
+            (true, false) => *count -= 1,
+            _ => {}
         }
     }
 
@@ -446,10 +450,15 @@ impl V4Index {
         self.entries.range((first, 0)..=(last, 32)).map(|(&(a, l), &v)| (a, l, v))
     }
 
-    /// The answer of the longest entry of /16 or wider covering /16 number `g`.
+    /// The answer of the longest entry of /16 or wider covering /16 number `g` (only the
+    /// lengths that have entries are looked up).
     fn cover16(&self, g: u32) -> u32 {
         let addr = g << 16;
-        (0..=16u8).rev().find_map(|len| self.entries.get(&(addr & mask(len), len)).copied()).unwrap_or(0)
+        (0..=16u8)
+            .rev()
+            .filter(|&len| self.wide[len as usize] > 0)
+            .find_map(|len| self.entries.get(&(addr & mask(len), len)).copied())
+            .unwrap_or(0)
     }
 
     fn gate_value(&self, g: u32) -> u32 {
@@ -607,6 +616,9 @@ mod tests {
         }
         let more: usize = ix.more.iter().map(|&m| m as usize).sum();
         assert_eq!(more, ix.entries.keys().filter(|k| k.1 > 16).count());
+        for len in 0..=16u8 {
+            assert_eq!(ix.wide[len as usize] as usize, ix.entries.keys().filter(|k| k.1 == len).count(), "/{len}");
+        }
         for _ in 0..50_000 {
             // Mostly inside 10.0.0.0/15 where the entries are, some anywhere.
             let addr = if rng.next().is_multiple_of(8) { rng.next() } else { 0x0a00_0000 | (rng.next() & 0x0001_ffff) };

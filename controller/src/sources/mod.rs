@@ -161,7 +161,7 @@ impl Sources {
             add.iter().map(|(n, _)| (ListKind::Block, *n)).chain(remove.iter().map(|n| (ListKind::Block, *n))),
         );
         let diff = self.lists.set_fleet(add, remove);
-        if let Err(e) = self.write_diff(&diff) {
+        if let Err(e) = write_diff(&mut self.tables, &diff) {
             self.lists.rollback(saved);
             return Err(e);
         }
@@ -217,7 +217,7 @@ impl Sources {
             value: None,
             before: Some(*k),
         }));
-        self.write_early(&diff)?;
+        write_early(&mut self.tables, &diff)?;
         if let Err(e) = flip() {
             self.tables.undo(&diff.early);
             return Err(e.into());
@@ -256,7 +256,7 @@ impl Sources {
     where
         SourcesError: From<E>,
     {
-        self.write_early(diff)?;
+        write_early(&mut self.tables, diff)?;
         if let Err(e) = flip() {
             self.tables.undo(&diff.early);
             return Err(e.into());
@@ -267,16 +267,6 @@ impl Sources {
             }
         }
         Ok(())
-    }
-
-    /// Write the early half of a diff; on failure put back what was written.
-    fn write_early(&mut self, diff: &KernelDiff) -> Result<()> {
-        write_early(&mut self.tables, diff)
-    }
-
-    /// Both halves of a diff (no flip involved); on failure everything is put back.
-    fn write_diff(&mut self, diff: &KernelDiff) -> Result<()> {
-        write_diff(&mut self.tables, diff)
     }
 
     /// Start a change of `kind` touching `nets`.
@@ -350,7 +340,7 @@ impl Sources {
                 }
             }
         } else {
-            if let Err(e) = self.write_diff(&diff) {
+            if let Err(e) = write_diff(&mut self.tables, &diff) {
                 self.lists.rollback(saved);
                 return Err(e);
             }
@@ -383,7 +373,7 @@ impl Sources {
         for (kind, net) in expired {
             let saved = self.lists.checkpoint([(kind, net)]);
             let Ok(diff) = self.lists.remove_manual(kind, &net) else { continue };
-            if let Err(e) = self.write_diff(&diff) {
+            if let Err(e) = write_diff(&mut self.tables, &diff) {
                 if let Some(suppressed) = log.allow("list_expire_failed") {
                     error!(cidr = %net, error = %e, suppressed, "removing an expired entry failed; retrying at the next sweep");
                 }

@@ -388,19 +388,15 @@ impl Lists {
     /// Apply `change` to the lists and return the kernel writes it needs, looking only at the
     /// nets it can affect: `nets` themselves, and for allow changes the block entries inside.
     fn mutate(&mut self, kind: ListKind, nets: &[IpNet], change: impl FnOnce(&mut Self)) -> KernelDiff {
-        // In order and without duplicates: `nets` itself when it already is (a bulk import's
-        // sorted file), else a set.
-        let affected: Vec<IpNet> = if kind == ListKind::Block && nets.is_sorted_by(|a, b| a < b) {
-            nets.to_vec()
-        } else {
-            let mut set: BTreeSet<IpNet> = nets.iter().copied().collect();
-            if kind == ListKind::Allow {
-                for n in nets {
-                    set.extend(self.blocks_within(n));
-                }
+        let mut affected: Vec<IpNet> = nets.to_vec();
+        if kind == ListKind::Allow {
+            for n in nets {
+                affected.extend(self.blocks_within(n));
             }
-            set.into_iter().collect()
-        };
+        }
+        // In order, without duplicates (a bulk import's sorted file is already in order).
+        affected.sort_unstable();
+        affected.dedup();
         // An allow change leaves the block entries as they are, so the set found before the
         // change is the whole set.
         let before: Vec<(Option<TrieValue>, Shape)> = affected.iter().map(|n| self.state(n)).collect();

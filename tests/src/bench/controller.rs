@@ -26,9 +26,8 @@ use crate::{
 pub struct ControllerResults {
     /// CIDRs in the bulk load.
     pub bulk_entries: usize,
-    /// `voipwall block --file` wall time, seconds: the median of `bulk`.
-    pub bulk_secs: f64,
-    /// Every bulk load, each into a freshly started daemon, seconds.
+    /// `voipwall block --file` wall time of every bulk load, each into a freshly started
+    /// daemon, seconds.
     pub bulk: Stat,
     pub bulk_loads: usize,
     /// One `voipwall block CIDR` command, process start to exit (the change is in force before
@@ -221,7 +220,6 @@ pub fn run(settings: &Settings) -> ControllerResults {
     let maps_full_mib = maps_mib(d.pid());
     ControllerResults {
         bulk_entries: bulk_n,
-        bulk_secs: bulk.median,
         bulk,
         bulk_loads: bulk_rounds,
         cli_block_ms: median_spread(&cli),

@@ -873,6 +873,15 @@ extern "C" fn ua_step(_index: u64, ctx: *mut c_void) -> i64 {
         ctx.verdict = UA_LISTED;
         return 1;
     }
+    // The run stopped at the value's line end, and the next line is another header (the value
+    // does not fold): clean, decided here rather than by two more steps (the `\r`, then the
+    // `\n`) that would find the same.
+    if j < stop {
+        let nl = if buf.byte(j) == b'\r' { j + 1 } else { j };
+        if nl + 1 < n && buf.byte(nl) == b'\n' && !blank(buf.byte(nl + 1)) {
+            return 1;
+        }
+    }
     buf.set(AT, j as u64);
     buf.set(STATE, s as u64 | (limit as u64) << 32);
     0

@@ -23,6 +23,10 @@ pub struct Machine {
     pub commit: String,
     pub date: String,
     pub nightly: String,
+    /// The kernel's return-stack mitigation for this CPU (`spec_rstack_overflow`): with "Safe
+    /// RET" every return, of a BPF-to-BPF call, a helper or a `bpf_loop` step, goes through a
+    /// return thunk, which makes calls cost more than the reads they stand for.
+    pub return_mitigation: String,
 }
 
 impl Machine {
@@ -44,6 +48,7 @@ impl Machine {
             commit: sh("git rev-parse --short HEAD 2>/dev/null; git diff --quiet HEAD -- . ':!BENCHMARKS.md' ':!docs/bench' 2>/dev/null || echo '(+ uncommitted changes)'").replace('\n', " "),
             date: sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
             nightly: sh("rustc +nightly --version"),
+            return_mitigation: sh("cat /sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow 2>/dev/null"),
         }
     }
 }
@@ -144,7 +149,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
         "1400-byte INVITE with the User-Agent scan / the same frame on a plain port <= 3x",
         pair("1400-byte INVITE: User-Agent scan / the same frame on a plain port"),
         3.0,
-        "The scan copies the window out of the packet, reads the request line, searches the header block 256 bytes per loop step for the lines that may be User-Agent, Authorization or Proxy-Authorization, and runs the User-Agent value through the automaton (one dependent table load per byte); the plain path reads no payload.",
+        "The scan copies the window out of the packet, reads the request line, searches the header block 256 bytes per loop step for the lines that may be User-Agent, Authorization or Proxy-Authorization, and runs the User-Agent value through the automaton (one dependent table load per byte); the plain path reads no payload. Each loop step is a BPF-to-BPF call, and the scan also calls helpers (the window's copy, the pinhole learner's ring buffer and clock): with the return-stack mitigation named above every such return goes through a return thunk.",
     ));
 
     t.push(paired_target(
@@ -488,10 +493,11 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     );
     let _ = writeln!(
         s,
-        "- machine: {} CPUs, {}\n- kernel: {}\n- commit: {}\n- date: {}\n- eBPF toolchain: {}\n",
+        "- machine: {} CPUs, {}\n- kernel: {} (return-stack mitigation: {})\n- commit: {}\n- date: {}\n- eBPF toolchain: {}\n",
         m.cpus,
         m.cpu.trim(),
         m.kernel,
+        if m.return_mitigation.is_empty() { "not reported" } else { &m.return_mitigation },
         m.commit,
         m.date,
         m.nightly

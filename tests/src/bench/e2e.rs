@@ -22,7 +22,7 @@ use voipwall::{
 
 use crate::{
     bench::{
-        Baseline, Mode, Settings,
+        Baseline, Mode, Settings, Stat, median_spread,
         peers::XdpFilter,
         scale::{Rng, block_feed},
     },
@@ -40,6 +40,20 @@ pub struct E2eRow {
     pub secs: f64,
     pub mpps: f64,
     pub ns_per_frame: f64,
+}
+
+/// A target's two filters on one scenario, measured in alternating rounds (the order switching
+/// every round) with the ratio taken per round: one run of each swings with what else the
+/// machine does.
+#[derive(Clone, Debug, Serialize)]
+pub struct E2ePaired {
+    pub scenario: String,
+    pub baseline: String,
+    pub rounds: usize,
+    pub voipwall_mpps: Stat,
+    pub baseline_mpps: Stat,
+    /// voipwall / baseline, per round.
+    pub ratio: Stat,
 }
 
 const BLOCK_ENTRIES: usize = 10_000;
@@ -150,30 +164,14 @@ fn frames(pair: &Pair) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
+/// The table of section 3 (one run of every filter on each scenario), then the targets' pairs.
+pub fn run(settings: &Settings, b: &mut Baseline) -> (Vec<E2eRow>, Vec<E2ePaired>) {
     let frames_n: u32 = match settings.mode {
         Mode::Smoke => 20_000,
         Mode::Quick => 500_000,
         Mode::Full => 2_000_000,
     };
-    let pair = Pair::new();
-    for (ns, iface) in [(&pair.server, &pair.server_if), (&pair.client, &pair.client_if)] {
-        ns.sh(&format!("sysctl -qw net.ipv6.conf.{iface}.disable_ipv6=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.{iface}.rp_filter=0"));
-    }
-    // Replies (ICMP unreachable) to the off-subnet sources are discarded cheaply.
-    pair.server.sh("ip route add blackhole 192.0.2.0/24");
-    // NAPI on the receiving veth so redirected frames are accepted without an XDP program.
-    pair.server.sh(&format!("ethtool -K {} gro on", pair.server_if));
-    {
-        let mut target: Array<_, u32> =
-            Array::try_from(b.ebpf.map_mut("BENCH_TARGET").expect("BENCH_TARGET")).expect("array");
-        let c = std::ffi::CString::new(pair.client_if.clone()).unwrap();
-        let idx = pair.client.enter(|| {
-            // SAFETY: valid C string.
-            unsafe { libc::if_nametoindex(c.as_ptr()) }
-        });
-        target.set(0, idx, 0).expect("set target");
-    }
+    let pair = prepare_pair(b);
     let mut rng = Rng::new(11);
     let blocks = block_feed(BLOCK_ENTRIES, &mut rng);
     let mut rows = Vec::new();
@@ -197,37 +195,14 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
 
         // 2. XDP drop-all: the upper bound of any XDP filter on this path.
         if scenario.starts_with("drop") {
-            let iface = pair.server_if.clone();
-            let link = pair.server.enter(|| {
-                let prog: &mut Xdp = b.ebpf.program_mut("bench_drop").expect("bench_drop").try_into().expect("XDP");
-                prog.attach(&iface, XdpMode::Driver).expect("attach bench_drop")
-            });
-            let before = xdp_drops(&pair.server, &pair.server_if);
-            let d = generate(&pair, b, &frame, frames_n);
-            let handled = xdp_drops(&pair.server, &pair.server_if) - before;
-            let prog: &mut Xdp = b.ebpf.program_mut("bench_drop").expect("bench_drop").try_into().expect("XDP");
-            prog.detach(link).expect("detach");
-            record(&mut rows, scenario, "XDP drop-all", if handled == 0 { frames_n as u64 } else { handled }, d);
+            let (handled, d) = run_drop_all(&pair, b, &frame, frames_n);
+            record(&mut rows, scenario, "XDP drop-all", handled, d);
         }
 
         // 3. voipwall, native XDP, with a 10k-entry block list.
         {
-            let (_, compiled) = policy::parse("bench.toml", &policy_text()).expect("policy");
-            let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity: settings.capacity() }).expect("load");
-            dp.apply_policy(&compiled).expect("policy");
-            let mut tables = SourceTables::new(dp.take_source_maps().expect("source maps"));
-            for net in &blocks {
-                tables.write(&KernelChange { net: *net, value: Some(TrieValue::Block), before: None }).expect("block");
-            }
-            let iface = pair.server_if.clone();
-            let attachment =
-                pair.server.enter(|| dp.attach(&iface, XdpModeChoice::Native, None)).expect("attach voipwall");
-            let r = if scenario.starts_with("drop") { reason::PORT_CLOSED } else { reason::PORT_OPEN };
-            let v = if scenario.starts_with("drop") { verdict::DROP } else { verdict::PASS };
-            let before = dp.counters().expect("counters").get(v, r).packets;
-            let d = generate(&pair, b, &frame, frames_n);
-            let handled = dp.counters().expect("counters").get(v, r).packets - before;
-            dp.detach(attachment);
+            let (mut dp, _tables) = load_voipwall(settings, &blocks);
+            let (handled, d) = run_voipwall(&pair, b, &mut dp, scenario, &frame, frames_n);
             record(&mut rows, scenario, "voipwall (XDP)", handled, d);
         }
 
@@ -267,5 +242,127 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> Vec<E2eRow> {
             );
         }
     }
-    rows
+    let paired = paired(settings, b, &pair, &blocks);
+    (rows, paired)
+}
+
+/// A veth pair set up for the generator: rp_filter off, replies to the sources blackholed, NAPI
+/// on the receiving end, and the generator's target interface written.
+fn prepare_pair(b: &mut Baseline) -> Pair {
+    let pair = Pair::new();
+    for (ns, iface) in [(&pair.server, &pair.server_if), (&pair.client, &pair.client_if)] {
+        ns.sh(&format!("sysctl -qw net.ipv6.conf.{iface}.disable_ipv6=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.{iface}.rp_filter=0"));
+    }
+    // Replies (ICMP unreachable) to the off-subnet sources are discarded cheaply.
+    pair.server.sh("ip route add blackhole 192.0.2.0/24");
+    // NAPI on the receiving veth so redirected frames are accepted without an XDP program.
+    pair.server.sh(&format!("ethtool -K {} gro on", pair.server_if));
+    {
+        let mut target: Array<_, u32> =
+            Array::try_from(b.ebpf.map_mut("BENCH_TARGET").expect("BENCH_TARGET")).expect("array");
+        let c = std::ffi::CString::new(pair.client_if.clone()).unwrap();
+        let idx = pair.client.enter(|| {
+            // SAFETY: valid C string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        });
+        target.set(0, idx, 0).expect("set target");
+    }
+    pair
+}
+
+/// The targets' pairs, voipwall against the baseline a target names (the XDP drop-all program
+/// for the drop path, no filter for the pass path), in alternating rounds on the same veth.
+fn paired(settings: &Settings, b: &mut Baseline, pair: &Pair, blocks: &[ipnet::IpNet]) -> Vec<E2ePaired> {
+    let (frames_n, rounds): (u32, usize) = match settings.mode {
+        Mode::Smoke => (20_000, 2),
+        Mode::Quick => (500_000, 4),
+        Mode::Full => (1_000_000, 8),
+    };
+    let (mut dp, _tables) = load_voipwall(settings, blocks);
+    let mpps = |(handled, d): (u64, Duration)| handled as f64 / d.as_secs_f64() / 1e6;
+    frames(pair)
+        .into_iter()
+        .map(|(scenario, frame)| {
+            let drop = scenario.starts_with("drop");
+            let (mut ours, mut base, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..rounds {
+                let baseline = |b: &mut Baseline| {
+                    if drop {
+                        mpps(run_drop_all(pair, b, &frame, frames_n))
+                    } else {
+                        let before = udp_noports(&pair.server);
+                        let d = generate(pair, b, &frame, frames_n);
+                        mpps((udp_noports(&pair.server) - before, d))
+                    }
+                };
+                let (x, y) = if round % 2 == 0 {
+                    let x = mpps(run_voipwall(pair, b, &mut dp, scenario, &frame, frames_n));
+                    (x, baseline(b))
+                } else {
+                    let y = baseline(b);
+                    (mpps(run_voipwall(pair, b, &mut dp, scenario, &frame, frames_n)), y)
+                };
+                ours.push(x);
+                base.push(y);
+                ratio.push(x / y.max(1e-9));
+            }
+            E2ePaired {
+                scenario: scenario.to_string(),
+                baseline: if drop { "XDP drop-all" } else { "none (kernel stack)" }.to_string(),
+                rounds,
+                voipwall_mpps: median_spread(&ours),
+                baseline_mpps: median_spread(&base),
+                ratio: median_spread(&ratio),
+            }
+        })
+        .collect()
+}
+
+/// voipwall loaded with the bench policy and the 10k-entry block list (the tables must live as
+/// long as the data plane is measured).
+fn load_voipwall(settings: &Settings, blocks: &[ipnet::IpNet]) -> (Dataplane, SourceTables) {
+    let (_, compiled) = policy::parse("bench.toml", &policy_text()).expect("policy");
+    let mut dp = Dataplane::load(&LoadOptions { pin_dir: None, capacity: settings.capacity() }).expect("load");
+    dp.apply_policy(&compiled).expect("policy");
+    let mut tables = SourceTables::new(dp.take_source_maps().expect("source maps"));
+    for net in blocks {
+        tables.write(&KernelChange { net: *net, value: Some(TrieValue::Block), before: None }).expect("block");
+    }
+    (dp, tables)
+}
+
+/// One run through voipwall attached in native mode: frames it counted for the scenario's
+/// verdict, and the wall time.
+fn run_voipwall(
+    pair: &Pair,
+    b: &Baseline,
+    dp: &mut Dataplane,
+    scenario: &str,
+    frame: &[u8],
+    frames_n: u32,
+) -> (u64, Duration) {
+    let iface = pair.server_if.clone();
+    let attachment = pair.server.enter(|| dp.attach(&iface, XdpModeChoice::Native, None)).expect("attach voipwall");
+    let r = if scenario.starts_with("drop") { reason::PORT_CLOSED } else { reason::PORT_OPEN };
+    let v = if scenario.starts_with("drop") { verdict::DROP } else { verdict::PASS };
+    let before = dp.counters().expect("counters").get(v, r).packets;
+    let d = generate(pair, b, frame, frames_n);
+    let handled = dp.counters().expect("counters").get(v, r).packets - before;
+    dp.detach(attachment);
+    (handled, d)
+}
+
+/// One run through the XDP drop-all program.
+fn run_drop_all(pair: &Pair, b: &mut Baseline, frame: &[u8], frames_n: u32) -> (u64, Duration) {
+    let iface = pair.server_if.clone();
+    let link = pair.server.enter(|| {
+        let prog: &mut Xdp = b.ebpf.program_mut("bench_drop").expect("bench_drop").try_into().expect("XDP");
+        prog.attach(&iface, XdpMode::Driver).expect("attach bench_drop")
+    });
+    let before = xdp_drops(&pair.server, &pair.server_if);
+    let d = generate(pair, b, frame, frames_n);
+    let handled = xdp_drops(&pair.server, &pair.server_if) - before;
+    let prog: &mut Xdp = b.ebpf.program_mut("bench_drop").expect("bench_drop").try_into().expect("XDP");
+    prog.detach(link).expect("detach");
+    (if handled == 0 { frames_n as u64 } else { handled }, d)
 }

@@ -45,7 +45,7 @@ fn main() {
     step("tracked-sources scale and glue");
     let tracked = scale::tracked(&settings, &mut baseline);
     step("end to end on a veth pair");
-    let e2e_rows = e2e::run(&settings, &mut baseline);
+    let (e2e_rows, e2e_paired) = e2e::run(&settings, &mut baseline);
     // The daemons of the last two sections run on every CPU, as deployed.
     let unpinned = bench::Unpinned::new();
     step("controller");
@@ -68,6 +68,7 @@ fn main() {
         tracked_new: tracked.new,
         glue: tracked.glue,
         e2e: e2e_rows,
+        e2e_paired,
         controller: ctl,
         fleet,
         targets: Vec::new(),

@@ -77,12 +77,14 @@ fn try_voipwall_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 fn decide(ctx: &XdpContext, generation: u32, cfg: &PolicyConfig) -> Decision {
     let mut pkt = parse::Packet::empty();
     let frame = parse::Frame::of_xdp(ctx);
-    if !parse::plain_ipv4(frame.start, frame.end, &mut pkt) {
-        match parse::parse(frame.start, frame.end, &mut pkt) {
-            Ok(parse::Parsed::Ip) => {}
-            Ok(parse::Parsed::NonIp) => return Decision::of(reason::NON_IP),
-            Err(()) => return Decision::of(reason::MALFORMED),
-        }
+    let parsed = match parse::plain_ipv4(frame.start, frame.end, &mut pkt) {
+        Some(ipv4) => ipv4.map(|()| parse::Parsed::Ip),
+        None => parse::parse(frame.start, frame.end, &mut pkt),
+    };
+    match parsed {
+        Ok(parse::Parsed::Ip) => {}
+        Ok(parse::Parsed::NonIp) => return Decision::of(reason::NON_IP),
+        Err(()) => return Decision::of(reason::MALFORMED),
     }
     let payload = ports::Payload { xdp: ctx.ctx, frame_len: (frame.end - frame.start) as u32 };
     match lists::source_list(&pkt) {

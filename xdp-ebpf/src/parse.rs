@@ -179,60 +179,42 @@ pub fn parse(start: usize, end: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
     }
 }
 
-/// The frame most traffic is: untagged Ethernet, IPv4 without options and not a fragment, then
-/// UDP or TCP. Read inline by the entry point, which then skips the call to [`parse`] (a
-/// BPF-to-BPF call and return cost more than the reads on CPUs whose returns go through a
-/// return thunk). `pkt` must be [`Packet::empty`]. `true` when it was filled exactly as
-/// [`parse`] fills it; `false` for anything else, which [`parse`] then reads from the start
-/// (nothing was written). The test suite's generated frames (any IHL, TCP data offset, fragment
-/// bits, cut at any byte) check that both ways agree with the model parser.
+/// The frame most traffic is: untagged Ethernet, then IPv4 without options and not a fragment.
+/// Read inline by the entry point, which then skips the call to [`parse`] (a BPF-to-BPF call
+/// and return cost more than the reads on CPUs whose returns go through a return thunk).
+/// `pkt` must be [`Packet::empty`]. `None` for any other frame, with nothing written, which
+/// [`parse`] then reads from the start; otherwise what [`parse`] would answer, `pkt` filled as
+/// it fills it (the transport header by the same [`parse_l4`]). The test suite's generated
+/// frames (any IHL, TCP data offset, fragment bits, cut at any byte) check that both ways agree
+/// with the model parser.
 #[inline(always)]
-pub fn plain_ipv4(start: usize, end: usize, pkt: &mut Packet) -> bool {
-    // Ethernet (14) + IPv4 without options (20) + the 20 bytes a TCP header needs at least,
-    // or a UDP header (8) and the first 12 payload bytes: one bounds check covers them all.
+pub fn plain_ipv4(start: usize, end: usize, pkt: &mut Packet) -> Option<Result<(), ()>> {
     const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
-    if start + L4 + TcpHdr::LEN > end {
-        return false;
+    if start + L4 > end {
+        return None;
     }
     let eth = start as *const EthHdr;
     let ip = (start + EthHdr::LEN) as *const Ipv4Hdr;
-    let l4 = (start + L4) as *const u8;
-    // SAFETY: the bytes checked above hold every field read below.
+    // SAFETY: the bytes checked above hold the Ethernet and IPv4 headers read below.
     unsafe {
         if u16::from_be((*eth).ether_type) != ETH_P_IP || (*ip).vihl != 0x45 {
-            return false;
+            return None;
         }
         let tot_len = u16::from_be_bytes((*ip).tot_len) as usize;
         if tot_len < Ipv4Hdr::LEN
             || start + EthHdr::LEN + tot_len > end
             || u16::from_be_bytes((*ip).frags) & 0x3fff != 0
         {
-            return false;
+            return None;
         }
-        let proto = *(ip as *const u8).add(9);
-        let payload_off = match proto {
-            IPPROTO_UDP => L4 + UdpHdr::LEN,
-            IPPROTO_TCP => {
-                let doff = ((*l4.add(12) >> 4) as usize) * 4;
-                if doff < TcpHdr::LEN || start + L4 + doff > end {
-                    return false;
-                }
-                pkt.tcp_flags = *l4.add(13);
-                L4 + doff
-            }
-            _ => return false,
-        };
         // IPv4-mapped (`::ffff:a.b.c.d`): the empty packet's first ten bytes are already zero.
         let mapped = |a: [u8; 4]| u64::from_le_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]);
         *(pkt.src.as_mut_ptr().add(8) as *mut u64) = mapped((*ip).src_addr);
         *(pkt.dst.as_mut_ptr().add(8) as *mut u64) = mapped((*ip).dst_addr);
-        pkt.proto = proto;
+        pkt.proto = *(ip as *const u8).add(9);
         pkt.frag_id = u16::from_be_bytes((*ip).id) as u32;
-        pkt.sport = u16::from_be_bytes([*l4, *l4.add(1)]);
-        pkt.dport = u16::from_be_bytes([*l4.add(2), *l4.add(3)]);
-        pkt.payload_off = payload_off as u16;
     }
-    true
+    Some(parse_l4(&Frame { start, end }, L4, pkt))
 }
 
 /// IPv4 with any IHL (options are skipped, RFC 791 section 3.1).

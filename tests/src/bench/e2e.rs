@@ -6,7 +6,10 @@
 //! CPU inside one syscall, so frames/wall time is the single-core rate and wall/frames the CPU
 //! cost per frame of the whole path.
 
-use std::time::{Duration, Instant};
+use std::{
+    cell::RefCell,
+    time::{Duration, Instant},
+};
 
 use aya::{
     maps::Array,
@@ -22,9 +25,10 @@ use voipwall::{
 
 use crate::{
     bench::{
-        Baseline, Mode, Settings, Stat, median_spread,
+        Baseline, Mode, Settings, Stat,
         peers::XdpFilter,
         scale::{Rng, block_feed},
+        side_by_side,
     },
     netns::{NetNs, Pair, mac_of},
     packet::Packet,
@@ -174,6 +178,8 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> (Vec<E2eRow>, Vec<E2ePaired
     let pair = prepare_pair(b);
     let mut rng = Rng::new(11);
     let blocks = block_feed(BLOCK_ENTRIES, &mut rng);
+    // voipwall, loaded once for section 3 and the pairs.
+    let (mut dp, _tables) = load_voipwall(settings, &blocks);
     let mut rows = Vec::new();
     let record = |rows: &mut Vec<E2eRow>, scenario: &str, filter: &str, handled: u64, d: Duration| {
         let secs = d.as_secs_f64();
@@ -200,11 +206,8 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> (Vec<E2eRow>, Vec<E2ePaired
         }
 
         // 3. voipwall, native XDP, with a 10k-entry block list.
-        {
-            let (mut dp, _tables) = load_voipwall(settings, &blocks);
-            let (handled, d) = run_voipwall(&pair, b, &mut dp, scenario, &frame, frames_n);
-            record(&mut rows, scenario, "voipwall (XDP)", handled, d);
-        }
+        let (handled, d) = run_voipwall(&pair, b, &mut dp, scenario, &frame, frames_n);
+        record(&mut rows, scenario, "voipwall (XDP)", handled, d);
 
         // 4. xdp-filter (xdp-tools), native XDP, deny policy with the open ports, UDP only (its
         //    fastest program for these frames; it cannot hold the CIDR block list).
@@ -242,7 +245,7 @@ pub fn run(settings: &Settings, b: &mut Baseline) -> (Vec<E2eRow>, Vec<E2ePaired
             );
         }
     }
-    let paired = paired(settings, b, &pair, &blocks);
+    let paired = paired(settings, b, &pair, &mut dp);
     (rows, paired)
 }
 
@@ -272,47 +275,41 @@ fn prepare_pair(b: &mut Baseline) -> Pair {
 
 /// The targets' pairs, voipwall against the baseline a target names (the XDP drop-all program
 /// for the drop path, no filter for the pass path), in alternating rounds on the same veth.
-fn paired(settings: &Settings, b: &mut Baseline, pair: &Pair, blocks: &[ipnet::IpNet]) -> Vec<E2ePaired> {
+fn paired(settings: &Settings, b: &mut Baseline, pair: &Pair, dp: &mut Dataplane) -> Vec<E2ePaired> {
     let (frames_n, rounds): (u32, usize) = match settings.mode {
         Mode::Smoke => (20_000, 2),
         Mode::Quick => (500_000, 4),
         Mode::Full => (1_000_000, 8),
     };
-    let (mut dp, _tables) = load_voipwall(settings, blocks);
     let mpps = |(handled, d): (u64, Duration)| handled as f64 / d.as_secs_f64() / 1e6;
     frames(pair)
         .into_iter()
         .map(|(scenario, frame)| {
             let drop = scenario.starts_with("drop");
-            let (mut ours, mut base, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..rounds {
-                let baseline = |b: &mut Baseline| {
+            // Both sides run the generator on `b`; only the drop-all side attaches a program of
+            // it, one side at a time.
+            let b = RefCell::new(&mut *b);
+            let (voipwall_mpps, baseline_mpps, ratio) = side_by_side(
+                rounds,
+                || mpps(run_voipwall(pair, &b.borrow(), dp, scenario, &frame, frames_n)),
+                || {
+                    let mut b = b.borrow_mut();
                     if drop {
-                        mpps(run_drop_all(pair, b, &frame, frames_n))
+                        mpps(run_drop_all(pair, &mut b, &frame, frames_n))
                     } else {
                         let before = udp_noports(&pair.server);
-                        let d = generate(pair, b, &frame, frames_n);
+                        let d = generate(pair, &b, &frame, frames_n);
                         mpps((udp_noports(&pair.server) - before, d))
                     }
-                };
-                let (x, y) = if round % 2 == 0 {
-                    let x = mpps(run_voipwall(pair, b, &mut dp, scenario, &frame, frames_n));
-                    (x, baseline(b))
-                } else {
-                    let y = baseline(b);
-                    (mpps(run_voipwall(pair, b, &mut dp, scenario, &frame, frames_n)), y)
-                };
-                ours.push(x);
-                base.push(y);
-                ratio.push(x / y.max(1e-9));
-            }
+                },
+            );
             E2ePaired {
                 scenario: scenario.to_string(),
                 baseline: if drop { "XDP drop-all" } else { "none (kernel stack)" }.to_string(),
                 rounds,
-                voipwall_mpps: median_spread(&ours),
-                baseline_mpps: median_spread(&base),
-                ratio: median_spread(&ratio),
+                voipwall_mpps,
+                baseline_mpps,
+                ratio,
             }
         })
         .collect()

@@ -807,12 +807,19 @@ pub struct RateState {
 /// complete a pattern; state 0 is the start, class 0 stands for every byte no pattern holds and
 /// class [`sip::UA_BEGIN`] is fed once before the value (so `^`-anchored patterns match only at
 /// its start).
+///
+/// `pairs` is the automaton's prefilter: bit `b` of `pairs[a]` is set when the class pair
+/// `(a, b)` is the key pair of some pattern (one pair of consecutive classes every match of the
+/// pattern holds, [`sip::UA_BEGIN`] standing before the value's first byte). A value in which no
+/// consecutive pair has its bit set matches no pattern, so the program reads such a value with
+/// independent loads per byte and runs the automaton (one dependent load per byte) only on a hit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UaMatcher {
     /// Byte -> class.
     pub class: [u8; 256],
     pub next: [u16; (sip::UA_STATES * sip::UA_CLASSES) as usize],
+    pub pairs: [u64; sip::UA_CLASSES as usize],
 }
 
 /// Value of `SIP_SCRATCH`.
@@ -1296,7 +1303,10 @@ mod tests {
         // Sum of field sizes == struct size means the compiler inserted no padding.
         assert_eq!(size_of::<PolicyConfig>(), 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 5 * 8 + 4 + 4 + 24);
         assert_eq!(size_of::<CaptureRecord>(), 24 + CAPTURE_SNAP);
-        assert_eq!(size_of::<UaMatcher>(), 256 + 2 * (sip::UA_STATES * sip::UA_CLASSES) as usize);
+        assert_eq!(
+            size_of::<UaMatcher>(),
+            256 + 2 * (sip::UA_STATES * sip::UA_CLASSES) as usize + 8 * sip::UA_CLASSES as usize
+        );
         assert_eq!(size_of::<SipScratch>(), 64 + sip::SCRATCH_BYTES as usize);
         assert_eq!(size_of::<SipPeer>(), 8 + 8 + 4 * 4);
         assert_eq!(size_of::<PortRule>(), 2 + 1 + 1 + 4 + 8);

@@ -149,6 +149,44 @@ fn other_headers_folds_and_bodies_do_not_confuse_the_scan() {
 
 #[test]
 #[ignore = "needs root and BPF"]
+fn values_the_prefilter_cannot_clear_reach_the_automaton() {
+    let Some(h) = harness(POLICY) else { return };
+    let ua = &h.compiled.ua;
+    // A value holding a key pair of the default list yet matching no pattern: the prefilter
+    // sends it to the automaton, which lets it pass.
+    let near: Vec<String> = ["ndl", "nn", "pc", "pv", "ax", "xs", "pp", "pl", "ls", "dl", "ly", "sc", "va"]
+        .iter()
+        .map(|k| format!("Phone {k} 1.0"))
+        .filter(|v| ua.prefilter_hit(v.as_bytes()) && !ua.matches(v.as_bytes()))
+        .collect();
+    assert!(!near.is_empty(), "no sample value holds a key pair of the default list");
+    for v in &near {
+        h.expect(v, &udp(PHONE, &register_with(&format!("User-Agent: {v}"), 2)), XDP_PASS, "port_open");
+    }
+    // Values whose one line the prefilter cannot read to its end: a lone CR inside (the
+    // automaton reads past it) or a fold.
+    let lone_cr = register_with("User-Agent: Phone friend\rly-scanner", 2);
+    h.expect("lone CR inside a listed value", &udp(SCANNER, &lone_cr), XDP_DROP, "sip_user_agent");
+    let clean_cr = register_with("User-Agent: Phone 1.0\rbeta", 2);
+    h.expect("lone CR inside a clean value", &udp(PHONE, &clean_cr), XDP_PASS, "port_open");
+    let folded = request("REGISTER", &["User-Agent: Phone", " friendly-scanner", "Content-Length: 0"], "");
+    h.expect("listed value after a fold", &udp(SCANNER, &folded), XDP_DROP, "sip_user_agent");
+    let folded_clean = request("REGISTER", &["User-Agent: Phone", " 1.0", "Content-Length: 0"], "");
+    h.expect("clean value with a fold", &udp(PHONE, &folded_clean), XDP_PASS, "port_open");
+    // Longer than one prefilter step (32 bytes), clean and listed at the far end.
+    let long = format!("User-Agent: {}", "Yealink SIP-T46S 66.86.0.15 ".repeat(6));
+    h.expect("long clean value", &udp(PHONE, &register_with(&long, 2)), XDP_PASS, "port_open");
+    let long_listed = format!("{long}pplsip");
+    h.expect(
+        "long value, listed at its end",
+        &udp(SCANNER, &register_with(&long_listed, 2)),
+        XDP_DROP,
+        "sip_user_agent",
+    );
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
 fn the_user_agent_is_found_after_any_run_of_other_headers() {
     // The walk searches the header block many words at a time: whatever the length of the
     // lines before it (one long header, or many short ones none of which starts with a letter

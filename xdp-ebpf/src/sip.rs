@@ -2,7 +2,8 @@
 //! own rate class let them through:
 //!
 //! 1. the `User-Agent` block list: the value (with its continuation lines) runs through a
-//!    case-insensitive Aho-Corasick automaton compiled by the controller;
+//!    case-insensitive Aho-Corasick automaton compiled by the controller, unless the
+//!    automaton's prefilter (`UaMatcher::pairs`) clears a one-line value first;
 //! 2. per-method rate classes (REGISTER, INVITE, OPTIONS, the rest), from the request line;
 //! 3. requests that carry credentials (`Authorization`, `Proxy-Authorization`) are counted per
 //!    source, for the egress program's challenge bookkeeping ([`response`]).
@@ -757,7 +758,9 @@ const UA_CUT: u32 = 3;
 
 /// Run the User-Agent value after the colon at `colon` (and its continuation lines) through the
 /// automaton of this generation under `bpf_loop` (see [`first_line`] for why): up to `UA_RUN` plain
-/// value bytes per step, one for blanks before the value, line ends and folds.
+/// value bytes per step, one for blanks before the value, line ends and folds. A value that
+/// starts on the colon's line goes through the prefilter first ([`pair_step`]); one it clears
+/// is clean without the automaton.
 // Own stack frame (BPF-to-BPF call): its loop context is not live beside the line walk's.
 #[inline(never)]
 fn ua_verdict(buf: Buf, n: u32, colon: u32, generation: u32) -> u32 {
@@ -777,15 +780,104 @@ fn ua_verdict(buf: Buf, n: u32, colon: u32, generation: u32) -> u32 {
     } else {
         (colon, 0)
     };
+    let mut ctx = UaLoop { buf, matcher: m as *const UaMatcher, n, verdict: UA_CLEAN };
+    if limit != 0 {
+        // The prefilter first: a one-line value none of whose class pairs is a key pair matches
+        // no pattern.
+        buf.set(sip::scan::AT, at as u64);
+        buf.set(sip::scan::STATE, sip::UA_BEGIN as u64 | (if limit < n { limit } else { n } as u64) << 32);
+        // SAFETY: as in `first_line`.
+        unsafe {
+            bpf_loop(
+                UA_VALUE_MAX / UA_RUN + 1,
+                pair_step as *const () as *mut c_void,
+                &mut ctx as *mut UaLoop as *mut c_void,
+                0,
+            );
+        }
+        if ctx.verdict == PAIRS_NONE {
+            return UA_CLEAN;
+        }
+        ctx.verdict = UA_CLEAN;
+    }
     buf.set(sip::scan::AT, at as u64);
     buf.set(sip::scan::STATE, first as u64 | (limit as u64) << 32);
-    let mut ctx = UaLoop { buf, matcher: m as *const UaMatcher, n, verdict: UA_CLEAN };
     // SAFETY: as in `first_line`. Steps: the blanks and folds before the value, then the
     // value's bytes.
     unsafe {
         bpf_loop(sip::WINDOW_MAX + 2, ua_step as *const () as *mut c_void, &mut ctx as *mut UaLoop as *mut c_void, 0);
     }
     ctx.verdict
+}
+
+/// [`pair_step`]'s answer (in `UaLoop::verdict`): the value ends on its line, within the bound
+/// and the window, and holds no key pair. Anything else (a key pair, a fold, a lone `\r`, the
+/// bound or the window's end) leaves the value to the automaton.
+const PAIRS_NONE: u32 = 4;
+
+/// One step of the prefilter in [`ua_verdict`]: up to [`UA_RUN`] value bytes, each one class
+/// load and one test of its pair with the previous byte's class in `UaMatcher::pairs` (loads
+/// that do not wait on each other, unlike the automaton's). `sip::scan::AT` is the position,
+/// `sip::scan::STATE` the previous class and above bit 32 where the value must end (the bound
+/// or the window). 0 to go on, 1 to stop.
+extern "C" fn pair_step(_index: u64, ctx: *mut c_void) -> i64 {
+    use sip::scan::{AT, STATE};
+    // SAFETY: `ctx` is the caller's `UaLoop`; `matcher` points into `SIP_UA`.
+    let ctx = unsafe { &mut *(ctx as *mut UaLoop) };
+    let (buf, n) = (ctx.buf, ctx.n);
+    let m = unsafe { &*ctx.matcher };
+    let i = buf.get(AT) as u32 & MASK;
+    let state = buf.get(STATE);
+    let stop = (state >> 32) as u32;
+    // The run: up to UA_RUN bytes, before the bound and the first CR or LF, found 8 bytes at
+    // a time so that the byte loop below tests nothing but its end.
+    let run = if stop < i + UA_RUN { stop } else { i + UA_RUN };
+    let mut end = run;
+    for k in 0..UA_RUN / 8 {
+        let p = i + 8 * k;
+        if p >= run {
+            break;
+        }
+        let w = buf.word_at(p);
+        let line_end = sip::newline_mask(w) | sip::zero_bytes(w ^ 0x0d0d_0d0d_0d0d_0d0d);
+        if line_end != 0 {
+            let at = p + lowest_index(line_end);
+            if at < end {
+                end = at;
+            }
+            break;
+        }
+    }
+    // The run's bytes, a word at a time. The last word may reach past the run's end: those
+    // bytes can only add hits (a line end's bytes are in no pattern), which sends the value to
+    // the automaton, never past it; a run that continues in the next step is whole words.
+    let (mut prev, mut hits) = (state as usize, 0u64);
+    let words = (end - i).div_ceil(8);
+    for k in 0..UA_RUN / 8 {
+        if k >= words {
+            break;
+        }
+        let w = buf.word_at(i + 8 * k);
+        for b in 0..8 {
+            let class = m.class[(w >> (8 * b)) as u8 as usize] as usize & (sip::UA_CLASSES as usize - 1);
+            hits |= m.pairs[prev & (sip::UA_CLASSES as usize - 1)] >> class;
+            prev = class;
+        }
+    }
+    if hits & 1 != 0 || end >= stop {
+        return 1;
+    }
+    if end < run {
+        // The line's end: one `\r\n` (or `\n`) followed by another header.
+        let nl = if buf.byte(end) == b'\r' { end + 1 } else { end };
+        if nl + 1 < n && buf.byte(nl) == b'\n' && !blank(buf.byte(nl + 1)) {
+            ctx.verdict = PAIRS_NONE;
+        }
+        return 1;
+    }
+    buf.set(AT, end as u64);
+    buf.set(STATE, prev as u64 | (stop as u64) << 32);
+    0
 }
 
 /// One step of [`ua_verdict`]: 0 to go on, 1 to stop. `sip::scan::STATE` holds the automaton's

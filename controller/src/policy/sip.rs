@@ -231,7 +231,22 @@ impl UaAutomaton {
                 table.next[s * UA_CLASSES as usize + c] = t as u16 | if accept[t] { UA_MATCH } else { 0 };
             }
         }
+        prefilter(&mut table, &seqs);
         Ok(Self { table, states })
+    }
+
+    /// What the program's prefilter says of a value on one line (no fold, no `\r` inside, as
+    /// the program reads it before falling back to the automaton): whether some consecutive
+    /// class pair, [`UA_BEGIN`] before the first byte, has its bit set in `pairs`.
+    pub fn prefilter_hit(&self, value: &[u8]) -> bool {
+        let t = &self.table;
+        let mut prev = UA_BEGIN as usize;
+        value.iter().any(|&b| {
+            let c = (t.class[b as usize] as u32 & (UA_CLASSES - 1)) as usize;
+            let hit = t.pairs[prev] >> c & 1 != 0;
+            prev = c;
+            hit
+        })
     }
 
     /// Run a User-Agent value through the tables as the program does, which feeds runs of
@@ -246,6 +261,70 @@ impl UaAutomaton {
         }
         state & UA_MATCH != 0
     }
+}
+
+/// User-Agent values of phones, softphones, gateways and servers that carry most SIP traffic:
+/// the prefilter's key pairs are chosen to be rare in them, so that a legitimate request's value
+/// rarely needs the automaton.
+const COMMON_USER_AGENTS: [&str; 25] = [
+    "Yealink SIP-T46S 66.86.0.15",
+    "Yealink SIP-T54W 96.86.0.100",
+    "Grandstream GXP2170 1.0.11.3",
+    "Grandstream HT801 1.0.43.11",
+    "PolycomVVX-VVX_411-UA/6.4.3.5156",
+    "Cisco/SPA504G-7.6.2",
+    "snom D785/10.1.73.16",
+    "Fanvil X4U 2.12.1",
+    "Gigaset N510 IP PRO/42.250.00.000.000",
+    "Linphone/5.2.0 (belle-sip/5.2.0)",
+    "Zoiper rv2.10.20.2",
+    "MicroSIP/3.21.3",
+    "Bria 6 release 6.5.3",
+    "baresip v3.10.1 (x86_64/linux)",
+    "Asterisk PBX 20.5.0",
+    "FPBX-16.0.33(18.20.0)",
+    "FreeSWITCH-mod_sofia/1.10.11-release",
+    "kamailio (5.7.4 (x86_64/linux))",
+    "OpenSIPS (3.4.3 (x86_64/linux))",
+    "PortSIP VoIP SDK 19.2",
+    "PortSIP PBX 16.1",
+    "3CXPhoneSystem 18.0.9.20",
+    "Avaya one-X Deskphone",
+    "Obihai/OBi200-3.2.2",
+    "sipp",
+];
+
+/// Fill `table.pairs`: for every pattern (as its class sequence) the pair of consecutive classes
+/// least frequent in [`COMMON_USER_AGENTS`] (then the one of the least frequent classes); a pattern of one class (no pair of its own) is
+/// keyed on that class after any class.
+fn prefilter(table: &mut UaMatcher, seqs: &[Vec<u8>]) {
+    let class = |b: u8| table.class[b as usize] as usize & (UA_CLASSES as usize - 1);
+    let mut seen = vec![[0u32; UA_CLASSES as usize]; UA_CLASSES as usize];
+    let mut single = [0u32; UA_CLASSES as usize];
+    for ua in COMMON_USER_AGENTS {
+        let mut prev = UA_BEGIN as usize;
+        for b in ua.bytes() {
+            let c = class(b);
+            seen[prev][c] += 1;
+            single[c] += 1;
+            prev = c;
+        }
+    }
+    let mut pairs = [0u64; UA_CLASSES as usize];
+    for seq in seqs {
+        if let [only] = seq.as_slice() {
+            for row in pairs.iter_mut() {
+                *row |= 1 << *only;
+            }
+            continue;
+        }
+        // Among equally rare pairs, the one of the rarest classes.
+        let (a, b) = (|w: &[u8]| w[0] as usize, |w: &[u8]| w[1] as usize);
+        if let Some(w) = seq.windows(2).min_by_key(|w| (seen[a(w)][b(w)], single[a(w)] + single[b(w)])) {
+            pairs[w[0] as usize] |= 1 << w[1];
+        }
+    }
+    table.pairs = pairs;
 }
 
 fn zeroed() -> Box<UaMatcher> {
@@ -300,6 +379,49 @@ mod tests {
             "sipp",
         ] {
             assert!(!a.matches(ua.as_bytes()), "{ua}");
+        }
+    }
+
+    #[test]
+    fn the_prefilter_never_misses_a_match() {
+        // Overlaps, anchors, a pattern of one byte, a blank inside a pattern, and a pattern
+        // whose rarest pair is not its first.
+        for pats in [&["abcab", "bca", "^cab", "aab", "b c", "^x"][..], &["x", "^ab"], &["cbx", "a a", "^b"]] {
+            let a = auto(pats);
+            let alphabet = [b'a', b'B', b'c', b' ', b'x', b'-'];
+            let (mut matched, mut skipped) = (0, 0);
+            for len in 0..=6u32 {
+                for n in 0..alphabet.len().pow(len) {
+                    let mut v = Vec::new();
+                    let mut k = n;
+                    for _ in 0..len {
+                        v.push(alphabet[k % alphabet.len()]);
+                        k /= alphabet.len();
+                    }
+                    let s = String::from_utf8(v).unwrap();
+                    if reference(pats, &s) {
+                        assert!(a.prefilter_hit(s.as_bytes()), "{pats:?}: {s:?} matches but the prefilter passed it");
+                        matched += 1;
+                    } else if !a.prefilter_hit(s.as_bytes()) {
+                        skipped += 1;
+                    }
+                }
+            }
+            assert!(matched > 1000 && skipped > 100, "{pats:?}: {matched} matched, {skipped} skipped the automaton");
+        }
+    }
+
+    #[test]
+    fn common_user_agents_skip_the_automaton_under_the_default_list() {
+        let a = auto(&DEFAULT_UA_BLOCK);
+        // The sample the key pairs are chosen by, and values outside it.
+        let others =
+            ["Yealink SIP-T31P 124.86.0.40", "Grandstream GXP1628 1.0.4.138", "Asterisk PBX 18.20.2", "Zoiper v2.8"];
+        for ua in COMMON_USER_AGENTS.iter().chain(&others) {
+            assert!(!a.prefilter_hit(ua.as_bytes()), "{ua}");
+        }
+        for ua in ["friendly-scanner", "sipvicious 0.3.4", "sipcli/v1.8", "VaxSIPUserAgent/3.1", "PPLSIP"] {
+            assert!(a.prefilter_hit(ua.as_bytes()), "{ua}");
         }
     }
 

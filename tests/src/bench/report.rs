@@ -23,10 +23,11 @@ pub struct Machine {
     pub commit: String,
     pub date: String,
     pub nightly: String,
-    /// The kernel's return-stack mitigation for this CPU (`spec_rstack_overflow`): with "Safe
-    /// RET" every return, of a BPF-to-BPF call, a helper or a `bpf_loop` step, goes through a
-    /// return thunk, which makes calls cost more than the reads they stand for.
-    pub return_mitigation: String,
+    /// The kernel's branch and return mitigations for this CPU (`spectre_v2`, `retbleed`,
+    /// `spec_rstack_overflow`, `indirect_target_selection`): under SRSO's "Safe RET" or ITS's
+    /// return thunks, returns (of a BPF-to-BPF call, a helper or a `bpf_loop` step) go through a
+    /// thunk, which makes calls cost more than the reads they stand for.
+    pub call_mitigations: String,
 }
 
 impl Machine {
@@ -48,7 +49,11 @@ impl Machine {
             commit: sh("git rev-parse --short HEAD 2>/dev/null; git diff --quiet HEAD -- . ':!BENCHMARKS.md' ':!docs/bench' 2>/dev/null || echo '(+ uncommitted changes)'").replace('\n', " "),
             date: sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
             nightly: sh("rustc +nightly --version"),
-            return_mitigation: sh("cat /sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow 2>/dev/null"),
+            call_mitigations: sh(
+                "cd /sys/devices/system/cpu/vulnerabilities 2>/dev/null && for f in spectre_v2 retbleed spec_rstack_overflow indirect_target_selection; do [ -r $f ] && printf '%s: %s; ' $f \"$(cat $f)\"; done",
+            )
+            .trim_end_matches("; ")
+            .to_string(),
         }
     }
 }
@@ -151,7 +156,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
         "1400-byte INVITE with the User-Agent scan / the same frame on a plain port <= 3x",
         pair("1400-byte INVITE: User-Agent scan / the same frame on a plain port"),
         3.0,
-        "The scan copies the window out of the packet, reads the request line, searches the header block 256 bytes per loop step for the lines that may be User-Agent, Authorization or Proxy-Authorization, and runs the User-Agent value through the automaton (one dependent table load per byte); the plain path reads no payload. Each loop step is a BPF-to-BPF call, and the scan also calls helpers (the window's copy, the pinhole learner's ring buffer and clock): with the return-stack mitigation named above every such return goes through a return thunk.",
+        "The scan copies the window out of the packet, reads the request line, searches the header block 256 bytes per loop step for the lines that may be User-Agent, Authorization or Proxy-Authorization, and reads the User-Agent value through the prefilter (each byte's class and its pair with the previous byte's, loads that do not wait on each other; the automaton, one dependent table load per byte, runs only for a value holding a pattern's key pair); the plain path reads no payload. Each loop step is a BPF-to-BPF call, and the scan also calls helpers (the window's copy, the pinhole learner's ring buffer and clock): under the mitigations named above a return may go through a thunk.",
     ));
 
     t.push(paired_target(
@@ -502,11 +507,11 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     );
     let _ = writeln!(
         s,
-        "- machine: {} CPUs, {}\n- kernel: {} (return-stack mitigation: {})\n- commit: {}\n- date: {}\n- eBPF toolchain: {}\n",
+        "- machine: {} CPUs, {}\n- kernel: {} (call and return mitigations: {})\n- commit: {}\n- date: {}\n- eBPF toolchain: {}\n",
         m.cpus,
         m.cpu.trim(),
         m.kernel,
-        if m.return_mitigation.is_empty() { "not reported" } else { &m.return_mitigation },
+        if m.call_mitigations.is_empty() { "not reported" } else { &m.call_mitigations },
         m.commit,
         m.date,
         m.nightly
@@ -554,7 +559,7 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     ) {
         let _ = writeln!(
             s,
-            "\nSIP inspection: the same 1400-byte INVITE costs {:.0} ns on an open port without SIP inspection and {:.0} ns on a SIP port, where its header block is searched for the lines that may matter and the User-Agent value runs through the automaton ({:.1}x, +{:.0} ns); a listed User-Agent is dropped in {:.0} ns. Non-SIP payloads on a SIP port are turned away by the first byte.",
+            "\nSIP inspection: the same 1400-byte INVITE costs {:.0} ns on an open port without SIP inspection and {:.0} ns on a SIP port, where its header block is searched for the lines that may matter and the User-Agent value is read by the prefilter ({:.1}x, +{:.0} ns); a listed User-Agent is dropped in {:.0} ns. Non-SIP payloads on a SIP port are turned away by the first byte.",
             plain.ns.median,
             scan.ns.median,
             scan.ns.median / plain.ns.median,

@@ -356,6 +356,23 @@ fn starts_in(w: u64, after: u64) -> u64 {
     nl & (is(b'u') | is(b'a') | is(b'p') | is(b'-') | is(b'*'))
 }
 
+/// [`starts_in`] for a word whose one newline is `nl` (a newline mask with one bit): whether
+/// the byte after it starts a line the request walk visits. The byte is folded with 0x20 (as
+/// in [`starts_in`]: CR and LF become `-` and `*`) and tested against a 64-bit mask chosen by
+/// its bit 6: punctuation for `-` and `*`, letters for `a`, `p` and `u`. Bytes of 0x80 and
+/// above may pass too (a line of such bytes is visited and turned away there).
+#[inline(always)]
+fn visits_line(w: u64, after: u64, nl: u64) -> bool {
+    const PUNCT: u64 = 1 << (b'-' & 63) | 1 << (b'*' & 63);
+    const LETTERS: u64 = 1 << (b'a' & 63) | 1 << (b'p' & 63) | 1 << (b'u' & 63);
+    let next = (w >> 8) | (after << 56);
+    let at = ((sip::past_first(nl) - 1) & 7) * 8;
+    let f = ((next >> at) as u8 | 0x20) as u64;
+    let letters = 0u64.wrapping_sub((f >> 6) & 1);
+    let mask = PUNCT ^ ((PUNCT ^ LETTERS) & letters);
+    (mask >> (f & 63)) & 1 != 0
+}
+
 /// Any byte of `w` may be `\n` (the borrowing zero-byte test: it may also flag a byte right
 /// after a real newline, never miss one). The cheap first look of the search.
 #[inline(always)]
@@ -488,7 +505,15 @@ extern "C" fn header_step(_index: u64, ctx: *mut c_void) -> i64 {
             // SAFETY: as above.
             let w = unsafe { *base.add(i as usize) };
             if may_hold_newline(w) {
-                pending = starts_in(w, unsafe { *base.add(i as usize + 1) });
+                let nl = sip::newline_mask(w);
+                // SAFETY: as above.
+                let after = unsafe { *base.add(i as usize + 1) };
+                pending = if nl & nl.wrapping_sub(1) == 0 {
+                    // One newline, as in most words that hold one: the byte after it decides.
+                    if visits_line(w, after, nl) { nl } else { 0 }
+                } else {
+                    starts_in(w, after)
+                };
                 if pending != 0 {
                     found = i;
                     break;

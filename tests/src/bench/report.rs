@@ -52,7 +52,7 @@ impl Machine {
             call_mitigations: sh(
                 "cd /sys/devices/system/cpu/vulnerabilities 2>/dev/null && for f in spectre_v2 retbleed spec_rstack_overflow indirect_target_selection; do [ -r $f ] && printf '%s: %s; ' $f \"$(cat $f)\"; done",
             )
-            .trim_end_matches("; ")
+            .trim_end_matches(';')
             .to_string(),
         }
     }

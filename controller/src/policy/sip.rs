@@ -295,8 +295,8 @@ const COMMON_USER_AGENTS: [&str; 25] = [
 ];
 
 /// Fill `table.pairs`: for every pattern (as its class sequence) the pair of consecutive classes
-/// least frequent in [`COMMON_USER_AGENTS`] (then the one of the least frequent classes); a pattern of one class (no pair of its own) is
-/// keyed on that class after any class.
+/// least frequent in [`COMMON_USER_AGENTS`] (among those, the pair of the least frequent
+/// classes); a pattern of one class (no pair of its own) is keyed on that class after any class.
 fn prefilter(table: &mut UaMatcher, seqs: &[Vec<u8>]) {
     let class = |b: u8| table.class[b as usize] as usize & (UA_CLASSES as usize - 1);
     let mut seen = vec![[0u32; UA_CLASSES as usize]; UA_CLASSES as usize];

@@ -346,6 +346,22 @@ mod tests {
         UaAutomaton::build(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
 
+    /// Every string over `alphabet` (ASCII) of up to `max_len` bytes.
+    fn every_string(alphabet: &[u8], max_len: u32) -> impl Iterator<Item = String> + '_ {
+        (0..=max_len).flat_map(move |len| {
+            (0..alphabet.len().pow(len)).map(move |mut k| {
+                let v: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = alphabet[k % alphabet.len()];
+                        k /= alphabet.len();
+                        b
+                    })
+                    .collect();
+                String::from_utf8(v).unwrap()
+            })
+        })
+    }
+
     /// Reference: substring / prefix match, case-insensitive.
     fn reference(patterns: &[&str], value: &str) -> bool {
         let v = value.to_ascii_lowercase();
@@ -388,23 +404,13 @@ mod tests {
         // whose rarest pair is not its first.
         for pats in [&["abcab", "bca", "^cab", "aab", "b c", "^x"][..], &["x", "^ab"], &["cbx", "a a", "^b"]] {
             let a = auto(pats);
-            let alphabet = [b'a', b'B', b'c', b' ', b'x', b'-'];
             let (mut matched, mut skipped) = (0, 0);
-            for len in 0..=6u32 {
-                for n in 0..alphabet.len().pow(len) {
-                    let mut v = Vec::new();
-                    let mut k = n;
-                    for _ in 0..len {
-                        v.push(alphabet[k % alphabet.len()]);
-                        k /= alphabet.len();
-                    }
-                    let s = String::from_utf8(v).unwrap();
-                    if reference(pats, &s) {
-                        assert!(a.prefilter_hit(s.as_bytes()), "{pats:?}: {s:?} matches but the prefilter passed it");
-                        matched += 1;
-                    } else if !a.prefilter_hit(s.as_bytes()) {
-                        skipped += 1;
-                    }
+            for s in every_string(b"aBc x-", 6) {
+                if reference(pats, &s) {
+                    assert!(a.prefilter_hit(s.as_bytes()), "{pats:?}: {s:?} matches but the prefilter passed it");
+                    matched += 1;
+                } else if !a.prefilter_hit(s.as_bytes()) {
+                    skipped += 1;
                 }
             }
             assert!(matched > 1000 && skipped > 100, "{pats:?}: {matched} matched, {skipped} skipped the automaton");
@@ -430,20 +436,10 @@ mod tests {
         let pats = ["abcab", "bca", "^cab", "aab", "b c", "^x"];
         let a = auto(&pats);
         // Every string over a small alphabet up to length 7.
-        let alphabet = [b'a', b'B', b'c', b' ', b'x'];
         let mut count = 0;
-        for len in 0..=7u32 {
-            for n in 0..alphabet.len().pow(len) {
-                let mut v = Vec::new();
-                let mut k = n;
-                for _ in 0..len {
-                    v.push(alphabet[k % alphabet.len()]);
-                    k /= alphabet.len();
-                }
-                let s = String::from_utf8(v).unwrap();
-                assert_eq!(a.matches(s.as_bytes()), reference(&pats, &s), "{s:?}");
-                count += 1;
-            }
+        for s in every_string(b"aBc x", 7) {
+            assert_eq!(a.matches(s.as_bytes()), reference(&pats, &s), "{s:?}");
+            count += 1;
         }
         assert!(count > 90_000);
     }

@@ -351,6 +351,22 @@ fn raw_socket(proto: i32) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// A 16 MiB receive buffer (SO_RCVBUFFORCE, as root), so a sweep's answers wait for a collector
+/// that the scheduler holds back instead of being dropped.
+fn big_receive_buffer(fd: i32) {
+    let size: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt with a valid int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+}
+
 fn recv_timeout(fd: &OwnedFd, ms: i64) {
     let tv = libc::timeval { tv_sec: 0, tv_usec: (ms * 1000) as libc::suseconds_t };
     // SAFETY: setsockopt with a valid timeval.
@@ -383,15 +399,33 @@ fn send_to_v4(fd: &OwnedFd, data: &[u8], dst: Ipv4Addr, port: u16) {
     }
 }
 
+/// Probes every port with `probe`, then again those that did not answer, `rounds` times in all,
+/// as a port scanner retransmits: a probe or its answer lost while the machine is busy (a full
+/// veth ring, a socket buffer the collector was too slow to drain) is then not taken for a
+/// filtered port. A retry can only add ports that answer, never hide an extra one.
+fn sweep_rounds(rounds: usize, probe: impl Fn(&[u16]) -> BTreeSet<u16>) -> BTreeSet<u16> {
+    let mut found = BTreeSet::new();
+    for _ in 0..rounds.max(1) {
+        let silent: Vec<u16> = (1..=u16::MAX).filter(|p| !found.contains(p)).collect();
+        found.extend(probe(&silent));
+    }
+    found
+}
+
 /// Every TCP port of `dst` that answers a SYN from `src` (SYN-ACK or RST: the SYN got through),
-/// sending at `pps`.
-pub fn tcp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
+/// sending at `pps`; unanswered ports are probed again, `rounds` probes in all.
+pub fn tcp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64, rounds: usize) -> BTreeSet<u16> {
+    sweep_rounds(rounds, |ports| tcp_probe_ports(ns, src, dst, pps, ports))
+}
+
+fn tcp_probe_ports(ns: &NetNs, src: &str, dst: &str, pps: u64, ports: &[u16]) -> BTreeSet<u16> {
     let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
     const SPORT: u16 = 41234;
     ns.enter(move || {
         let tx = raw_socket(libc::IPPROTO_TCP);
         let rx = raw_socket(libc::IPPROTO_TCP);
         recv_timeout(&rx, 100);
+        big_receive_buffer(rx.as_raw_fd());
         let done = Arc::new(AtomicBool::new(false));
         let d2 = done.clone();
         let collector = std::thread::spawn(move || {
@@ -421,7 +455,7 @@ pub fn tcp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
             found
         });
         let start = Instant::now();
-        for port in 1..=u16::MAX {
+        for (i, &port) in ports.iter().enumerate() {
             let mut seg = [0u8; 20];
             seg[0..2].copy_from_slice(&SPORT.to_be_bytes());
             seg[2..4].copy_from_slice(&port.to_be_bytes());
@@ -437,7 +471,7 @@ pub fn tcp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
             let c = crate::packet::checksum(&pseudo, 0);
             seg[16..18].copy_from_slice(&c.to_be_bytes());
             send_to_v4(&tx, &seg, dst, 0);
-            pace(start, port as u64, Duration::from_nanos(1_000_000_000 / pps.max(1)));
+            pace(start, i as u64 + 1, Duration::from_nanos(1_000_000_000 / pps.max(1)));
         }
         done.store(true, Ordering::Relaxed);
         collector.join().unwrap()
@@ -445,14 +479,20 @@ pub fn tcp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
 }
 
 /// Every UDP port of `dst` that a datagram from `src` reaches: the host answers an ICMP port
-/// unreachable (or a reply) for it.
-pub fn udp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
+/// unreachable (or a reply) for it. Unanswered ports are probed again, `rounds` probes in all.
+pub fn udp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64, rounds: usize) -> BTreeSet<u16> {
+    sweep_rounds(rounds, |ports| udp_probe_ports(ns, src, dst, pps, ports))
+}
+
+fn udp_probe_ports(ns: &NetNs, src: &str, dst: &str, pps: u64, ports: &[u16]) -> BTreeSet<u16> {
     let (srca, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
     const SPORT: u16 = 41235;
     ns.enter(move || {
         let tx = UdpSocket::bind((srca, SPORT)).expect("bind the sweep socket");
         let rx = raw_socket(libc::IPPROTO_ICMP);
         recv_timeout(&rx, 100);
+        big_receive_buffer(rx.as_raw_fd());
+        big_receive_buffer(tx.as_raw_fd());
         tx.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let replies = tx.try_clone().unwrap();
         let done = Arc::new(AtomicBool::new(false));
@@ -508,9 +548,9 @@ pub fn udp_sweep(ns: &NetNs, src: &str, dst: &str, pps: u64) -> BTreeSet<u16> {
             found
         });
         let start = Instant::now();
-        for port in 1..=u16::MAX {
+        for (i, &port) in ports.iter().enumerate() {
             let _ = tx.send_to(b"?", (dst, port));
-            pace(start, port as u64, Duration::from_nanos(1_000_000_000 / pps.max(1)));
+            pace(start, i as u64 + 1, Duration::from_nanos(1_000_000_000 / pps.max(1)));
         }
         done.store(true, Ordering::Relaxed);
         let mut found = icmp.join().unwrap();

@@ -63,7 +63,7 @@ fn e2e_pinholes_1_calls_carry_media_only_from_their_peers() {
         let (attacker, pbx) = (p.site.attacker.ip(), p.site.pbx.ip());
         let live = pinholes(p.d());
         let probe = udp_probe(&p.site.attacker.ns, attacker, pbx, 10000);
-        let sweep = udp_sweep(&p.site.attacker.ns, attacker, pbx, 20_000);
+        let sweep = udp_sweep(&p.site.attacker.ns, attacker, pbx, 20_000, 1);
         during = Some((live, probe, sweep));
     });
     assert_rtp("call through Kamailio, RTP in pinhole mode (IPv4)", &s, 0.0);

@@ -156,16 +156,21 @@ fn e2e_3_port_sweep_finds_only_open_ports() {
     };
     let (want_tcp, want_udp) = (expect(PROTO_SLOT_TCP), expect(PROTO_SLOT_UDP));
     let t = Instant::now();
-    let tcp = tcp_sweep(&p.site.attacker.ns, p.site.attacker.ip(), p.site.pbx.ip(), 20_000);
-    let udp = udp_sweep(&p.site.attacker.ns, p.site.attacker.ip(), p.site.pbx.ip(), 20_000);
+    // Two rounds: a port that answered neither probe is filtered, not unlucky.
+    let tcp = tcp_sweep(&p.site.attacker.ns, p.site.attacker.ip(), p.site.pbx.ip(), 20_000, 2);
+    let udp = udp_sweep(&p.site.attacker.ns, p.site.attacker.ip(), p.site.pbx.ip(), 20_000, 2);
+    // The sweep stays within every budget and rate of the default policy (20 000/s against the
+    // media class's 20 000/s budget with a 40 000 burst): nothing may be refused for its rate.
+    let (over_budget, rate_limited) = (p.d().dropped("unknown_over_budget"), p.d().dropped("rate_limited"));
     eprintln!(
-        "figure: port sweep ({:?}): TCP {} reachable of 65535 (policy opens {}), UDP {} (policy opens {})",
+        "figure: port sweep ({:?}): TCP {} reachable of 65535 (policy opens {}), UDP {} (policy opens {}); refused: {over_budget} over the unknown budget, {rate_limited} rate limited",
         t.elapsed(),
         tcp.len(),
         want_tcp.len(),
         udp.len(),
         want_udp.len()
     );
+    assert_eq!((over_budget, rate_limited), (0, 0), "the sweep was refused for its rate");
     let show = |s: &BTreeSet<u16>| s.iter().take(20).map(ToString::to_string).collect::<Vec<_>>().join(",");
     assert_eq!(
         tcp,

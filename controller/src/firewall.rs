@@ -605,7 +605,9 @@ impl Firewall {
 
     /// `voipwall block` / `voipwall allow`.
     pub fn add(&mut self, kind: ListKind, req: &ListChange, who: &str) -> Result<Reply, OpError> {
+        let started = Instant::now();
         let nets = Self::parse_cidrs(req)?;
+        let parsed = started.elapsed();
         let expires = Self::parse_ttl(&req.ttl)?;
         if kind == ListKind::Block && !req.force {
             let local = system::local_addrs();
@@ -628,9 +630,12 @@ impl Firewall {
             created: unix_now(),
             expires,
         };
+        let staging = Instant::now();
         let mut staged = self.sources.stage(kind, &nets);
         self.sources.stage_add(&mut staged, nets.clone(), entry);
+        let lists = staging.elapsed();
         self.sources.commit(staged)?;
+        self.log_snapshot_times(nets.len(), parsed, lists, started);
         let verb = if kind == ListKind::Block { "blocked" } else { "allowed" };
         let until = expires.map_or("permanently".to_string(), |e| format!("until {}", rfc3339(e)));
         let shown = summarize(&nets);
@@ -642,9 +647,31 @@ impl Firewall {
         ))
     }
 
+    /// For a change written as a new snapshot (a bulk change, or one that found the journal
+    /// full), log where its time went: reading and parsing the CIDRs, updating the lists, the
+    /// kernel writes (the trie on its own thread, the IPv4 levels beside it) and the snapshot
+    /// (written on another thread meanwhile).
+    fn log_snapshot_times(&mut self, count: usize, parsed: Duration, lists: Duration, started: Instant) {
+        let Some(t) = self.sources.take_snapshot_times() else { return };
+        let ms = |d: Duration| (d.as_secs_f64() * 1e3).round() as u64;
+        info!(
+            count,
+            total_ms = ms(started.elapsed()),
+            parse_ms = ms(parsed),
+            lists_ms = ms(lists),
+            kernel_ms = ms(t.kernel),
+            trie_ms = ms(t.trie),
+            levels_ms = ms(t.levels),
+            snapshot_ms = ms(t.snapshot),
+            "list change timing"
+        );
+    }
+
     /// `voipwall unblock` / `voipwall disallow`.
     pub fn remove(&mut self, kind: ListKind, req: &ListChange, who: &str) -> Result<Reply, OpError> {
+        let started = Instant::now();
         let nets = Self::parse_cidrs(req)?;
+        let parsed = started.elapsed();
         let mut staged = self.sources.stage(kind, &nets);
         let mut unbans = Vec::new();
         for net in &nets {
@@ -678,7 +705,9 @@ impl Firewall {
                 )));
             }
         }
+        let lists = started.elapsed() - parsed;
         self.sources.commit(staged)?;
+        self.log_snapshot_times(nets.len(), parsed, lists, started);
         for source in &unbans {
             self.dp.ban_remove(&key_of(source))?;
             self.bans.remove(source);

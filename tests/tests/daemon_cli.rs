@@ -297,6 +297,14 @@ fn bulk_file_import_and_journal_survive_kill_9() {
     assert!(out.contains("3002"), "{out}");
     assert!(!udp_reaches(&pair, 2, 5060), "a feed entry is enforced when the command returns");
     assert!(udp_reaches(&pair, 3, 5060), "others pass");
+    // The daemon says where the bulk change's time went, one line with every phase.
+    let log = d.log_text();
+    let timing: Vec<&str> = log.lines().filter(|l| l.contains("list change timing")).collect();
+    assert_eq!(timing.len(), 1, "one timing line for the bulk change:\n{log}");
+    assert!(timing[0].contains("count=3002"), "{}", timing[0]);
+    let phases = tests::bench::controller::BulkPhases::from_log(&log).expect("every phase logged");
+    // (Each phase is rounded to a millisecond on its own.)
+    assert!(phases.total >= phases.kernel && phases.total + 0.002 >= phases.parse + phases.lists, "{phases:?}");
 
     // A feed with a bad line: exit 2 naming file and line, nothing applied.
     let bad = env.write("bad.txt", "198.51.100.0/24\n198.51.100.300/32\n");
@@ -307,9 +315,10 @@ fn bulk_file_import_and_journal_survive_kill_9() {
     let list = d.json(&["list", "blocked"]);
     assert_eq!(list["blocked"].as_array().unwrap().len(), 3002, "the bad feed added nothing");
 
-    // Journalled single changes on top of the snapshot.
+    // Journalled single changes on top of the snapshot (no timing line: no snapshot written).
     d.ok(&["block", &pair.client_v4(3)]);
     d.ok(&["unblock", "100.64.0.0/32"]);
+    assert_eq!(d.log_text().matches("list change timing").count(), 1, "{}", d.log_text());
     d.kill9();
     let d = Daemon::start(&pair, &env, &["--metrics", "off"]);
     let list = d.json(&["list", "blocked"]);

@@ -14,6 +14,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
@@ -60,6 +61,18 @@ pub struct Sources {
     tables: SourceTables,
     journal: Journal,
     state_dir: PathBuf,
+    snapshot_times: Option<SnapshotTimes>,
+}
+
+/// Where the time of a change written as a new snapshot went: the kernel writes (of which the
+/// batched trie inserts, on their own thread, and the IPv4 levels computed and written beside
+/// them) and the snapshot, serialized and fsynced on another thread while the kernel writes run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotTimes {
+    pub kernel: Duration,
+    pub trie: Duration,
+    pub levels: Duration,
+    pub snapshot: Duration,
 }
 
 /// A list change being put together: the model is already changed, the kernel and the disk are
@@ -148,7 +161,7 @@ impl Sources {
         lists.set_policy(ListKind::Block, block);
         let live: Vec<(IpNet, FleetEntry)> = fleet.into_iter().filter(|(_, e)| e.expires > now).collect();
         lists.set_fleet(&live, &[]);
-        Ok(Self { lists, tables, journal, state_dir: state_dir.to_path_buf() })
+        Ok(Self { lists, tables, journal, state_dir: state_dir.to_path_buf(), snapshot_times: None })
     }
 
     /// Add, refresh and remove fleet entries in one change: kernel, then the fleet file. On a
@@ -303,25 +316,39 @@ impl Sources {
     /// put in place only after they all succeeded). On failure everything is taken back.
     pub fn commit(&mut self, staged: Staged) -> Result<()> {
         let Staged { kind, saved, diff, added, removed } = staged;
+        self.snapshot_times = None;
         let size = added.as_ref().map_or(0, |(n, _)| n.len()) + removed.len();
         let result = if self.snapshot_due(size) {
             let path = self.state_dir.join(SNAPSHOT);
             let (lists, tables) = (&self.lists, &mut self.tables);
+            let mut times = SnapshotTimes::default();
+            tables.take_times();
             let (kernel, staged_file) = std::thread::scope(|s| {
                 let stager = s.spawn(|| {
-                    state::stage_json_compact(&path, &lists.persisted())
-                        .map_err(StateError::at("writing the list snapshot", &path))
+                    let started = Instant::now();
+                    let staged = state::stage_json_compact(&path, &lists.persisted())
+                        .map_err(StateError::at("writing the list snapshot", &path));
+                    (staged, started.elapsed())
                 });
+                let started = Instant::now();
                 let kernel = write_diff(tables, &diff);
-                let staged_file = stager.join().unwrap_or_else(|_| {
-                    Err(StateError {
+                times.kernel = started.elapsed();
+                let staged_file = match stager.join() {
+                    Ok((staged, took)) => {
+                        times.snapshot = took;
+                        staged
+                    }
+                    Err(_) => Err(StateError {
                         what: "writing the list snapshot (the writer panicked)",
                         path: path.clone(),
                         source: std::io::Error::other("panicked"),
-                    })
-                });
+                    }),
+                };
                 (kernel, staged_file)
             });
+            let written = tables.take_times();
+            (times.trie, times.levels) = (written.trie, written.levels);
+            self.snapshot_times = Some(times);
             match (kernel, staged_file) {
                 (Err(e), staged_file) => {
                     if let Ok(f) = staged_file {
@@ -361,6 +388,11 @@ impl Sources {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Where the time of the last [`Self::commit`] went, if it wrote a new snapshot.
+    pub fn take_snapshot_times(&mut self) -> Option<SnapshotTimes> {
+        self.snapshot_times.take()
     }
 
     /// Remove manual entries whose TTL has passed (kernel and journal); returns them. Failures

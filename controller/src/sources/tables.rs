@@ -14,6 +14,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, lpm_trie::Key};
@@ -35,6 +36,15 @@ pub struct SourceTables {
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
     levels: Levels,
+    times: WriteTimes,
+}
+
+/// Time the batched inserts of new IPv4 entries took since [`SourceTables::take_times`]: the
+/// trie's share (on its own thread) and the levels' share (this thread, at the same time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteTimes {
+    pub trie: Duration,
+    pub levels: Duration,
 }
 
 /// The IPv4 levels and the index they are computed from (apart from the trie, so that a bulk
@@ -97,7 +107,13 @@ impl SourceTables {
             v4: maps.v4,
             v6: maps.v6,
             levels: Levels { gate_map: maps.gate, mid_map: maps.mid, hosts_map: maps.hosts, index: V4Index::default() },
+            times: WriteTimes::default(),
         }
+    }
+
+    /// The time batched inserts took since the last call, and start counting again.
+    pub fn take_times(&mut self) -> WriteTimes {
+        std::mem::take(&mut self.times)
     }
 
     /// Capacity of a source map as created in the kernel.
@@ -191,14 +207,24 @@ impl SourceTables {
         let values: Vec<u32> = run.iter().map(|c| c.value.expect("a new entry").kernel_value()).collect();
         let dirty = Dirty::of(&nets);
         let (v4, levels) = (&self.v4, &mut self.levels);
-        let ((inserted, err), synced) = std::thread::scope(|s| {
-            let trie = s.spawn(|| update_batch(v4.map(), &keys, &values));
+        let ((inserted, err, trie_time), synced, levels_time) = std::thread::scope(|s| {
+            let trie = s.spawn(|| {
+                let started = Instant::now();
+                let (inserted, err) = update_batch(v4.map(), &keys, &values);
+                (inserted, err, started.elapsed())
+            });
+            let started = Instant::now();
             for (n, v) in nets.iter().zip(&values) {
                 levels.index.set(n, Some(*v));
             }
             let synced = levels.sync(&dirty);
-            (trie.join().unwrap_or_else(|_| (0, Some(std::io::Error::other("the trie writer panicked")))), synced)
+            let levels_time = started.elapsed();
+            let trie = trie
+                .join()
+                .unwrap_or_else(|_| (0, Some(std::io::Error::other("the trie writer panicked")), Duration::ZERO));
+            (trie, synced, levels_time)
         });
+        let started = Instant::now();
         let mut result = Ok(run.len());
         if let Some(e) = err {
             // Not supported by this kernel (or failed part way): the rest one by one.
@@ -210,6 +236,8 @@ impl SourceTables {
                 }
             }
         }
+        self.times.trie += trie_time + started.elapsed();
+        self.times.levels += levels_time;
         let in_force = match result {
             Ok(n) | Err((n, _)) => n,
         };

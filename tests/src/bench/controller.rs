@@ -30,6 +30,9 @@ pub struct ControllerResults {
     /// daemon, seconds.
     pub bulk: Stat,
     pub bulk_loads: usize,
+    /// Where a bulk load's time goes, medians over the loads, from the daemon's own
+    /// `list change timing` log line; `None` if a load did not log one.
+    pub bulk_phases: Option<BulkPhases>,
     /// One `voipwall block CIDR` command, process start to exit (the change is in force before
     /// it returns), ms.
     pub cli_block_ms: Stat,
@@ -55,6 +58,59 @@ pub struct ControllerResults {
     /// Resident memory with the bulk list loaded, MiB.
     pub rss_full_mib: f64,
     pub maps_full_mib: f64,
+}
+
+/// The phases of a bulk list change as the daemon logs them (`list change timing`), seconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct BulkPhases {
+    /// Inside the daemon, request to reply.
+    pub total: f64,
+    /// Reading and parsing the file.
+    pub parse: f64,
+    /// Updating the lists (the controller's model).
+    pub lists: f64,
+    /// The kernel writes, of which the trie inserts (their own thread) and the IPv4 levels
+    /// (computed and written beside them).
+    pub kernel: f64,
+    pub trie: f64,
+    pub levels: f64,
+    /// Serializing and fsyncing the snapshot (another thread, during the kernel writes).
+    pub snapshot: f64,
+}
+
+impl BulkPhases {
+    /// The last `list change timing` line of a daemon log.
+    pub fn from_log(log: &str) -> Option<Self> {
+        let line = log.lines().rev().find(|l| l.contains("list change timing"))?;
+        let field = |name: &str| -> Option<f64> {
+            let at = line.find(&format!("{name}="))? + name.len() + 1;
+            let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<f64>().ok().map(|ms| ms / 1e3)
+        };
+        Some(Self {
+            total: field("total_ms")?,
+            parse: field("parse_ms")?,
+            lists: field("lists_ms")?,
+            kernel: field("kernel_ms")?,
+            trie: field("trie_ms")?,
+            levels: field("levels_ms")?,
+            snapshot: field("snapshot_ms")?,
+        })
+    }
+
+    /// Field by field medians.
+    fn median(all: &[Self]) -> Self {
+        let m = |f: fn(&Self) -> f64| median_spread(&all.iter().map(f).collect::<Vec<_>>()).median;
+        Self {
+            total: m(|p| p.total),
+            parse: m(|p| p.parse),
+            lists: m(|p| p.lists),
+            kernel: m(|p| p.kernel),
+            trie: m(|p| p.trie),
+            levels: m(|p| p.levels),
+            snapshot: m(|p| p.snapshot),
+        }
+    }
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -108,8 +164,9 @@ fn timed<F: FnMut()>(mut f: F) -> f64 {
 }
 
 pub fn run(settings: &Settings) -> ControllerResults {
+    // The smoke size is still a bulk change (written as a snapshot, so the phases are logged).
     let (bulk_n, singles, scrapes) = match settings.mode {
-        Mode::Smoke => (1_000, 5, 3),
+        Mode::Smoke => (2_000, 5, 3),
         Mode::Quick => (100_000, 30, 10),
         Mode::Full => (1_000_000, 100, 20),
     };
@@ -122,19 +179,20 @@ pub fn run(settings: &Settings) -> ControllerResults {
     let text: String = feed.iter().map(|n| format!("{n}\n")).collect();
     let bulk_load = |d: &Daemon, env: &Env| {
         let file = env.write("feed.txt", &text);
-        timed(|| {
+        let secs = timed(|| {
             d.ok(&["block", "--file", file.to_str().expect("utf8"), "--reason", "bench feed"]);
-        }) / 1e3
+        }) / 1e3;
+        (secs, BulkPhases::from_log(&d.log_text()))
     };
     // Bulk loads into fresh daemons for the spread; the last one is the daemon measured below.
-    let mut bulk: Vec<f64> = (1..bulk_rounds)
+    let (mut bulk, mut phases): (Vec<f64>, Vec<Option<BulkPhases>>) = (1..bulk_rounds)
         .map(|_| {
             let (pair, env) = (Pair::new(), Env::new());
             let d = Daemon::start(&pair, &env, &[]);
             std::thread::sleep(Duration::from_millis(300));
             bulk_load(&d, &env)
         })
-        .collect();
+        .unzip();
     let pair = Pair::new();
     let env = Env::new();
     let d = Daemon::start(&pair, &env, &["--metrics", "127.0.0.1:9947"]);
@@ -144,8 +202,12 @@ pub fn run(settings: &Settings) -> ControllerResults {
     let scrape_empty_ms = scrape_ms(&pair, scrapes);
 
     // Bulk: one `block --file` with a feed-like mix of prefixes.
-    bulk.push(bulk_load(&d, &env));
+    let (secs, logged) = bulk_load(&d, &env);
+    bulk.push(secs);
+    phases.push(logged);
     let bulk = median_spread(&bulk);
+    let bulk_phases = phases.into_iter().collect::<Option<Vec<_>>>().map(|all| BulkPhases::median(&all));
+    assert!(bulk_phases.is_some(), "a bulk load did not log its `list change timing` line:\n{}", d.log_text());
 
     // Single changes: through the CLI (a process each) and straight over the socket.
     let cli: Vec<f64> = (0..singles)
@@ -222,6 +284,7 @@ pub fn run(settings: &Settings) -> ControllerResults {
         bulk_entries: bulk_n,
         bulk,
         bulk_loads: bulk_rounds,
+        bulk_phases,
         cli_block_ms: median_spread(&cli),
         socket_block_ms: median_spread(&sock),
         single_entries,

@@ -250,8 +250,8 @@ pub fn targets(r: &Results) -> Vec<Target> {
             ),
             met: c.bulk.median * 1_000_000.0 / c.bulk_entries as f64 <= 2.5,
             note: format!(
-                "`voipwall block --file` (the batch way), the daemon running on every CPU as deployed ({} here): it reads and parses the file, updates its lists, then puts the entries into the trie with BPF_MAP_UPDATE_BATCH (64k per call) on one thread while another computes and writes the IPv4 lookup levels they touch (batched too) and a third writes and fsyncs the new list snapshot. {} One CIDR per request instead: {:.0} per second (section 4).",
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                "`voipwall block --file` (the batch way), the daemon running on every CPU as deployed ({} CPUs here): it reads and parses the file, updates its lists, then puts the entries into the trie with BPF_MAP_UPDATE_BATCH (64k per call) on one thread while another computes and writes the IPv4 lookup levels they touch (batched too) and a third writes and fsyncs the new list snapshot. {} One CIDR per request instead: {:.0} per second (section 4).",
+                r.machine.cpus,
                 bulk_phases_text(c),
                 c.single_entries as f64 / c.single_secs
             ),

@@ -211,9 +211,11 @@ pub struct AddCmd {
     /// Remove the entry after this long (e.g. 30m, 1h, 7d).
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<String>,
+    /// Why: kept with the entry, shown by `voipwall list` and `voipwall explain`.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// Block even a range holding this host's or your SSH client's address.
+    /// `block`: block even a range holding this host's or your SSH client's address (`allow`
+    /// cannot cut you off and ignores it).
     #[arg(long)]
     pub force: bool,
 }
@@ -222,7 +224,7 @@ pub struct AddCmd {
 pub struct RemoveCmd {
     #[arg(required = true)]
     pub cidrs: Vec<String>,
-    /// Remove even if it cuts your SSH session.
+    /// `disallow`: remove even if it cuts your SSH session (`unblock` cannot and ignores it).
     #[arg(long)]
     pub force: bool,
 }

@@ -660,8 +660,8 @@ impl Firewall {
             parse_ms = ms(parsed),
             lists_ms = ms(lists),
             kernel_ms = ms(t.kernel),
-            trie_ms = ms(t.trie),
-            levels_ms = ms(t.levels),
+            trie_ms = ms(t.written.trie),
+            levels_ms = ms(t.written.levels),
             snapshot_ms = ms(t.snapshot),
             "list change timing"
         );

@@ -25,7 +25,7 @@ pub use self::{
         FleetEntry, KernelChange, KernelDiff, ListKind, ListOp, ListRow, Lists, ManualEntry, PersistedLists,
         RemoveError, TrieValue,
     },
-    tables::SourceTables,
+    tables::{SourceTables, WriteTimes},
 };
 use crate::{
     dataplane::{DataplaneError, MapOpError},
@@ -70,8 +70,7 @@ pub struct Sources {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotTimes {
     pub kernel: Duration,
-    pub trie: Duration,
-    pub levels: Duration,
+    pub written: WriteTimes,
     pub snapshot: Duration,
 }
 
@@ -346,8 +345,7 @@ impl Sources {
                 };
                 (kernel, staged_file)
             });
-            let written = tables.take_times();
-            (times.trie, times.levels) = (written.trie, written.levels);
+            times.written = tables.take_times();
             self.snapshot_times = Some(times);
             match (kernel, staged_file) {
                 (Err(e), staged_file) => {

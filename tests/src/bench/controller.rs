@@ -31,8 +31,8 @@ pub struct ControllerResults {
     pub bulk: Stat,
     pub bulk_loads: usize,
     /// Where a bulk load's time goes, medians over the loads, from the daemon's own
-    /// `list change timing` log line; `None` if a load did not log one.
-    pub bulk_phases: Option<BulkPhases>,
+    /// `list change timing` log line (every load must log one).
+    pub bulk_phases: BulkPhases,
     /// One `voipwall block CIDR` command, process start to exit (the change is in force before
     /// it returns), ms.
     pub cli_block_ms: Stat,
@@ -96,6 +96,14 @@ impl BulkPhases {
             levels: field("levels_ms")?,
             snapshot: field("snapshot_ms")?,
         })
+    }
+
+    /// The phases in one line, for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "{:.2} s in the daemon: file {:.2} s, lists {:.2} s, kernel writes {:.2} s (trie {:.2} s on its own thread, levels {:.2} s beside it), snapshot {:.2} s (a third thread, meanwhile)",
+            self.total, self.parse, self.lists, self.kernel, self.trie, self.levels, self.snapshot
+        )
     }
 
     /// Field by field medians.
@@ -206,8 +214,10 @@ pub fn run(settings: &Settings) -> ControllerResults {
     bulk.push(secs);
     phases.push(logged);
     let bulk = median_spread(&bulk);
-    let bulk_phases = phases.into_iter().collect::<Option<Vec<_>>>().map(|all| BulkPhases::median(&all));
-    assert!(bulk_phases.is_some(), "a bulk load did not log its `list change timing` line:\n{}", d.log_text());
+    let Some(phases) = phases.into_iter().collect::<Option<Vec<_>>>() else {
+        panic!("a bulk load did not log its `list change timing` line:\n{}", d.log_text())
+    };
+    let bulk_phases = BulkPhases::median(&phases);
 
     // Single changes: through the CLI (a process each) and straight over the socket.
     let cli: Vec<f64> = (0..singles)

@@ -250,9 +250,9 @@ pub fn targets(r: &Results) -> Vec<Target> {
             ),
             met: c.bulk.median * 1_000_000.0 / c.bulk_entries as f64 <= 2.5,
             note: format!(
-                "`voipwall block --file` (the batch way), the daemon running on every CPU as deployed ({} CPUs here): it reads and parses the file, updates its lists, then puts the entries into the trie with BPF_MAP_UPDATE_BATCH (64k per call) on one thread while another computes and writes the IPv4 lookup levels they touch (batched too) and a third writes and fsyncs the new list snapshot. {} One CIDR per request instead: {:.0} per second (section 4).",
+                "`voipwall block --file` (the batch way), the daemon running on every CPU as deployed ({} CPUs here): it reads and parses the file, updates its lists, then puts the entries into the trie with BPF_MAP_UPDATE_BATCH (64k per call) on one thread while another computes and writes the IPv4 lookup levels they touch (batched too) and a third writes and fsyncs the new list snapshot. Where the time goes (the daemon's `list change timing` log line, medians of the loads): {}; the rest of the wall time is the CLI process, the request and the reply. One CIDR per request instead: {:.0} per second (section 4).",
                 r.machine.cpus,
-                bulk_phases_text(c),
+                c.bulk_phases.describe(),
                 c.single_entries as f64 / c.single_secs
             ),
             target,
@@ -696,13 +696,7 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     let _ = writeln!(
         s,
         "| where a bulk load's time goes (the daemon's `list change timing` log line, medians) | {} |",
-        match c.bulk_phases {
-            Some(p) => format!(
-                "{:.2} s in the daemon: file {:.2} s, lists {:.2} s, kernel writes {:.2} s (trie {:.2} s and levels {:.2} s on two threads), snapshot {:.2} s (a third thread, meanwhile)",
-                p.total, p.parse, p.lists, p.kernel, p.trie, p.levels, p.snapshot
-            ),
-            None => "not measured".to_string(),
-        }
+        c.bulk_phases.describe()
     );
     let _ = writeln!(
         s,
@@ -767,15 +761,4 @@ pub fn write(r: &Results, md: &Path, dir: &Path) -> Result<(), Box<dyn std::erro
     let _ = writeln!(s, "\nRaw results: [{}]({}).", rel("results.json"), rel("results.json"));
     std::fs::write(md, s)?;
     Ok(())
-}
-
-/// Where the bulk load's time went, as the daemon logged it (medians over the loads).
-fn bulk_phases_text(c: &ControllerResults) -> String {
-    match c.bulk_phases {
-        Some(p) => format!(
-            "Where the time goes (the daemon's `list change timing` log line, medians of the loads): {:.2} s inside the daemon = reading and parsing the file {:.2} s, then lists {:.2} s, then kernel writes {:.2} s (trie {:.2} s on its own thread, levels {:.2} s beside it), while the snapshot took {:.2} s on the third thread; the rest of the wall time is the CLI process, the request and the reply.",
-            p.total, p.parse, p.lists, p.kernel, p.trie, p.levels, p.snapshot
-        ),
-        None => "Where the time goes: not measured (the daemon logged no `list change timing` line).".to_string(),
-    }
 }
